@@ -1,0 +1,46 @@
+//! Program and map names. The kernel truncates object names to 15 characters, so every name here
+//! fits in 15 and carries the project prefix (`eg_` for programs, `EG_` for maps). A map whose layout
+//! changes gets a new version suffix so start-up never reuses an incompatible pin.
+
+/// cgroup/connect4: ServiceEntry destinations are rewritten to the waypoint.
+pub const PROG_CONNECT4: &str = "eg_connect4";
+/// cgroup/connect6: v4-mapped destinations behave like connect4; IPv6 ServiceEntry addresses are refused.
+pub const PROG_CONNECT6: &str = "eg_connect6";
+/// sockops: re-keys the origin by the client's (ip, port) once the connection is established.
+pub const PROG_SOCKOPS: &str = "eg_sockops";
+/// cgroup/getpeername4: the application sees the address it dialled.
+pub const PROG_GETPEERNAME4: &str = "eg_getpeername4";
+/// cgroup/getpeername6: same for v4-mapped IPv6 sockets.
+pub const PROG_GETPEERNAME6: &str = "eg_getpeername6";
+
+/// Every program, in attach order.
+pub const PROGRAMS: [&str; 5] = [
+    PROG_CONNECT4,
+    PROG_CONNECT6,
+    PROG_SOCKOPS,
+    PROG_GETPEERNAME4,
+    PROG_GETPEERNAME6,
+];
+
+/// LPM trie: (port, IPv4 prefix) -> ServiceEntry port.
+pub const MAP_SERVICES4: &str = "EG_SERVICES4_V1";
+/// LPM trie: (port, IPv6 prefix) -> ServiceEntry port (refused until IPv6 upstreams are supported).
+pub const MAP_SERVICES6: &str = "EG_SERVICES6_V1";
+/// LRU hash: socket cookie -> origin, written by connect4/connect6, read by getpeername.
+pub const MAP_ORIGINS: &str = "EG_ORIGINS_V1";
+/// LRU hash: client (ip, port) -> origin, written by sockops, read by the waypoint on accept.
+pub const MAP_PEERS: &str = "EG_PEERS_V1";
+/// Array with one entry: where the waypoint listens and which cgroup it runs in.
+pub const MAP_CONFIG: &str = "EG_CONFIG_V1";
+/// Per-CPU array of counters indexed by [`crate::stats`] reasons.
+pub const MAP_STATS: &str = "EG_STATS_V1";
+
+/// Every map, for pinning, status and cleanup.
+pub const MAPS: [&str; 6] = [
+    MAP_SERVICES4,
+    MAP_SERVICES6,
+    MAP_ORIGINS,
+    MAP_PEERS,
+    MAP_CONFIG,
+    MAP_STATS,
+];

@@ -1,0 +1,40 @@
+//! Reasons counted in the per-CPU stats map. The kernel counts outcomes instead of logging them;
+//! `egress status` and the metrics endpoint read them back by index.
+
+/// connect4 rewrote an IPv4 ServiceEntry destination to the waypoint.
+pub const REDIRECTED4: u32 = 0;
+/// connect6 rewrote a v4-mapped (`::ffff:a.b.c.d`) ServiceEntry destination to the waypoint.
+pub const REDIRECTED6_MAPPED: u32 = 1;
+/// A connect to a destination that is no ServiceEntry address went through untouched.
+pub const PASSED: u32 = 2;
+/// A connect from the waypoint's own cgroup went through untouched.
+pub const EXEMPT_WAYPOINT: u32 = 3;
+/// A connect to an IPv6 ServiceEntry address was refused (IPv6 upstreams are not supported yet).
+pub const REFUSED_IPV6: u32 = 4;
+/// A connect to a ServiceEntry address was refused because no waypoint is configured.
+pub const REFUSED_NO_WAYPOINT: u32 = 5;
+/// A connect to a ServiceEntry address was refused because its origin could not be recorded.
+pub const REFUSED_ORIGIN_FULL: u32 = 6;
+/// A UDP connect to a ServiceEntry address and port was refused (the waypoint proxies TCP only).
+pub const REFUSED_UDP: u32 = 7;
+/// sockops recorded an established redirected connection for the waypoint's accept.
+pub const PEER_RECORDED: u32 = 8;
+/// getpeername rewrote the peer back to the address the application dialled.
+pub const PEERNAME_REWRITTEN: u32 = 9;
+
+/// Size of the stats array.
+pub const COUNT: u32 = 10;
+
+/// Counter names for output, indexed by reason (prometheus-friendly snake case).
+pub const NAMES: [&str; COUNT as usize] = [
+    "redirected_ipv4",
+    "redirected_ipv4_mapped",
+    "passed",
+    "exempt_waypoint",
+    "refused_ipv6",
+    "refused_no_waypoint",
+    "refused_origin_full",
+    "refused_udp",
+    "peer_recorded",
+    "peername_rewritten",
+];

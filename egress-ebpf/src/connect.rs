@@ -1,0 +1,186 @@
+//! cgroup/connect4 and cgroup/connect6: send ServiceEntry traffic to the waypoint.
+//!
+//! The decision for one destination:
+//! - not a ServiceEntry address and port: untouched;
+//! - from the waypoint's own cgroup (by cgroup id, which a workload cannot forge): untouched;
+//! - no waypoint configured yet, origin not recordable, UDP, or an IPv6 ServiceEntry: refused
+//!   (fail closed: never a direct path);
+//! - otherwise the origin is recorded by socket cookie and the destination becomes the waypoint.
+use aya_ebpf::{
+    EbpfContext as _,
+    btf_maps::lpm_trie::Key,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_socket_cookie,
+    },
+    programs::SockAddrContext,
+};
+use egress_common::{
+    FAMILY_INET, FAMILY_INET6, Origin, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6,
+    ServiceValue, stats,
+};
+
+use crate::maps::{EG_ORIGINS_V1, EG_SERVICES4_V1, EG_SERVICES6_V1, config, count};
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+
+/// `::ffff:0:0/96` prefix word, as stored (network order) in `user_ip6[2]`.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Port from a `user_port` field: a network-order u16 in the low half of a u32.
+#[inline(always)]
+fn port_bytes(user_port: u32) -> [u8; 2] {
+    (user_port as u16).to_ne_bytes()
+}
+
+#[inline(always)]
+fn lookup4(addr: [u8; 4], port: [u8; 2]) -> Option<ServiceValue> {
+    let key = Key::new(
+        SERVICE_KEY_PORT_BITS + 32,
+        ServiceKey4 {
+            port,
+            _pad: [0; 2],
+            addr,
+        },
+    );
+    EG_SERVICES4_V1.get(&key).copied()
+}
+
+/// What to do with a connect to an IPv4 destination (plain or v4-mapped).
+enum Action {
+    Untouched,
+    Redirect { addr: [u8; 4], port: u16 },
+}
+
+#[inline(always)]
+fn decide4(
+    ctx: &SockAddrContext,
+    sock_type: u32,
+    addr: [u8; 4],
+    port: [u8; 2],
+    family: u16,
+) -> Result<Action, ()> {
+    let Some(service) = lookup4(addr, port) else {
+        count(stats::PASSED);
+        return Ok(Action::Untouched);
+    };
+    let Some(config) = config() else {
+        count(stats::REFUSED_NO_WAYPOINT);
+        return Err(());
+    };
+    // SAFETY: helper without preconditions, allowed for cgroup sock_addr programs.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if cgroup_id == config.waypoint_cgroup_id {
+        count(stats::EXEMPT_WAYPOINT);
+        return Ok(Action::Untouched);
+    }
+    if sock_type == SOCK_DGRAM {
+        // The waypoint proxies TCP only; a UDP flow (QUIC, say) to a ServiceEntry port would be
+        // a bypass, so it is refused and the client falls back to TCP.
+        count(stats::REFUSED_UDP);
+        return Err(());
+    }
+    if sock_type != SOCK_STREAM {
+        count(stats::PASSED);
+        return Ok(Action::Untouched);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let origin = Origin {
+        cgroup_id,
+        dst_addr: addr,
+        dst_port: u16::from_be_bytes(port),
+        family,
+        service_id: service.service_id,
+        pid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+    };
+    // SAFETY: the context is a valid bpf_sock_addr for this program type.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if EG_ORIGINS_V1.insert(cookie, origin, 0).is_err() {
+        count(stats::REFUSED_ORIGIN_FULL);
+        return Err(());
+    }
+    Ok(Action::Redirect {
+        addr: config.waypoint_addr,
+        port: config.waypoint_port,
+    })
+}
+
+pub fn connect4(ctx: &SockAddrContext) -> Result<(), ()> {
+    // SAFETY: the kernel hands every cgroup sock_addr program a valid context.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let addr = sa.user_ip4.to_ne_bytes();
+    let port = port_bytes(sa.user_port);
+    match decide4(ctx, sa.type_, addr, port, FAMILY_INET)? {
+        Action::Untouched => {}
+        Action::Redirect { addr, port } => {
+            sa.user_ip4 = u32::from_ne_bytes(addr);
+            sa.user_port = u32::from(port.to_be());
+            count(stats::REDIRECTED4);
+        }
+    }
+    Ok(())
+}
+
+pub fn connect6(ctx: &SockAddrContext) -> Result<(), ()> {
+    // SAFETY: as in connect4.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let ip6 = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
+    let port = port_bytes(sa.user_port);
+    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD {
+        // `::ffff:a.b.c.d` reaches the IPv4 address: exactly the connect4 decision.
+        let addr = ip6[3].to_ne_bytes();
+        match decide4(ctx, sa.type_, addr, port, FAMILY_INET6)? {
+            Action::Untouched => {}
+            Action::Redirect { addr, port } => {
+                // user_ip6 only accepts 4-byte stores, one word at a time.
+                sa.user_ip6[0] = 0;
+                sa.user_ip6[1] = 0;
+                sa.user_ip6[2] = V4_MAPPED_WORD;
+                sa.user_ip6[3] = u32::from_ne_bytes(addr);
+                sa.user_port = u32::from(port.to_be());
+                count(stats::REDIRECTED6_MAPPED);
+            }
+        }
+        return Ok(());
+    }
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let word = ip6[i].to_ne_bytes();
+        addr[i * 4] = word[0];
+        addr[i * 4 + 1] = word[1];
+        addr[i * 4 + 2] = word[2];
+        addr[i * 4 + 3] = word[3];
+        i += 1;
+    }
+    let key = Key::new(
+        SERVICE_KEY_PORT_BITS + 128,
+        ServiceKey6 {
+            port,
+            _pad: [0; 2],
+            addr,
+        },
+    );
+    if EG_SERVICES6_V1.get(&key).is_none() {
+        count(stats::PASSED);
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if config().is_some_and(|c| c.waypoint_cgroup_id == cgroup_id) {
+        count(stats::EXEMPT_WAYPOINT);
+        return Ok(());
+    }
+    // IPv6 upstreams are not proxied yet: refusing is the only answer that is not a bypass.
+    count(stats::REFUSED_IPV6);
+    Err(())
+}

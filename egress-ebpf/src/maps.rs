@@ -1,0 +1,48 @@
+//! Map definitions. All maps carry BTF (`#[btf_map]`) so `bpftool map dump` prints field names.
+use aya_ebpf::{
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use egress_common::{
+    Config, ORIGINS_MAX, Origin, PeerKey, SERVICES_MAX, ServiceKey4, ServiceKey6, ServiceValue,
+    stats,
+};
+
+#[btf_map]
+pub static EG_SERVICES4_V1: LpmTrie<ServiceKey4, ServiceValue, { SERVICES_MAX as usize }> =
+    LpmTrie::new();
+
+#[btf_map]
+pub static EG_SERVICES6_V1: LpmTrie<ServiceKey6, ServiceValue, { SERVICES_MAX as usize }> =
+    LpmTrie::new();
+
+#[btf_map]
+pub static EG_ORIGINS_V1: LruHashMap<u64, Origin, { ORIGINS_MAX as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static EG_PEERS_V1: LruHashMap<PeerKey, Origin, { ORIGINS_MAX as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static EG_CONFIG_V1: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static EG_STATS_V1: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
+
+/// Counts one occurrence of `reason` on this CPU.
+#[inline(always)]
+pub fn count(reason: u32) {
+    if let Some(slot) = EG_STATS_V1.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, and BPF programs are not preempted on one CPU mid-update.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The waypoint's configuration, if it has been written.
+#[inline(always)]
+pub fn config() -> Option<Config> {
+    let config = EG_CONFIG_V1.get(0)?;
+    if config.flags & egress_common::CONFIG_F_READY == 0 {
+        return None;
+    }
+    Some(*config)
+}
