@@ -1,1 +1,4 @@
-
+//! The `egress` binary's library: everything but argument parsing lives here.
+pub mod config;
+pub mod identity;
+pub mod model;

@@ -1,0 +1,107 @@
+//! The runtime view shared by the kernel maps and the waypoint: one [`Service`] per
+//! (ServiceEntry, port), numbered by the service id the kernel carries in each origin.
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use egress_common::Origin;
+
+use crate::{
+    config::{IpNet, Protocol},
+    identity::Principal,
+};
+
+/// Where the waypoint sends traffic for a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// `resolution: NONE`: the address the application dialled, on the upstream port.
+    OriginalDst,
+    /// `resolution: STATIC` endpoints or the addresses DNS returned (ports already applied).
+    /// Empty when DNS has not answered (yet): the waypoint answers 503.
+    Endpoints(Vec<SocketAddr>),
+}
+
+/// One port of one ServiceEntry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub id: u32,
+    pub namespace: String,
+    /// ServiceEntry `metadata.name`.
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// Addresses captured in the kernel for this port (configured and resolved).
+    pub addresses: Vec<IpNet>,
+    /// The port the application dials.
+    pub port: u16,
+    pub port_name: String,
+    pub protocol: Protocol,
+    /// `targetPort`, or `port` when unset; endpoint port overrides are already in `upstream`.
+    pub upstream_port: u16,
+    pub upstream: Upstream,
+}
+
+impl Service {
+    /// Istio's cluster name for this service: `outbound|PORT||HOST`.
+    pub fn cluster_name(&self) -> String {
+        format!(
+            "outbound|{}||{}",
+            self.port,
+            self.hosts.first().map(String::as_str).unwrap_or("")
+        )
+    }
+
+    /// The address to forward a connection to, given where the application was headed.
+    /// `pick` chooses among several endpoints (round-robin by the caller).
+    pub fn upstream_addr(&self, origin_dst: IpAddr, pick: usize) -> Option<SocketAddr> {
+        match &self.upstream {
+            Upstream::OriginalDst => Some(SocketAddr::new(origin_dst, self.upstream_port)),
+            Upstream::Endpoints(eps) if eps.is_empty() => None,
+            Upstream::Endpoints(eps) => Some(eps[pick % eps.len()]),
+        }
+    }
+}
+
+/// All services, indexed by id. Replaced whole (never mutated) when config or DNS changes.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceTable {
+    services: Vec<Arc<Service>>,
+}
+
+impl ServiceTable {
+    /// Builds a table; `services[i].id` must equal `i`.
+    pub fn new(services: Vec<Service>) -> Self {
+        debug_assert!(services.iter().enumerate().all(|(i, s)| s.id as usize == i));
+        Self {
+            services: services.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Arc<Service>> {
+        self.services.get(id as usize)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+/// Where the waypoint learns what the kernel recorded for a redirected connection.
+pub trait OriginSource: Send + Sync + 'static {
+    /// The origin of the connection whose client end is `peer` (as seen on accept).
+    fn origin(&self, peer: SocketAddr) -> Option<Origin>;
+}
+
+/// Where the waypoint learns who a cgroup is.
+pub trait IdentitySource: Send + Sync + 'static {
+    /// The principal of a cgroup, or `None` for a cgroup without identity.
+    fn principal(&self, cgroup_id: u64) -> Option<Principal>;
+}
