@@ -9,6 +9,9 @@ use aya_build::Toolchain;
 const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 
 fn main() -> anyhow::Result<()> {
+    // aya-build relays every line the nested cargo prints as a warning; keep only real messages.
+    // SAFETY: build scripts are single-threaded.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
