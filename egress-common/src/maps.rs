@@ -39,7 +39,7 @@ pub const SERVICE_KEY_PORT_BITS: u32 = 32;
 
 /// What a ServiceEntry address and port map to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
     /// Index of the (ServiceEntry, port) in the waypoint's table; it travels in the origin.
     pub service_id: u32,

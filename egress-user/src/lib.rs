@@ -1,4 +1,7 @@
 //! The `egress` binary's library: everything but argument parsing lives here.
+pub mod bpf;
+pub mod cgroup;
 pub mod config;
+pub mod dns;
 pub mod identity;
 pub mod model;

@@ -1,6 +1,10 @@
 //! cgroup -> workload -> principal. Identity comes from the cgroup id the kernel recorded at
 //! connect(), never from anything the workload sends.
+mod cgroups;
+
 use std::fmt;
+
+pub use cgroups::{CgroupIdentities, exec_cgroup, principal_for_path};
 
 /// The default SPIFFE trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";

@@ -105,3 +105,6 @@ pub trait IdentitySource: Send + Sync + 'static {
     /// The principal of a cgroup, or `None` for a cgroup without identity.
     fn principal(&self, cgroup_id: u64) -> Option<Principal>;
 }
+
+mod build;
+pub use build::{Built, DnsAnswers, build, dns_hosts};

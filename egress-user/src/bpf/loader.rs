@@ -1,0 +1,226 @@
+//! Load, attach and pin. Start-up replaces whatever an earlier run pinned without a window in
+//! which capture is off: the new links are attached and pinned before the old ones are removed.
+use std::{
+    fs::{self, File},
+    io,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use egress_common::names;
+use tracing::{debug, info};
+
+use super::{BpfError, ServiceRoute, maps::Maps};
+use crate::cgroup;
+
+/// The kernel object, built by build.rs with the pinned nightly and bpf-linker.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress"));
+
+/// Directory under the pin directory that holds the pinned links.
+pub(super) const LINKS_DIR: &str = "links";
+
+/// Suffix of a link pinned by a start-up that has not finished replacing the old one.
+const NEXT_SUFFIX: &str = ".next";
+
+/// Capture attached to one cgroup, with handles on its pinned maps. Dropping it leaves the
+/// links and maps pinned: capture (and fail-closed refusal) outlives the process.
+pub struct Capture {
+    pub(super) maps: Maps,
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Capture {
+    /// Attaches the kernel programs to `cgroup`, with maps and links pinned under `pin_dir`.
+    /// Maps pinned by an earlier run are reused (their contents survive a restart); links pinned
+    /// by an earlier run are replaced.
+    pub fn install(cgroup_dir: &Path, pin_dir: &Path) -> Result<Self, BpfError> {
+        cgroup::ensure_bpffs(pin_dir)?;
+        let links_dir = pin_dir.join(LINKS_DIR);
+        fs::create_dir_all(&links_dir).map_err(|source| BpfError::Pin {
+            what: "link directory",
+            path: links_dir.clone(),
+            source,
+        })?;
+
+        let map_paths: Vec<(&'static str, PathBuf)> = names::MAPS
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|source| BpfError::Load {
+            pin_dir: pin_dir.to_owned(),
+            source: Box::new(source),
+        })?;
+
+        let cgroup_file = File::open(cgroup_dir).map_err(|source| BpfError::OpenCgroup {
+            path: cgroup_dir.to_owned(),
+            source,
+        })?;
+
+        // A start-up that died half-way may have left `.next` pins; the pins without suffix
+        // still hold capture, so these can go first.
+        for name in names::PROGRAMS {
+            remove_pin(&links_dir.join(format!("{name}{NEXT_SUFFIX}")))?;
+        }
+
+        for name in names::PROGRAMS {
+            let link = attach(&mut ebpf, name, &cgroup_file, cgroup_dir)?;
+            let next = links_dir.join(format!("{name}{NEXT_SUFFIX}"));
+            link.pin(&next).map_err(|e| BpfError::Pin {
+                what: "link",
+                path: next.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        }
+        // Both generations are attached now. Replace the old pins with the new links.
+        let mut replaced = 0;
+        for name in names::PROGRAMS {
+            let final_path = links_dir.join(name);
+            let next = links_dir.join(format!("{name}{NEXT_SUFFIX}"));
+            if final_path.exists() {
+                replaced += 1;
+            }
+            remove_pin(&final_path)?;
+            let link = PinnedLink::from_pin(&next).map_err(|e| BpfError::OpenPinned {
+                what: format!("link {name}"),
+                path: next.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+            FdLink::from(link)
+                .pin(&final_path)
+                .map_err(|e| BpfError::Pin {
+                    what: "link",
+                    path: final_path.clone(),
+                    source: io::Error::other(e.to_string()),
+                })?;
+            remove_pin(&next)?;
+        }
+        if replaced > 0 {
+            info!(replaced, "replaced links pinned by an earlier run");
+        }
+
+        let maps = Maps::take(&mut ebpf)?;
+        info!(cgroup = %cgroup_dir.display(), pins = %pin_dir.display(), "capture attached");
+        Ok(Self {
+            maps,
+            pin_dir: pin_dir.to_owned(),
+            cgroup: cgroup_dir.to_owned(),
+        })
+    }
+
+    /// Tells the kernel where the waypoint listens and which cgroup it runs in (exempt).
+    pub fn set_waypoint(&self, addr: SocketAddrV4, cgroup_id: u64) -> Result<(), BpfError> {
+        self.maps.set_waypoint(addr, cgroup_id)
+    }
+
+    /// Makes the kernel capture exactly these ServiceEntry addresses and ports.
+    pub fn sync_services(&self, routes: &[ServiceRoute]) -> Result<(), BpfError> {
+        self.maps.sync_services(routes)
+    }
+
+    /// Kernel counters by reason name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.maps.counters()
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+}
+
+fn attach(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    cgroup_file: &File,
+    cgroup_dir: &Path,
+) -> Result<FdLink, BpfError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::MissingProgram { name })?;
+    let attach_err = |source| BpfError::Attach {
+        name,
+        cgroup: cgroup_dir.to_owned(),
+        source,
+    };
+    let load_err = |source| BpfError::LoadProgram { name, source };
+    // cgroup bpf_links are always multi-attach; the kernel wants mode flags of 0 for them.
+    let link: FdLink = if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *program) {
+        p.load().map_err(load_err)?;
+        let id = p
+            .attach(cgroup_file, CgroupAttachMode::Single)
+            .map_err(attach_err)?;
+        p.take_link(id)
+            .map_err(attach_err)?
+            .try_into()
+            .map_err(|source| BpfError::Link { name, source })?
+    } else {
+        let p: &mut SockOps = program.try_into().map_err(load_err)?;
+        p.load().map_err(load_err)?;
+        let id = p
+            .attach(cgroup_file, CgroupAttachMode::Single)
+            .map_err(attach_err)?;
+        p.take_link(id)
+            .map_err(attach_err)?
+            .try_into()
+            .map_err(|source| BpfError::Link { name, source })?
+    };
+    debug!(program = name, "attached");
+    Ok(link)
+}
+
+/// Removes a pin; a missing one is fine.
+fn remove_pin(path: &Path) -> Result<(), BpfError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BpfError::Cleanup {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Detaches capture and removes every pin under `pin_dir` (`egress run --cleanup`).
+/// Returns how many pins were removed.
+pub fn cleanup(pin_dir: &Path) -> Result<usize, BpfError> {
+    let mut removed = 0;
+    let links_dir = pin_dir.join(LINKS_DIR);
+    if links_dir.is_dir() {
+        for entry in fs::read_dir(&links_dir).map_err(|source| BpfError::Cleanup {
+            path: links_dir.clone(),
+            source,
+        })? {
+            let entry = entry.map_err(|source| BpfError::Cleanup {
+                path: links_dir.clone(),
+                source,
+            })?;
+            remove_pin(&entry.path())?;
+            removed += 1;
+        }
+        let _ = fs::remove_dir(&links_dir);
+    }
+    for name in names::MAPS {
+        let path = pin_dir.join(name);
+        if path.exists() {
+            remove_pin(&path)?;
+            removed += 1;
+        }
+    }
+    let _ = fs::remove_dir(pin_dir);
+    Ok(removed)
+}

@@ -1,0 +1,88 @@
+//! The only module that talks to aya: load the kernel object, pin maps, attach and pin links,
+//! and typed handles on the maps for the rest of the binary.
+mod loader;
+mod maps;
+mod status;
+
+pub use loader::{Capture, cleanup};
+pub use maps::ServiceRoute;
+pub use status::{Status, status};
+
+use std::{io, path::PathBuf};
+
+use thiserror::Error;
+
+use crate::cgroup::CgroupError;
+
+#[derive(Debug, Error)]
+pub enum BpfError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("loading the kernel programs (maps pinned under {pin_dir})")]
+    Load {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {name} is missing from the kernel object")]
+    MissingProgram { name: &'static str },
+    #[error("map {name} is missing from the kernel object")]
+    MissingMap { name: &'static str },
+    #[error("loading program {name} into the kernel (the verifier log is below)")]
+    LoadProgram {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching program {name} to cgroup {cgroup}")]
+    Attach {
+        name: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {name} did not produce a bpf_link (kernel >= 5.7 needed)")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {what} at {path}")]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("opening pinned {what} at {path}")]
+    OpenPinned {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("opening cgroup {path}")]
+    OpenCgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("removing pins under {path}")]
+    Cleanup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BpfError {
+    fn map(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
+        move |source| Self::Map { name, source }
+    }
+}

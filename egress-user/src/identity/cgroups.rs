@@ -1,0 +1,116 @@
+//! Host mode: a cgroup's identity is where it sits under the captured cgroup.
+//! `<captured>/ns/<NS>/sa/<SA>[/...]` is principal `<trust-domain>/ns/<NS>/sa/<SA>`; that is
+//! where `egress exec --namespace NS --service-account SA` puts a command. Creating cgroups
+//! there needs write access to cgroupfs (root), so a workload cannot claim an identity by itself.
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Component, Path, PathBuf},
+    sync::RwLock,
+};
+
+use super::Principal;
+use crate::{cgroup, model::IdentitySource};
+
+/// How deep below the captured cgroup a scan looks.
+const MAX_DEPTH: usize = 12;
+
+pub struct CgroupIdentities {
+    root: PathBuf,
+    trust_domain: String,
+    /// cgroup id -> principal. Ids are never reused while the host is up, so a cached answer
+    /// (including "no identity") stays true.
+    cache: RwLock<HashMap<u64, Option<Principal>>>,
+}
+
+/// The cgroup `egress exec` uses for a namespace and service account, below `root`.
+pub fn exec_cgroup(root: &Path, namespace: &str, service_account: &str) -> PathBuf {
+    root.join("ns")
+        .join(namespace)
+        .join("sa")
+        .join(service_account)
+}
+
+/// The principal a cgroup path below `root` stands for, if any.
+pub fn principal_for_path(root: &Path, path: &Path, trust_domain: &str) -> Option<Principal> {
+    let rel = path.strip_prefix(root).ok()?;
+    let parts: Vec<&str> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(s) => s.to_str(),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        ["ns", ns, "sa", sa, ..] => Some(Principal::new(trust_domain, ns, sa)),
+        _ => None,
+    }
+}
+
+impl CgroupIdentities {
+    pub fn new(root: &Path, trust_domain: &str) -> Self {
+        Self {
+            root: root.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn scan(&self, dir: &Path, depth: usize, found: &mut HashMap<u64, Option<Principal>>) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if let Ok(id) = cgroup::id(&path) {
+                found.insert(id, principal_for_path(&self.root, &path, &self.trust_domain));
+            }
+            self.scan(&path, depth + 1, found);
+        }
+    }
+}
+
+impl IdentitySource for CgroupIdentities {
+    fn principal(&self, cgroup_id: u64) -> Option<Principal> {
+        if let Some(hit) = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cgroup_id)
+        {
+            return hit.clone();
+        }
+        let mut found = HashMap::new();
+        self.scan(&self.root, 0, &mut found);
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.extend(found);
+        // Not below the captured cgroup (or already gone): no identity, and that will not change.
+        cache.entry(cgroup_id).or_insert(None).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_principals() {
+        let root = Path::new("/sys/fs/cgroup/unified/egress");
+        let p = principal_for_path(
+            root,
+            &exec_cgroup(root, "default", "sleep").join("exec-42"),
+            "cluster.local",
+        )
+        .expect("principal");
+        assert_eq!(p.to_string(), "cluster.local/ns/default/sa/sleep");
+        assert_eq!(principal_for_path(root, &root.join("ns/default"), "cluster.local"), None);
+        assert_eq!(principal_for_path(root, &root.join("egress-waypoint"), "cluster.local"), None);
+        assert_eq!(principal_for_path(root, Path::new("/elsewhere/ns/a/sa/b"), "td"), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! ServiceEntries (+ DNS answers) -> the service table and the kernel's address map.
+//!
+//! One [`Service`] per (ServiceEntry, port); for `resolution: DNS` without `addresses`, one per
+//! (ServiceEntry, port, host) so that each host's resolved addresses lead to that host's own
+//! upstream, as Istio gives each such host its own cluster.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+};
+
+use egress_common::{SERVICE_F_HTTP, ServiceValue};
+
+use super::{Service, ServiceTable, Upstream};
+use crate::{
+    bpf::ServiceRoute,
+    config::{ConfigSet, IpNet, Resolution, ServiceEntry, ServicePort},
+};
+
+/// Host name -> the addresses DNS returned for it (most recent good answer).
+pub type DnsAnswers = HashMap<String, Vec<IpAddr>>;
+
+/// What `build` produces.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub table: ServiceTable,
+    pub routes: Vec<ServiceRoute>,
+    /// Things an operator should know (an address claimed twice, a host not resolved yet).
+    pub warnings: Vec<String>,
+}
+
+/// Host names that need DNS: hosts of entries without `addresses` (capture) and of DNS
+/// resolution (upstream), and hostnames among DNS endpoints. Wildcards are never resolved.
+pub fn dns_hosts(config: &ConfigSet) -> BTreeSet<String> {
+    let mut hosts = BTreeSet::new();
+    for se in &config.service_entries {
+        let dns = matches!(se.resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+        if se.addresses.is_empty() || (dns && se.endpoints.is_empty()) {
+            hosts.extend(se.hosts.iter().filter(|h| !h.contains('*')).cloned());
+        }
+        if dns {
+            for ep in &se.endpoints {
+                if ep.address.parse::<IpAddr>().is_err() {
+                    hosts.insert(ep.address.clone());
+                }
+            }
+        }
+    }
+    hosts
+}
+
+fn full(addr: IpAddr) -> IpNet {
+    IpNet {
+        addr,
+        prefix_len: if addr.is_ipv4() { 32 } else { 128 },
+    }
+}
+
+/// An endpoint's own port for this service port, else `targetPort`, else the port number.
+fn endpoint_port(port: &ServicePort, ep_ports: &BTreeMap<String, u16>) -> u16 {
+    ep_ports
+        .get(&port.name)
+        .copied()
+        .unwrap_or(port.target_port.unwrap_or(port.number))
+}
+
+/// Upstream endpoints for a STATIC or DNS entry (for one host group).
+fn upstream(
+    se: &ServiceEntry,
+    port: &ServicePort,
+    hosts: &[String],
+    dns: &DnsAnswers,
+) -> Upstream {
+    let upstream_port = port.target_port.unwrap_or(port.number);
+    match se.resolution {
+        Resolution::None => Upstream::OriginalDst,
+        Resolution::Static => Upstream::Endpoints(
+            se.endpoints
+                .iter()
+                .filter_map(|ep| {
+                    let ip: IpAddr = ep.address.parse().ok()?;
+                    Some(SocketAddr::new(ip, endpoint_port(port, &ep.ports)))
+                })
+                .collect(),
+        ),
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            let mut eps = Vec::new();
+            if se.endpoints.is_empty() {
+                for host in hosts {
+                    for ip in dns.get(host).into_iter().flatten() {
+                        eps.push(SocketAddr::new(*ip, upstream_port));
+                    }
+                }
+            } else {
+                for ep in &se.endpoints {
+                    let p = endpoint_port(port, &ep.ports);
+                    match ep.address.parse::<IpAddr>() {
+                        Ok(ip) => eps.push(SocketAddr::new(ip, p)),
+                        Err(_) => eps.extend(
+                            dns.get(&ep.address)
+                                .into_iter()
+                                .flatten()
+                                .map(|ip| SocketAddr::new(*ip, p)),
+                        ),
+                    }
+                }
+            }
+            // IPv6 upstreams are not reachable through an IPv4 waypoint socket policy yet; keep
+            // IPv4 first so round-robin starts there.
+            eps.sort_by_key(|a| a.is_ipv6());
+            Upstream::Endpoints(eps)
+        }
+    }
+}
+
+pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
+    let mut services = Vec::new();
+    let mut routes = Vec::new();
+    let mut warnings = Vec::new();
+    let mut claimed: HashMap<(IpNet, u16), String> = HashMap::new();
+
+    for se in &config.service_entries {
+        let per_host = matches!(se.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+            && se.addresses.is_empty()
+            && se.endpoints.is_empty();
+        let groups: Vec<Vec<String>> = if per_host {
+            se.hosts.iter().map(|h| vec![h.clone()]).collect()
+        } else {
+            vec![se.hosts.clone()]
+        };
+        for port in &se.ports {
+            for hosts in &groups {
+                let addresses: Vec<IpNet> = if se.addresses.is_empty() {
+                    let mut found: Vec<IpNet> = hosts
+                        .iter()
+                        .flat_map(|h| dns.get(h).into_iter().flatten())
+                        .map(|ip| full(*ip))
+                        .collect();
+                    found.sort_by_key(|n| (n.addr, n.prefix_len));
+                    found.dedup();
+                    if found.is_empty() {
+                        warnings.push(format!(
+                            "ServiceEntry {}/{}: no address to capture for {} yet (no `addresses`, and DNS has not answered)",
+                            se.namespace,
+                            se.name,
+                            hosts.join(", ")
+                        ));
+                    }
+                    found
+                } else {
+                    se.addresses.clone()
+                };
+                let id = services.len() as u32;
+                let service = Service {
+                    id,
+                    namespace: se.namespace.clone(),
+                    name: se.name.clone(),
+                    hosts: hosts.clone(),
+                    addresses: addresses.clone(),
+                    port: port.number,
+                    port_name: port.name.clone(),
+                    protocol: port.protocol,
+                    upstream_port: port.target_port.unwrap_or(port.number),
+                    upstream: upstream(se, port, hosts, dns),
+                };
+                let value = ServiceValue {
+                    service_id: id,
+                    flags: if port.protocol.is_http() { SERVICE_F_HTTP } else { 0 },
+                };
+                for net in &addresses {
+                    let owner = format!("{}/{}", se.namespace, se.name);
+                    if let Some(first) = claimed.get(&(*net, port.number)) {
+                        warnings.push(format!(
+                            "{net}:{} is claimed by ServiceEntry {first} and {owner}; {first} keeps it",
+                            port.number
+                        ));
+                        continue;
+                    }
+                    claimed.insert((*net, port.number), owner);
+                    routes.push(ServiceRoute {
+                        net: *net,
+                        port: port.number,
+                        value,
+                    });
+                }
+                services.push(service);
+            }
+        }
+    }
+    Built {
+        table: ServiceTable::new(services),
+        routes,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::{Endpoint, Location, Protocol, Source};
+
+    fn se(resolution: Resolution, addresses: &[&str], endpoints: Vec<Endpoint>) -> ServiceEntry {
+        ServiceEntry {
+            source: Source {
+                file: PathBuf::from("t.yaml"),
+                document: 1,
+            },
+            name: "httpbin".into(),
+            namespace: "default".into(),
+            hosts: vec!["httpbin.test".into(), "other.test".into()],
+            addresses: addresses
+                .iter()
+                .map(|a| full(a.parse().expect("test address")))
+                .collect(),
+            ports: vec![ServicePort {
+                number: 80,
+                name: "http".into(),
+                protocol: Protocol::Http,
+                target_port: Some(8080),
+            }],
+            resolution,
+            location: Location::MeshExternal,
+            endpoints,
+            export_to: vec![],
+        }
+    }
+
+    fn set(entries: Vec<ServiceEntry>) -> ConfigSet {
+        ConfigSet {
+            service_entries: entries,
+            skipped: vec![],
+        }
+    }
+
+    #[test]
+    fn static_endpoints_use_the_endpoint_port_then_target_port() {
+        let mut named = BTreeMap::new();
+        named.insert("http".to_string(), 9000);
+        let built = build(
+            &set(vec![se(
+                Resolution::Static,
+                &["127.9.0.1"],
+                vec![
+                    Endpoint {
+                        address: "127.0.0.2".into(),
+                        ports: named,
+                        ..Default::default()
+                    },
+                    Endpoint {
+                        address: "127.0.0.3".into(),
+                        ..Default::default()
+                    },
+                ],
+            )]),
+            &DnsAnswers::new(),
+        );
+        let svc = built.table.get(0).expect("one service");
+        assert_eq!(
+            svc.upstream,
+            Upstream::Endpoints(vec![
+                "127.0.0.2:9000".parse().unwrap(),
+                "127.0.0.3:8080".parse().unwrap()
+            ])
+        );
+        assert_eq!(built.routes.len(), 1);
+        assert_eq!(built.routes[0].port, 80);
+    }
+
+    #[test]
+    fn dns_without_addresses_gives_one_service_per_host() {
+        let mut dns = DnsAnswers::new();
+        dns.insert("httpbin.test".into(), vec!["127.1.0.1".parse().unwrap()]);
+        dns.insert("other.test".into(), vec!["127.1.0.2".parse().unwrap()]);
+        let config = set(vec![se(Resolution::Dns, &[], vec![])]);
+        assert_eq!(
+            dns_hosts(&config).into_iter().collect::<Vec<_>>(),
+            vec!["httpbin.test", "other.test"]
+        );
+        let built = build(&config, &dns);
+        assert_eq!(built.table.len(), 2);
+        let first = built.table.get(0).unwrap();
+        assert_eq!(first.hosts, vec!["httpbin.test"]);
+        assert_eq!(
+            first.upstream,
+            Upstream::Endpoints(vec!["127.1.0.1:8080".parse().unwrap()])
+        );
+        assert_eq!(built.routes.len(), 2);
+        assert_eq!(built.routes[1].value.service_id, 1);
+    }
+
+    #[test]
+    fn unresolved_hosts_warn_and_capture_nothing() {
+        let built = build(&set(vec![se(Resolution::Dns, &[], vec![])]), &DnsAnswers::new());
+        assert!(built.routes.is_empty());
+        assert_eq!(built.warnings.len(), 2);
+    }
+
+    #[test]
+    fn an_address_claimed_twice_keeps_the_first_owner() {
+        let mut second = se(Resolution::None, &["127.9.0.1"], vec![]);
+        second.name = "second".into();
+        let built = build(
+            &set(vec![se(Resolution::None, &["127.9.0.1"], vec![]), second]),
+            &DnsAnswers::new(),
+        );
+        assert_eq!(built.routes.len(), 1);
+        assert_eq!(built.routes[0].value.service_id, 0);
+        assert!(built.warnings[0].contains("default/httpbin keeps it"));
+    }
+}
