@@ -1,4 +1,219 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress"));
-    println!("{}", obj.len());
+//! `egress`: parse arguments, initialise tracing, run, map errors to exit codes.
+use std::{
+    ffi::OsString,
+    net::{SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use clap::{Args, Parser, Subcommand};
+use egress::{
+    bpf, cgroup, config, exec,
+    identity::DEFAULT_TRUST_DOMAIN,
+    run::{AccessLogTarget, RunOptions},
+};
+
+/// eBPF-accelerated egress dataplane: connects from a captured cgroup to Istio ServiceEntry
+/// addresses are redirected in the kernel into a local waypoint that proxies and logs them.
+#[derive(Parser)]
+#[command(name = "egress", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach capture to a cgroup and run the waypoint.
+    ///
+    /// Example: egress run --config examples/ --cgroup /sys/fs/cgroup/unified/egress
+    Run(RunArgs),
+    /// Run a command as a workload identity, inside the captured cgroup.
+    ///
+    /// The command runs in <cgroup>/ns/NS/sa/SA/exec-<pid>, which `egress run` attributes to
+    /// principal cluster.local/ns/NS/sa/SA.
+    ///
+    /// Example: egress exec --namespace default --service-account sleep -- curl -s http://httpbin.org/get
+    Exec(ExecArgs),
+    /// Validate Istio YAML; prints FILE:DOC:FIELD: message for every error and exits 1.
+    Check {
+        /// Files or directories of Istio YAML (repeatable).
+        #[arg(long = "config", short = 'c', value_name = "PATH", required = true)]
+        configs: Vec<PathBuf>,
+    },
+    /// Show pinned links, loaded programs, map entry counts and kernel counters.
+    Status {
+        /// Pin directory of the dataplane to inspect.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/egress")]
+        bpffs: PathBuf,
+    },
+    /// Detach capture and remove every pin (same as `egress run --cleanup`).
+    Uninstall {
+        /// Pin directory to remove.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/egress")]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Files or directories of Istio YAML: ServiceEntry (other kinds are read and reported).
+    #[arg(long = "config", short = 'c', value_name = "PATH", required_unless_present = "cleanup")]
+    configs: Vec<PathBuf>,
+    /// cgroup v2 directory whose processes are captured (created if missing).
+    /// Default: <cgroup2 mount>/egress.
+    #[arg(long, value_name = "DIR")]
+    cgroup: Option<PathBuf>,
+    /// Waypoint listener; captured connects are rewritten to it.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    listen: SocketAddrV4,
+    /// Admin endpoint: /healthz/ready, /stats/prometheus, /config_dump.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Where maps and links are pinned (bpffs is mounted at /sys/fs/bpf if missing).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/egress")]
+    bpffs: PathBuf,
+    /// Access log file, or - for stdout.
+    #[arg(long, value_name = "PATH|-", default_value = "-")]
+    access_log: String,
+    /// Access log format: Istio's default text line, or JSON lines.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    access_log_format: String,
+    /// Trust domain of workload principals.
+    #[arg(long, value_name = "DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Detach capture and remove the pins under --bpffs, then exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// The captured cgroup `egress run` uses. Default: <cgroup2 mount>/egress.
+    #[arg(long, value_name = "DIR")]
+    cgroup: Option<PathBuf>,
+    /// Kubernetes namespace of the identity.
+    #[arg(long, short = 'n', value_name = "NS")]
+    namespace: String,
+    /// Kubernetes service account of the identity.
+    #[arg(long, value_name = "SA")]
+    service_account: String,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::Exec(args) => {
+            let captured = match args.cgroup.map_or_else(cgroup::default_captured_cgroup, Ok) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            match exec::exec(
+                &captured,
+                &args.namespace,
+                &args.service_account,
+                &args.command,
+            ) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Check { configs } => match config::load(&configs) {
+            Ok(set) => {
+                println!(
+                    "ok: {} ServiceEntr{}, {} other document{} not acted on",
+                    set.service_entries.len(),
+                    if set.service_entries.len() == 1 { "y" } else { "ies" },
+                    set.skipped.len(),
+                    if set.skipped.len() == 1 { "" } else { "s" },
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for error in &errors.0 {
+                    eprintln!("{error}");
+                }
+                eprintln!("{} error(s)", errors.0.len());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status { bpffs } => match bpf::status(&bpffs) {
+            Ok(status) => {
+                print!("{status}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Uninstall { bpffs } => cleanup(&bpffs),
+    }
+}
+
+fn cleanup(bpffs: &std::path::Path) -> ExitCode {
+    match bpf::cleanup(bpffs) {
+        Ok(n) => {
+            println!("removed {n} pins under {}", bpffs.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    if args.cleanup {
+        return cleanup(&args.bpffs);
+    }
+    let cgroup = match args.cgroup.map_or_else(cgroup::default_captured_cgroup, Ok) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let opts = RunOptions {
+        configs: args.configs,
+        cgroup,
+        listen: args.listen,
+        admin: args.admin,
+        bpffs: args.bpffs,
+        access_log: AccessLogTarget {
+            path: (args.access_log != "-").then(|| PathBuf::from(&args.access_log)),
+            json: args.access_log_format == "json",
+        },
+        trust_domain: args.trust_domain,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(egress::run::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(egress::run::RunError::Config(errors)) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints an error with its whole chain of causes (the verifier log travels in there).
+fn fail(error: &dyn std::error::Error) -> ExitCode {
+    eprintln!("error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+    ExitCode::FAILURE
 }

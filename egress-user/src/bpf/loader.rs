@@ -27,7 +27,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eg
 pub(super) const LINKS_DIR: &str = "links";
 
 /// Suffix of a link pinned by a start-up that has not finished replacing the old one.
-const NEXT_SUFFIX: &str = ".next";
+/// (bpffs refuses names with dots.)
+const NEXT_SUFFIX: &str = "_next";
 
 /// Capture attached to one cgroup, with handles on its pinned maps. Dropping it leaves the
 /// links and maps pinned: capture (and fail-closed refusal) outlives the process.
@@ -68,7 +69,7 @@ impl Capture {
             source,
         })?;
 
-        // A start-up that died half-way may have left `.next` pins; the pins without suffix
+        // A start-up that died half-way may have left `_next` pins; the pins without suffix
         // still hold capture, so these can go first.
         for name in names::PROGRAMS {
             remove_pin(&links_dir.join(format!("{name}{NEXT_SUFFIX}")))?;

@@ -1,0 +1,156 @@
+//! `egress exec --namespace NS --service-account SA -- CMD`: run CMD in the cgroup that a running
+//! `egress run` attributes to `cluster.local/ns/NS/sa/SA`.
+use std::{
+    ffi::OsString,
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use thiserror::Error;
+use tracing::warn;
+
+use crate::{
+    cgroup::{self, CgroupError},
+    identity::exec_cgroup,
+};
+
+#[derive(Debug, Error)]
+pub enum ExecError {
+    #[error(
+        "the captured cgroup {0} does not exist: start `egress run --cgroup {0}` first, or pass the --cgroup it uses"
+    )]
+    NotCaptured(PathBuf),
+    #[error("invalid {what} {value:?}: {why}")]
+    Name {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("opening {path}")]
+    Procs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no command given (usage: egress exec --namespace NS --service-account SA -- CMD [ARGS...])")]
+    NoCommand,
+    #[error("running {program:?}")]
+    Spawn {
+        program: OsString,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Kubernetes names: namespaces are DNS-1123 labels, service accounts DNS-1123 subdomains.
+fn check_name(what: &'static str, value: &str, allow_dots: bool) -> Result<(), ExecError> {
+    let err = |why| ExecError::Name {
+        what,
+        value: value.to_owned(),
+        why,
+    };
+    if value.is_empty() || value.len() > 253 || (!allow_dots && value.len() > 63) {
+        return Err(err("must be 1 to 63 characters (253 for a service account)"));
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (allow_dots && c == '.');
+    if !value.chars().all(ok_char) {
+        return Err(err("only lowercase letters, digits and '-' (and '.' in a service account) are allowed"));
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge_ok(value.chars().next()) || !edge_ok(value.chars().last()) {
+        return Err(err("must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// Runs the command and returns the exit code to exit with (128 + signal when it was killed).
+pub fn exec(
+    captured: &Path,
+    namespace: &str,
+    service_account: &str,
+    command: &[OsString],
+) -> Result<i32, ExecError> {
+    check_name("namespace", namespace, false)?;
+    check_name("service account", service_account, true)?;
+    let (program, args) = command.split_first().ok_or(ExecError::NoCommand)?;
+    if !captured.is_dir() {
+        return Err(ExecError::NotCaptured(captured.to_owned()));
+    }
+    let dir = exec_cgroup(captured, namespace, service_account)
+        .join(format!("exec-{}", std::process::id()));
+    cgroup::create(&dir)?;
+    let procs_path = dir.join("cgroup.procs");
+    let procs = File::options()
+        .write(true)
+        .open(&procs_path)
+        .map_err(|source| ExecError::Procs {
+            path: procs_path,
+            source,
+        })?;
+    let fd = procs.as_raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // SAFETY: only async-signal-safe calls (write) between fork and exec. Writing "0" to
+    // cgroup.procs moves the writing process, so CMD starts inside the cgroup: not one packet
+    // leaves before capture applies to it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let b = b"0";
+            if libc::write(fd, b.as_ptr().cast(), b.len()) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    drop(procs);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(source) => {
+            let _ = fs::remove_dir(&dir);
+            return Err(ExecError::Spawn {
+                program: program.clone(),
+                source,
+            });
+        }
+    };
+    // Like system(3): the child handles ^C; we wait for it and clean up.
+    // SAFETY: setting a signal disposition to SIG_IGN.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let status = child.wait().map_err(|source| ExecError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if let Err(error) = fs::remove_dir(&dir) {
+        // Something CMD started is still running in it.
+        warn!(%error, cgroup = %dir.display(), "leaving the exec cgroup in place");
+    }
+    Ok(status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt as _;
+        128 + status.signal().unwrap_or(0)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kubernetes_rules() {
+        assert!(check_name("namespace", "default", false).is_ok());
+        assert!(check_name("service account", "my.sa-1", true).is_ok());
+        assert!(check_name("namespace", "a.b", false).is_err());
+        assert!(check_name("namespace", "../x", false).is_err());
+        assert!(check_name("namespace", "-x", false).is_err());
+        assert!(check_name("namespace", "", false).is_err());
+        assert!(check_name("namespace", "Upper", false).is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! `egress run`: load config, attach capture, serve the waypoint and the admin endpoint.
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{info, warn};
+
+use crate::{
+    bpf::{BpfError, Capture},
+    cgroup::{self, CgroupError},
+    config::{self, ConfigErrors, ConfigSet},
+    dns::{Dns, DnsError},
+    identity::CgroupIdentities,
+    model::{self, DnsAnswers, OriginSource, ServiceTable},
+    proxy::{Waypoint, WaypointConfig},
+    telemetry::{AccessLog, AdminState, serve_admin},
+};
+
+/// The waypoint's own cgroup, below the captured one. Its connects are exempt by cgroup id.
+pub const WAYPOINT_CGROUP: &str = "egress-waypoint";
+
+/// Access-log destination and format.
+#[derive(Clone, Debug)]
+pub struct AccessLogTarget {
+    /// `None` = stdout.
+    pub path: Option<PathBuf>,
+    pub json: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub configs: Vec<PathBuf>,
+    pub cgroup: PathBuf,
+    pub listen: SocketAddrV4,
+    pub admin: SocketAddr,
+    pub bpffs: PathBuf,
+    pub access_log: AccessLogTarget,
+    pub trust_domain: String,
+}
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    #[error("the waypoint listener must be a specific IPv4 address (the kernel rewrites connects to it), got {0}")]
+    ListenAddress(SocketAddrV4),
+    #[error("binding the {what} listener on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the access log {path}")]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("the waypoint stopped accepting connections")]
+    Serve(#[source] std::io::Error),
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+fn open_access_log(target: &AccessLogTarget) -> Result<AccessLog, RunError> {
+    match (&target.path, target.json) {
+        (None, false) => Ok(AccessLog::stdout()),
+        (None, true) => Ok(AccessLog::json_stdout()),
+        (Some(path), json) => {
+            let log = if json {
+                AccessLog::json_file(path)
+            } else {
+                AccessLog::file(path)
+            };
+            log.map_err(|source| RunError::AccessLog {
+                path: path.clone(),
+                source,
+            })
+        }
+    }
+}
+
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let config = config::load(&opts.configs)?;
+    for skipped in &config.skipped {
+        info!(source = %skipped.source, kind = %skipped.kind, name = %skipped.name, "not acted on (yet)");
+    }
+    if opts.listen.ip().is_unspecified() {
+        return Err(RunError::ListenAddress(opts.listen));
+    }
+
+    // The waypoint leaves the caller's cgroup for its own, exempt one, before it makes any
+    // connection of its own.
+    cgroup::ensure_on_cgroup2(&opts.cgroup)?;
+    cgroup::create(&opts.cgroup)?;
+    let waypoint_cgroup = opts.cgroup.join(WAYPOINT_CGROUP);
+    cgroup::create(&waypoint_cgroup)?;
+    cgroup::enter(&waypoint_cgroup, std::process::id())?;
+    let waypoint_cgroup_id = cgroup::id(&waypoint_cgroup)?;
+
+    // Bind before attaching: a taken port fails here, with nothing changed in the kernel.
+    let listener = bind("waypoint", SocketAddr::V4(opts.listen)).await?;
+    let admin = bind("admin", opts.admin).await?;
+    let access_log = open_access_log(&opts.access_log)?;
+
+    let capture = Arc::new(Capture::install(&opts.cgroup, &opts.bpffs)?);
+    capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
+
+    let hosts = model::dns_hosts(&config);
+    let dns = if hosts.is_empty() {
+        None
+    } else {
+        Some(Dns::from_system()?)
+    };
+    let (answers, next_refresh) = match &dns {
+        Some(dns) => dns.refresh(&hosts, &DnsAnswers::new()).await,
+        None => (DnsAnswers::new(), std::time::Duration::MAX),
+    };
+    let table = apply(&capture, &config, &answers)?;
+    let services = Arc::new(ArcSwap::from_pointee(table));
+
+    let identities = Arc::new(CgroupIdentities::new(&opts.cgroup, &opts.trust_domain));
+    let origins: Arc<dyn OriginSource> = capture.clone();
+    let waypoint = Waypoint::new(
+        services.clone(),
+        origins,
+        identities,
+        access_log,
+        WaypointConfig::default(),
+    );
+    let ready = Arc::new(AtomicBool::new(false));
+    let counters_capture = capture.clone();
+    let admin_state = Arc::new(AdminState {
+        ready: ready.clone(),
+        services: services.clone(),
+        kernel_counters: Arc::new(move || counters_capture.counters()),
+    });
+    tokio::spawn(async move {
+        if let Err(error) = serve_admin(admin, admin_state).await {
+            warn!(%error, "admin endpoint stopped");
+        }
+    });
+    let mut serving = tokio::spawn(waypoint.serve(listener));
+    if let Some(dns) = dns {
+        tokio::spawn(refresh_dns(
+            dns,
+            hosts,
+            answers,
+            next_refresh,
+            config,
+            capture.clone(),
+            services.clone(),
+        ));
+    }
+
+    ready.store(true, Ordering::SeqCst);
+    info!(
+        listen = %opts.listen,
+        admin = %opts.admin,
+        cgroup = %opts.cgroup.display(),
+        services = services.load().len(),
+        "waypoint ready"
+    );
+
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let result = tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+        served = &mut serving => match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RunError::Serve(e)),
+            Err(join) => Err(RunError::Serve(std::io::Error::other(join.to_string()))),
+        },
+    };
+    ready.store(false, Ordering::SeqCst);
+    info!(
+        pins = %opts.bpffs.display(),
+        "stopping; capture stays attached and refuses ServiceEntry connects until the next start \
+         (`egress run --cleanup` removes it)"
+    );
+    result
+}
+
+/// Builds the service table and makes the kernel capture its addresses.
+fn apply(
+    capture: &Capture,
+    config: &ConfigSet,
+    answers: &DnsAnswers,
+) -> Result<ServiceTable, RunError> {
+    let built = model::build(config, answers);
+    for warning in &built.warnings {
+        warn!("{warning}");
+    }
+    capture.sync_services(&built.routes)?;
+    info!(
+        services = built.table.len(),
+        addresses = built.routes.len(),
+        "ServiceEntry addresses captured"
+    );
+    Ok(built.table)
+}
+
+async fn refresh_dns(
+    dns: Dns,
+    hosts: std::collections::BTreeSet<String>,
+    mut answers: DnsAnswers,
+    mut next: std::time::Duration,
+    config: ConfigSet,
+    capture: Arc<Capture>,
+    services: Arc<ArcSwap<ServiceTable>>,
+) {
+    loop {
+        tokio::time::sleep(next).await;
+        let (fresh, after) = dns.refresh(&hosts, &answers).await;
+        next = after;
+        if fresh == answers {
+            continue;
+        }
+        answers = fresh;
+        // Service ids depend only on the config, so connections in flight keep their meaning.
+        match apply(&capture, &config, &answers) {
+            Ok(table) => services.store(Arc::new(table)),
+            Err(error) => warn!(%error, "applying new DNS answers failed; keeping the previous ones"),
+        }
+    }
+}
