@@ -1,4 +1,26 @@
 //! Istio YAML -> typed model, with validation errors that name file, document and field.
+//!
+//! [`load`] reads files and directories; [`parse_str`] one file's text. Both return every
+//! problem found as [`ConfigErrors`], displayed one per line as `FILE:DOC:FIELD: MESSAGE`
+//! (the format `egress check` prints).
+//!
+//! Documents are dispatched on `apiVersion` + `kind`: `networking.istio.io` ServiceEntry
+//! (`v1`, `v1beta1`, `v1alpha3`) is parsed and validated as Istio validates it; other Istio
+//! kinds and non-Istio objects are recorded in [`ConfigSet::skipped`]; an unknown kind in an
+//! Istio group is an error (a typo would otherwise silently drop policy).
+mod documents;
+mod endpoint;
+mod error;
+mod load;
+mod names;
+mod node;
+mod object;
+mod service_entry;
 mod types;
 
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{load, parse_str};
 pub use types::*;
+
+#[cfg(test)]
+mod tests;

@@ -89,12 +89,46 @@ pub enum Resolution {
     DnsRoundRobin,
 }
 
+impl Resolution {
+    /// The name Istio's YAML uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::None => "NONE",
+            Resolution::Static => "STATIC",
+            Resolution::Dns => "DNS",
+            Resolution::DnsRoundRobin => "DNS_ROUND_ROBIN",
+        }
+    }
+}
+
+impl fmt::Display for Resolution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `ServiceEntry.location`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Location {
     #[default]
     MeshExternal,
     MeshInternal,
+}
+
+impl Location {
+    /// The name Istio's YAML uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Location::MeshExternal => "MESH_EXTERNAL",
+            Location::MeshInternal => "MESH_INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `ServiceEntry.ports[]`.
