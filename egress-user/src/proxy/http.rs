@@ -1,0 +1,552 @@
+//! HTTP/1.1 ports: a hyper server towards the application, and for each request a forward to the
+//! service's endpoint over the waypoint's pooled client. Bodies stream; hop-by-hop headers are
+//! dropped both ways (RFC 9110 §7.6.1); every response carries `via` (RFC 9110 §7.6.3).
+use std::{
+    borrow::Cow,
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
+use http_body_util::{Either, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::{
+    client::legacy::connect::HttpInfo,
+    rt::{TokioIo, TokioTimer},
+};
+use tokio::{net::TcpStream, time::Instant};
+use tracing::{debug, info};
+
+use super::{
+    Inbound, Waypoint,
+    body::{Activity, BodyEnd, Metered},
+    upstream::UpstreamFailure,
+};
+use crate::{
+    model::Service,
+    telemetry::{AccessLog, AccessLogEntry, Metrics, metrics::REPORTER, metrics::REQUESTS_TOTAL},
+};
+
+/// What the waypoint adds to `via` (RFC 9110 §7.6.3: protocol version and a pseudonym).
+pub(super) const VIA: &str = "1.1 egress-waypoint";
+
+/// hyper refuses a read buffer smaller than this.
+const MIN_BUF_SIZE: usize = 8192;
+
+pub(super) type ResponseBody = Either<Metered<Incoming>, Full<Bytes>>;
+
+pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: Arc<Inbound>) {
+    let service = {
+        let waypoint = waypoint.clone();
+        let inbound = inbound.clone();
+        service_fn(move |req| {
+            let waypoint = waypoint.clone();
+            let inbound = inbound.clone();
+            async move { Ok::<_, Infallible>(forward(&waypoint, inbound, req).await) }
+        })
+    };
+    let config = &waypoint.config;
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(config.max_header_bytes)
+        // Room past the header limit, so that a head slightly over it is read whole and answered
+        // 431 rather than cut off mid-read (which resets the connection before the answer).
+        .max_buf_size(config.max_header_bytes.saturating_add(MIN_BUF_SIZE))
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    let Err(source) = served else {
+        debug!("connection closed");
+        return;
+    };
+    // hyper answered these itself (431 or 400) before any request reached us: log them as
+    // Envoy logs a downstream protocol error.
+    let (code, details) = if source.is_parse_too_large() {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "http1.headers_too_large",
+        )
+    } else if source.is_parse() && !source.is_parse_version_h2() {
+        (StatusCode::BAD_REQUEST, "http1.codec_error")
+    } else {
+        if source.is_timeout() {
+            debug!("no complete request head within the header read timeout; closed");
+        } else {
+            debug!(error = %source, "connection ended");
+        }
+        return;
+    };
+    info!(error = %source, %code, "rejected a malformed request");
+    let mut entry = inbound.entry(SystemTime::now());
+    entry.response_code = code.as_u16();
+    entry.response_flags = Some("DPE".into());
+    entry.response_code_details = Some(details.into());
+    waypoint.access_log.log(&entry);
+    record_request(&inbound, code.as_u16(), "DPE");
+}
+
+/// One request: checks, endpoint choice, forward, response. Never fails: every failure is an
+/// HTTP answer, as Envoy's local replies.
+async fn forward(
+    waypoint: &Waypoint,
+    inbound: Arc<Inbound>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let mut exchange = Exchange::start(waypoint.access_log.clone(), inbound, &req);
+
+    let authority = match authority(&req, &exchange.inbound.service) {
+        Ok(authority) => authority,
+        Err(details) => {
+            return exchange.local(LocalReply::bad_request(details));
+        }
+    };
+    exchange.entry.authority = authority
+        .as_ref()
+        .and_then(|a| a.to_str().ok())
+        .map(str::to_owned);
+    if req.method() == Method::CONNECT {
+        return exchange.local(CONNECT_NOT_SUPPORTED);
+    }
+
+    // The table may have been replaced since accept (DNS refresh, config reload): use the fresh
+    // endpoints of the *same* service. An id that now names another service is not followed.
+    let services = waypoint.services.load();
+    let service = match services.get(exchange.inbound.service.id) {
+        Some(current) if same_service(current, &exchange.inbound.service) => current.clone(),
+        _ => {
+            return exchange.local(CLUSTER_NOT_FOUND);
+        }
+    };
+    drop(services);
+    let Some(upstream_addr) =
+        service.upstream_addr(exchange.inbound.original_dst.ip(), waypoint.pick())
+    else {
+        return exchange.local(NO_HEALTHY_UPSTREAM);
+    };
+    exchange.entry.upstream_host = Some(upstream_addr);
+
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(upstream_addr.to_string())
+        .path_and_query(path.as_str())
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(_) => {
+            return exchange.local(LocalReply::bad_request("invalid_path"));
+        }
+    };
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(authority) = authority {
+        parts.headers.insert(header::HOST, authority);
+    }
+    append_via(&mut parts.headers);
+
+    let idle = waypoint.config.idle_timeout;
+    let request_end = Arc::new(Mutex::new(None));
+    let body = {
+        let request_end = request_end.clone();
+        Metered::new(
+            body,
+            exchange.received.clone(),
+            exchange.activity.clone(),
+            idle,
+            Box::new(move |end| *request_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(end)),
+        )
+    };
+    let sent_at = Instant::now();
+    debug!(method = %parts.method, %path, %upstream_addr, "forwarding");
+    let response = tokio::select! {
+        response = waypoint.client.request(Request::from_parts(parts, body)) => Some(response),
+        () = exchange.activity.idle(idle) => None,
+    };
+    let request_end = *request_end.lock().unwrap_or_else(|e| e.into_inner());
+    match (response, request_end) {
+        (Some(Ok(response)), _) => {
+            exchange.entry.upstream_service_time = Some(sent_at.elapsed());
+            exchange.upstream(response, idle)
+        }
+        (_, Some(BodyEnd::IdleTimeout)) | (None, None) => {
+            info!(?idle, "the request stream was idle; answering 408");
+            exchange.local(STREAM_IDLE_TIMEOUT)
+        }
+        (None, Some(_)) => {
+            info!(?idle, "no upstream response headers; answering 504");
+            exchange.local(UPSTREAM_RESPONSE_TIMEOUT)
+        }
+        (Some(Err(_)), Some(BodyEnd::Failed)) => {
+            exchange.local(LocalReply::bad_request("downstream_request_body_error"))
+        }
+        (Some(Err(error)), _) => {
+            let failure = UpstreamFailure::from_client(&error);
+            info!(%upstream_addr, error = ?error, flag = failure.flag, "upstream request failed");
+            exchange.entry.upstream_transport_failure_reason = failure.transport_failure.clone();
+            exchange.local(LocalReply {
+                status: failure.status,
+                body: failure.body().into(),
+                flag: Some(failure.flag),
+                details: failure.details().into(),
+                close: false,
+            })
+        }
+    }
+}
+
+/// A response of the waypoint's own: what Envoy would answer, flag and details included.
+struct LocalReply {
+    status: StatusCode,
+    body: Cow<'static, str>,
+    /// `%RESPONSE_FLAGS%`.
+    flag: Option<&'static str>,
+    /// `%RESPONSE_CODE_DETAILS%`.
+    details: Cow<'static, str>,
+    /// Close the connection after answering: after a malformed or timed-out request, what
+    /// follows on the connection cannot be trusted to be framed as the client meant.
+    close: bool,
+}
+
+impl LocalReply {
+    const fn fixed(
+        status: StatusCode,
+        body: &'static str,
+        flag: Option<&'static str>,
+        details: &'static str,
+        close: bool,
+    ) -> Self {
+        Self {
+            status,
+            body: Cow::Borrowed(body),
+            flag,
+            details: Cow::Borrowed(details),
+            close,
+        }
+    }
+
+    /// A downstream protocol error (`DPE`), answered 400.
+    fn bad_request(details: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            details: details.into(),
+            ..Self::fixed(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                Some("DPE"),
+                "",
+                true,
+            )
+        }
+    }
+}
+
+const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply::fixed(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "no healthy upstream",
+    Some("UH"),
+    "no_healthy_upstream",
+    false,
+);
+/// The service this connection was accepted for is no longer configured.
+const CLUSTER_NOT_FOUND: LocalReply = LocalReply::fixed(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "cluster not found",
+    Some("NC"),
+    "cluster_not_found",
+    true,
+);
+const CONNECT_NOT_SUPPORTED: LocalReply = LocalReply::fixed(
+    StatusCode::METHOD_NOT_ALLOWED,
+    "CONNECT is not supported",
+    None,
+    "method_not_allowed",
+    false,
+);
+/// Envoy's `stream_idle_timeout` while the request was still arriving.
+const STREAM_IDLE_TIMEOUT: LocalReply = LocalReply::fixed(
+    StatusCode::REQUEST_TIMEOUT,
+    "stream timeout",
+    Some("SI"),
+    "stream_idle_timeout",
+    true,
+);
+/// The request went out whole and no response headers came back in time.
+const UPSTREAM_RESPONSE_TIMEOUT: LocalReply = LocalReply::fixed(
+    StatusCode::GATEWAY_TIMEOUT,
+    "upstream request timeout",
+    Some("UT"),
+    "upstream_response_timeout",
+    false,
+);
+
+/// The state of one request while it is answered, and its access-log line.
+struct Exchange {
+    log: AccessLog,
+    inbound: Arc<Inbound>,
+    entry: AccessLogEntry,
+    started: Instant,
+    activity: Arc<Activity>,
+    received: Arc<AtomicU64>,
+}
+
+impl Exchange {
+    fn start<B>(log: AccessLog, inbound: Arc<Inbound>, req: &Request<B>) -> Self {
+        let mut entry = inbound.entry(SystemTime::now());
+        let headers = req.headers();
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        entry.method = Some(req.method().as_str().to_owned());
+        entry.path = req.uri().path_and_query().map(|pq| pq.as_str().to_owned());
+        entry.protocol = Some(protocol(req.version()));
+        entry.x_forwarded_for = text("x-forwarded-for");
+        entry.user_agent = text("user-agent");
+        entry.request_id = text("x-request-id");
+        Self {
+            log,
+            inbound,
+            entry,
+            started: Instant::now(),
+            activity: Activity::new(),
+            received: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A response of the waypoint's own (Envoy's "local reply"), logged at once.
+    fn local(mut self, reply: LocalReply) -> Response<ResponseBody> {
+        let body = Bytes::from(reply.body.into_owned());
+        self.entry.response_code = reply.status.as_u16();
+        self.entry.response_flags = reply.flag.map(str::to_owned);
+        self.entry.response_code_details = Some(reply.details.into_owned());
+        self.entry.bytes_sent = body.len() as u64;
+        self.finish();
+
+        let mut response = Response::new(Either::Right(Full::new(body)));
+        *response.status_mut() = reply.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if reply.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        append_via(headers);
+        response
+    }
+
+    /// The upstream's response, relayed; the line is logged when its body ends.
+    fn upstream(
+        mut self,
+        response: Response<Incoming>,
+        idle: std::time::Duration,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = response.into_parts();
+        self.entry.response_code = parts.status.as_u16();
+        self.entry.response_code_details = Some("via_upstream".into());
+        self.entry.upstream_local_address =
+            parts.extensions.get::<HttpInfo>().map(HttpInfo::local_addr);
+        parts.extensions = http::Extensions::new();
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        append_via(&mut parts.headers);
+
+        let sent = Arc::new(AtomicU64::new(0));
+        let activity = self.activity.clone();
+        let on_end = {
+            let sent = sent.clone();
+            Box::new(move |end: BodyEnd| {
+                self.entry.bytes_sent = sent.load(Ordering::Relaxed);
+                match end {
+                    BodyEnd::Complete => {}
+                    BodyEnd::Failed => {
+                        self.entry.response_flags = Some("UC".into());
+                        self.entry.response_code_details = Some(
+                            "upstream_reset_after_response_started{connection_termination}".into(),
+                        );
+                    }
+                    BodyEnd::IdleTimeout => {
+                        self.entry.response_flags = Some("SI".into());
+                        self.entry.response_code_details = Some("stream_idle_timeout".into());
+                    }
+                    BodyEnd::Dropped => self.entry.response_flags = Some("DC".into()),
+                }
+                self.finish();
+            })
+        };
+        let body = Metered::new(body, sent, activity, idle, on_end);
+        Response::from_parts(parts, Either::Left(body))
+    }
+
+    fn finish(mut self) {
+        self.entry.duration = self.started.elapsed();
+        self.entry.bytes_received = self.received.load(Ordering::Relaxed);
+        self.log.log(&self.entry);
+        let flags = self.entry.response_flags.as_deref().unwrap_or("-");
+        record_request(&self.inbound, self.entry.response_code, flags);
+    }
+}
+
+fn record_request(inbound: &Inbound, code: u16, flags: &str) {
+    let code = code.to_string();
+    Metrics::global().add(
+        REQUESTS_TOTAL,
+        &[
+            ("reporter", REPORTER),
+            ("source_principal", inbound.source_principal()),
+            ("destination_service", inbound.destination_service()),
+            ("response_code", &code),
+            ("response_flags", flags),
+        ],
+        1,
+    );
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The authority to forward with. Absolute-form targets win over `Host` (RFC 9112 §3.2.2);
+/// duplicate `Host` is ambiguous and an HTTP/1.1 request without one is invalid (§3.2), both
+/// rejected. An HTTP/1.0 request without `Host` gets the ServiceEntry's host.
+fn authority<B>(req: &Request<B>, service: &Service) -> Result<Option<HeaderValue>, String> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err("duplicate_host_header".into());
+    }
+    if let Some(authority) = req.uri().authority() {
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| "invalid_authority".into());
+    }
+    match host {
+        Some(host) => Ok(Some(host)),
+        None if req.version() == Version::HTTP_11 => Err("missing_host_header".into()),
+        None => Ok(service
+            .hosts
+            .first()
+            .filter(|h| !h.starts_with('*'))
+            .and_then(|h| {
+                let text = if service.port == 80 {
+                    h.clone()
+                } else {
+                    format!("{h}:{}", service.port)
+                };
+                HeaderValue::from_str(&text).ok()
+            })),
+    }
+}
+
+fn same_service(a: &Service, b: &Service) -> bool {
+    a.namespace == b.namespace && a.name == b.name && a.port == b.port && a.protocol == b.protocol
+}
+
+/// Headers that never travel past this hop (RFC 9110 §7.6.1), plus any the `Connection` header
+/// names. `Host` and `Content-Length` are kept even if named: dropping them would change where
+/// or how much a message is, which a peer must not be able to ask a proxy to do.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Appends our entry to `via`, after whatever earlier hops wrote, as one field value.
+pub(super) fn append_via(headers: &mut HeaderMap) {
+    let mut value = Vec::new();
+    for existing in headers.get_all(header::VIA) {
+        value.extend_from_slice(existing.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(VIA.as_bytes());
+    match HeaderValue::from_bytes(&value) {
+        Ok(value) => {
+            headers.insert(header::VIA, value);
+        }
+        Err(_) => {
+            headers.append(header::VIA, HeaderValue::from_static(VIA));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret, host, content-length"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("host", "httpbin.org"),
+            ("content-length", "3"),
+            ("x-kept", "yes"),
+        ] {
+            headers.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "host", "x-kept"]);
+    }
+
+    #[test]
+    fn via_is_appended_after_earlier_hops() {
+        let mut headers = HeaderMap::new();
+        append_via(&mut headers);
+        assert_eq!(headers[header::VIA], VIA);
+        let mut headers = HeaderMap::new();
+        headers.append(header::VIA, HeaderValue::from_static("1.0 fred"));
+        headers.append(header::VIA, HeaderValue::from_static("1.1 p.example.net"));
+        append_via(&mut headers);
+        assert_eq!(
+            headers.get_all(header::VIA).iter().collect::<Vec<_>>(),
+            ["1.0 fred, 1.1 p.example.net, 1.1 egress-waypoint"]
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The waypoint: accepts connections the kernel redirected, finds out where each was headed and
+//! who opened it, and proxies it — HTTP/1.1 request by request, anything else as a byte splice.
+//!
+//! Phases of one connection: accept (bounded) → origin lookup (a connection the kernel did not
+//! redirect is closed, never proxied) → service → principal → [`http`] or [`splice`].
+mod body;
+mod http;
+mod splice;
+mod upstream;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tracing::{Instrument, debug, field, info_span, warn};
+
+use crate::{
+    identity::Principal,
+    model::{IdentitySource, OriginSource, Service, ServiceTable},
+    telemetry::{
+        self, AccessLog, AccessLogEntry, Metrics,
+        metrics::{REPORTER, TCP_CLOSED_TOTAL, TCP_OPENED_TOTAL},
+    },
+};
+
+/// Limits of the waypoint. The defaults follow Envoy's where Envoy has one.
+#[derive(Clone, Debug)]
+pub struct WaypointConfig {
+    /// Largest request head (request line and headers); more is answered 431. Envoy: 60 KiB.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head. hyper also applies it to the wait
+    /// for the next request on a keep-alive connection, which bounds idle HTTP connections.
+    pub header_read_timeout: Duration,
+    /// A stream (an HTTP exchange or a spliced connection) with no bytes moving in either
+    /// direction for this long is ended (Envoy's `stream_idle_timeout`, TCP proxy `idle_timeout`).
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time allowed to connect to an upstream endpoint.
+    pub upstream_connect_timeout: Duration,
+}
+
+impl Default for WaypointConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 60 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
+            upstream_connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a proxied message body ended early (the error the client or upstream connection sees).
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("reading a message body")]
+    Body {
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("no bytes moved in either direction for {idle:?}")]
+    StreamIdle { idle: Duration },
+}
+
+/// The egress waypoint. Build one with [`Waypoint::new`], run it with [`Waypoint::serve`].
+pub struct Waypoint {
+    services: Arc<ArcSwap<ServiceTable>>,
+    origins: Arc<dyn OriginSource>,
+    identities: Arc<dyn IdentitySource>,
+    access_log: AccessLog,
+    config: WaypointConfig,
+    client: upstream::UpstreamClient,
+    connections: Arc<Semaphore>,
+    /// Round-robin position over a service's endpoints.
+    next_endpoint: AtomicUsize,
+}
+
+/// What is known about an accepted connection once its origin is resolved.
+struct Inbound {
+    peer: SocketAddr,
+    /// What the application dialled, from the kernel's origin record.
+    original_dst: SocketAddr,
+    service: Arc<Service>,
+    /// `spiffe://<principal>`, or `None` for a caller without identity.
+    spiffe: Option<String>,
+    cluster: String,
+}
+
+impl Inbound {
+    fn new(
+        peer: SocketAddr,
+        original_dst: SocketAddr,
+        service: Arc<Service>,
+        principal: Option<&Principal>,
+    ) -> Self {
+        Self {
+            peer,
+            original_dst,
+            cluster: service.cluster_name(),
+            service,
+            spiffe: principal.map(|p| format!("spiffe://{p}")),
+        }
+    }
+
+    /// An access-log entry with what the connection already says.
+    fn entry(&self, start_time: SystemTime) -> AccessLogEntry {
+        AccessLogEntry {
+            start_time,
+            upstream_cluster: Some(self.cluster.clone()),
+            downstream_local_address: Some(self.original_dst),
+            downstream_remote_address: Some(self.peer),
+            downstream_peer_principal: self.spiffe.clone(),
+            ..AccessLogEntry::default()
+        }
+    }
+
+    /// Istio's `source_principal` label: the SPIFFE URI, or `unknown`.
+    fn source_principal(&self) -> &str {
+        self.spiffe.as_deref().unwrap_or("unknown")
+    }
+
+    /// Istio's `destination_service` label: the ServiceEntry's first host.
+    fn destination_service(&self) -> &str {
+        self.service
+            .hosts
+            .first()
+            .map(String::as_str)
+            .unwrap_or("unknown")
+    }
+
+    fn tcp_labels(&self) -> [(&'static str, &str); 3] {
+        [
+            ("reporter", REPORTER),
+            ("source_principal", self.source_principal()),
+            ("destination_service", self.destination_service()),
+        ]
+    }
+}
+
+impl Waypoint {
+    pub fn new(
+        services: Arc<ArcSwap<ServiceTable>>,
+        origins: Arc<dyn OriginSource>,
+        identities: Arc<dyn IdentitySource>,
+        access_log: AccessLog,
+        config: WaypointConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            services,
+            origins,
+            identities,
+            access_log,
+            client: upstream::client(&config),
+            connections: Arc::new(Semaphore::new(
+                config.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            config,
+            next_endpoint: AtomicUsize::new(0),
+        })
+    }
+
+    /// Accepts until the task is dropped/aborted; per-connection errors are logged, never fatal.
+    /// Returns only when the listener itself fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) if telemetry::is_transient_accept_error(&error) => {
+                    warn!(%error, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                let limit = self.config.max_connections;
+                warn!(%peer, limit, "connection limit reached; closing the new connection");
+                continue;
+            };
+            let waypoint = self.clone();
+            tokio::spawn(async move {
+                waypoint.handle(stream, peer).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// The next endpoint index for round-robin selection.
+    fn pick(&self) -> usize {
+        self.next_endpoint.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let span = info_span!(
+            "inbound",
+            peer = %peer,
+            service = field::Empty,
+            principal = field::Empty
+        );
+        self.proxy(stream, peer).instrument(span).await
+    }
+
+    async fn proxy(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Some(origin) = self.origins.origin(peer) else {
+            // A direct connection to the listener. Proxying it would hand any local process a
+            // path to the services without the identity and destination the kernel attests.
+            warn!("no origin recorded (not redirected by the kernel); closing");
+            return;
+        };
+        let Some(service) = self.services.load().get(origin.service_id).cloned() else {
+            let service_id = origin.service_id;
+            warn!(
+                service_id,
+                "no service with this id (configuration changed?); closing"
+            );
+            return;
+        };
+        let principal = self.identities.principal(origin.cgroup_id);
+        let span = tracing::Span::current();
+        let name = format!("{}/{}", service.namespace, service.name);
+        span.record("service", name.as_str());
+        match &principal {
+            Some(p) => span.record("principal", field::display(p)),
+            None => span.record("principal", "-"),
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "setting TCP_NODELAY on the client connection failed");
+        }
+        let original_dst = SocketAddr::new(IpAddr::from(origin.dst_addr), origin.dst_port);
+        let inbound = Arc::new(Inbound::new(
+            peer,
+            original_dst,
+            service,
+            principal.as_ref(),
+        ));
+        debug!(
+            %original_dst,
+            cgroup_id = origin.cgroup_id,
+            pid = origin.pid,
+            uid = origin.uid,
+            protocol = %inbound.service.protocol,
+            "accepted a redirected connection"
+        );
+        Metrics::global().add(TCP_OPENED_TOTAL, &inbound.tcp_labels(), 1);
+        if inbound.service.protocol.is_http() {
+            http::serve(self.clone(), stream, inbound.clone()).await;
+        } else {
+            splice::serve(&self, stream, &inbound).await;
+        }
+        Metrics::global().add(TCP_CLOSED_TOTAL, &inbound.tcp_labels(), 1);
+    }
+}

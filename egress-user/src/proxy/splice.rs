@@ -1,0 +1,148 @@
+//! Non-HTTP ports: connect to the upstream and copy bytes both ways until both sides are done
+//! or the connection has been idle too long. One access-log line per connection.
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::SystemTime,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    time::{Instant, timeout},
+};
+use tracing::{debug, info};
+
+use super::{Inbound, Waypoint, body::Activity, upstream::UpstreamFailure};
+use crate::telemetry::{
+    Metrics,
+    metrics::{TCP_RECEIVED_BYTES_TOTAL, TCP_SENT_BYTES_TOTAL},
+};
+
+pub(super) async fn serve(waypoint: &Waypoint, downstream: TcpStream, inbound: &Inbound) {
+    let started = Instant::now();
+    let mut entry = inbound.entry(SystemTime::now());
+    let log = |mut entry: crate::telemetry::AccessLogEntry| {
+        entry.duration = started.elapsed();
+        waypoint.access_log.log(&entry);
+    };
+
+    let Some(upstream_addr) = inbound
+        .service
+        .upstream_addr(inbound.original_dst.ip(), waypoint.pick())
+    else {
+        info!("no healthy upstream; closing");
+        entry.response_flags = Some("UH".into());
+        log(entry);
+        return;
+    };
+    entry.upstream_host = Some(upstream_addr);
+
+    let connect = timeout(
+        waypoint.config.upstream_connect_timeout,
+        TcpStream::connect(upstream_addr),
+    )
+    .await
+    .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)));
+    let upstream = match connect {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            info!(%upstream_addr, %error, "upstream connect failed; closing");
+            let failure = UpstreamFailure::connect(&error);
+            entry.response_flags = Some(failure.flag.into());
+            entry.upstream_transport_failure_reason = failure.transport_failure;
+            log(entry);
+            return;
+        }
+    };
+    if let Err(error) = upstream.set_nodelay(true) {
+        debug!(%error, "setting TCP_NODELAY on the upstream connection failed");
+    }
+    entry.upstream_local_address = upstream.local_addr().ok();
+    debug!(%upstream_addr, "splicing");
+
+    let activity = Activity::new();
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut downstream = Counted {
+        inner: downstream,
+        read: received.clone(),
+        written: sent.clone(),
+        activity: activity.clone(),
+    };
+    let mut upstream = upstream;
+    let idle = waypoint.config.idle_timeout;
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => {
+            match copied {
+                Ok(_) => debug!("both sides closed"),
+                Err(error) => debug!(%error, "connection ended"),
+            }
+        }
+        () = activity.idle(idle) => debug!(?idle, "idle timeout; closing"),
+    }
+
+    entry.bytes_received = received.load(Ordering::Relaxed);
+    entry.bytes_sent = sent.load(Ordering::Relaxed);
+    let labels = inbound.tcp_labels();
+    Metrics::global().add(TCP_RECEIVED_BYTES_TOTAL, &labels, entry.bytes_received);
+    Metrics::global().add(TCP_SENT_BYTES_TOTAL, &labels, entry.bytes_sent);
+    log(entry);
+}
+
+/// Counts the bytes read from and written to the client, and marks the connection active.
+struct Counted<T> {
+    inner: T,
+    read: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.written.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,512 @@
+//! The access log: one line per HTTP request or per TCP connection, in Istio's default TEXT
+//! format (or Envoy's JSON keys), written synchronously and flushed per line so that nothing is
+//! lost on shutdown.
+use std::{
+    fmt::{self, Write as _},
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tracing::warn;
+
+/// How lines are rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// Istio's default TEXT format plus one field of ours (see [`AccessLogEntry::write_text`]).
+    Text,
+    /// One JSON object per line with Istio's default JSON keys plus `downstream_peer_principal`.
+    Json,
+}
+
+/// What one access-log line says. `None`, empty strings and zero durations where Envoy has no
+/// value print as `-` (TEXT) or `null` (JSON).
+#[derive(Clone, Debug)]
+pub struct AccessLogEntry {
+    /// `%START_TIME%`: when the request (or connection) started.
+    pub start_time: SystemTime,
+    /// `%REQ(:METHOD)%`.
+    pub method: Option<String>,
+    /// `%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`: path and query as received.
+    pub path: Option<String>,
+    /// `%PROTOCOL%`: `HTTP/1.1`, `HTTP/1.0`; `None` for TCP.
+    pub protocol: Option<&'static str>,
+    /// `%RESPONSE_CODE%`: 0 when there was no HTTP response (TCP, downstream gone).
+    pub response_code: u16,
+    /// `%RESPONSE_FLAGS%`: Envoy's short flags (`UF`, `UH`, `UC`, ...), comma separated.
+    pub response_flags: Option<String>,
+    /// `%RESPONSE_CODE_DETAILS%`: `via_upstream`, `upstream_reset_before_response_started{...}`, ...
+    pub response_code_details: Option<String>,
+    /// `%CONNECTION_TERMINATION_DETAILS%`.
+    pub connection_termination_details: Option<String>,
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub upstream_transport_failure_reason: Option<String>,
+    /// `%BYTES_RECEIVED%`: body bytes (HTTP) or stream bytes (TCP) from the downstream.
+    pub bytes_received: u64,
+    /// `%BYTES_SENT%`: body bytes (HTTP) or stream bytes (TCP) to the downstream.
+    pub bytes_sent: u64,
+    /// `%DURATION%`, printed in milliseconds.
+    pub duration: Duration,
+    /// `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`: time from sending the request upstream to its
+    /// response headers, printed in milliseconds. We measure it; we do not send the header.
+    pub upstream_service_time: Option<Duration>,
+    /// `%REQ(X-FORWARDED-FOR)%`.
+    pub x_forwarded_for: Option<String>,
+    /// `%REQ(USER-AGENT)%`.
+    pub user_agent: Option<String>,
+    /// `%REQ(X-REQUEST-ID)%`.
+    pub request_id: Option<String>,
+    /// `%REQ(:AUTHORITY)%`.
+    pub authority: Option<String>,
+    /// `%UPSTREAM_HOST%`.
+    pub upstream_host: Option<SocketAddr>,
+    /// `%UPSTREAM_CLUSTER_RAW%`: `outbound|PORT||HOST`.
+    pub upstream_cluster: Option<String>,
+    /// `%UPSTREAM_LOCAL_ADDRESS%`.
+    pub upstream_local_address: Option<SocketAddr>,
+    /// `%DOWNSTREAM_LOCAL_ADDRESS%`: the address the application dialled (from the kernel's
+    /// origin), not the waypoint listener.
+    pub downstream_local_address: Option<SocketAddr>,
+    /// `%DOWNSTREAM_REMOTE_ADDRESS%`.
+    pub downstream_remote_address: Option<SocketAddr>,
+    /// `%REQUESTED_SERVER_NAME%` (SNI).
+    pub requested_server_name: Option<String>,
+    /// `%ROUTE_NAME%`.
+    pub route_name: Option<String>,
+    /// Ours: the caller's identity as a SPIFFE URI (`spiffe://<principal>`), attested by the
+    /// kernel's cgroup id; `None` for a cgroup without identity.
+    pub downstream_peer_principal: Option<String>,
+}
+
+impl Default for AccessLogEntry {
+    fn default() -> Self {
+        Self {
+            start_time: UNIX_EPOCH,
+            method: None,
+            path: None,
+            protocol: None,
+            response_code: 0,
+            response_flags: None,
+            response_code_details: None,
+            connection_termination_details: None,
+            upstream_transport_failure_reason: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            upstream_service_time: None,
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            authority: None,
+            upstream_host: None,
+            upstream_cluster: None,
+            upstream_local_address: None,
+            downstream_local_address: None,
+            downstream_remote_address: None,
+            requested_server_name: None,
+            route_name: None,
+            downstream_peer_principal: None,
+        }
+    }
+}
+
+/// `-` for a missing or empty value, as Envoy prints it.
+struct Dash<'a, T: fmt::Display>(&'a Option<T>);
+
+impl<T: fmt::Display> fmt::Display for Dash<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(value) = self.0 else {
+            return f.write_str("-");
+        };
+        let text = value.to_string();
+        f.write_str(if text.is_empty() { "-" } else { &text })
+    }
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+impl AccessLogEntry {
+    /// Istio's default TEXT format:
+    ///
+    /// ```text
+    /// [%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE%
+    /// %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
+    /// "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
+    /// %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%"
+    /// "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW%
+    /// %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
+    /// %REQUESTED_SERVER_NAME% %ROUTE_NAME%
+    /// ```
+    ///
+    /// (one line), followed by ONE field of ours: the downstream principal as
+    /// `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`, or `-` for a caller without identity. It is last
+    /// so that parsers written for Istio's format keep working.
+    pub fn write_text(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "[{}] \"{} {} {}\" {} {} {} {} \"{}\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {} {}",
+            rfc3339_millis(self.start_time),
+            Dash(&self.method),
+            Dash(&self.path),
+            Dash(&self.protocol),
+            self.response_code,
+            Dash(&self.response_flags),
+            Dash(&self.response_code_details),
+            Dash(&self.connection_termination_details),
+            Dash(&self.upstream_transport_failure_reason),
+            self.bytes_received,
+            self.bytes_sent,
+            millis(self.duration),
+            Dash(&self.upstream_service_time.map(millis)),
+            Dash(&self.x_forwarded_for),
+            Dash(&self.user_agent),
+            Dash(&self.request_id),
+            Dash(&self.authority),
+            Dash(&self.upstream_host),
+            Dash(&self.upstream_cluster),
+            Dash(&self.upstream_local_address),
+            Dash(&self.downstream_local_address),
+            Dash(&self.downstream_remote_address),
+            Dash(&self.requested_server_name),
+            Dash(&self.route_name),
+            Dash(&self.downstream_peer_principal),
+        );
+    }
+
+    /// Istio's default JSON keys (Envoy's JSON formatter: numbers for codes, bytes and
+    /// durations, `null` for missing values), plus `downstream_peer_principal`.
+    pub fn write_json(&self, out: &mut String) {
+        fn opt(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|s| !s.is_empty())
+        }
+        let line = JsonLine {
+            start_time: rfc3339_millis(self.start_time),
+            method: opt(&self.method),
+            path: opt(&self.path),
+            protocol: self.protocol,
+            response_code: self.response_code,
+            response_flags: opt(&self.response_flags),
+            response_code_details: opt(&self.response_code_details),
+            connection_termination_details: opt(&self.connection_termination_details),
+            upstream_transport_failure_reason: opt(&self.upstream_transport_failure_reason),
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            duration: millis(self.duration) as u64,
+            upstream_service_time: self.upstream_service_time.map(|d| millis(d).to_string()),
+            x_forwarded_for: opt(&self.x_forwarded_for),
+            user_agent: opt(&self.user_agent),
+            request_id: opt(&self.request_id),
+            authority: opt(&self.authority),
+            upstream_host: self.upstream_host.map(|a| a.to_string()),
+            upstream_cluster: opt(&self.upstream_cluster),
+            upstream_local_address: self.upstream_local_address.map(|a| a.to_string()),
+            downstream_local_address: self.downstream_local_address.map(|a| a.to_string()),
+            downstream_remote_address: self.downstream_remote_address.map(|a| a.to_string()),
+            requested_server_name: opt(&self.requested_server_name),
+            route_name: opt(&self.route_name),
+            downstream_peer_principal: opt(&self.downstream_peer_principal),
+        };
+        // Serializing plain strings and numbers into a String cannot fail.
+        if let Ok(json) = serde_json::to_string(&line) {
+            out.push_str(&json);
+        }
+    }
+}
+
+/// Field order follows Istio's default JSON format.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    start_time: String,
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    protocol: Option<&'static str>,
+    response_code: u16,
+    response_flags: Option<&'a str>,
+    response_code_details: Option<&'a str>,
+    connection_termination_details: Option<&'a str>,
+    upstream_transport_failure_reason: Option<&'a str>,
+    bytes_received: u64,
+    bytes_sent: u64,
+    duration: u64,
+    upstream_service_time: Option<String>,
+    x_forwarded_for: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    request_id: Option<&'a str>,
+    authority: Option<&'a str>,
+    upstream_host: Option<String>,
+    upstream_cluster: Option<&'a str>,
+    upstream_local_address: Option<String>,
+    downstream_local_address: Option<String>,
+    downstream_remote_address: Option<String>,
+    requested_server_name: Option<&'a str>,
+    route_name: Option<&'a str>,
+    downstream_peer_principal: Option<&'a str>,
+}
+
+/// `2026-11-27T10:00:00.123Z`: RFC 3339, UTC, milliseconds, as Envoy's `%START_TIME%`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day): Howard Hinnant's
+/// `civil_from_days`, which counts in 400-year eras starting on March 1st.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+enum Sink {
+    Stdout,
+    File(Mutex<File>),
+    Memory(Arc<Mutex<Vec<String>>>),
+}
+
+struct Inner {
+    sink: Sink,
+    format: AccessLogFormat,
+    /// Write failures are reported once, not per line.
+    failed: AtomicBool,
+}
+
+/// Where access-log lines go. Cheap to clone; all clones write to the same place.
+///
+/// Each line is rendered first and then written with one `write_all` under a lock and flushed,
+/// so lines never interleave and none sits in a buffer at shutdown. The write is synchronous:
+/// a line is small and a local file or stdout absorbs it without blocking for long.
+#[derive(Clone)]
+pub struct AccessLog {
+    inner: Option<Arc<Inner>>,
+}
+
+/// The lines an [`AccessLog::memory`] log received, for tests and diagnostics.
+#[derive(Clone, Default)]
+pub struct MemoryLog {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl MemoryLog {
+    /// The lines so far, without their newlines.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl AccessLog {
+    fn new(sink: Sink, format: AccessLogFormat) -> Self {
+        Self {
+            inner: Some(Arc::new(Inner {
+                sink,
+                format,
+                failed: AtomicBool::new(false),
+            })),
+        }
+    }
+
+    /// TEXT lines on standard output.
+    pub fn stdout() -> Self {
+        Self::new(Sink::Stdout, AccessLogFormat::Text)
+    }
+
+    /// JSON lines on standard output.
+    pub fn json_stdout() -> Self {
+        Self::new(Sink::Stdout, AccessLogFormat::Json)
+    }
+
+    /// TEXT lines appended to `path` (created if missing).
+    pub fn file(path: impl AsRef<Path>) -> io::Result<Self> {
+        Ok(Self::new(
+            Sink::File(Mutex::new(open(path)?)),
+            AccessLogFormat::Text,
+        ))
+    }
+
+    /// JSON lines appended to `path` (created if missing).
+    pub fn json_file(path: impl AsRef<Path>) -> io::Result<Self> {
+        Ok(Self::new(
+            Sink::File(Mutex::new(open(path)?)),
+            AccessLogFormat::Json,
+        ))
+    }
+
+    /// Lines kept in memory; the returned [`MemoryLog`] reads them.
+    pub fn memory(format: AccessLogFormat) -> (Self, MemoryLog) {
+        let memory = MemoryLog::default();
+        (
+            Self::new(Sink::Memory(memory.lines.clone()), format),
+            memory,
+        )
+    }
+
+    /// No access log.
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Renders and writes one line.
+    pub fn log(&self, entry: &AccessLogEntry) {
+        let Some(inner) = &self.inner else { return };
+        let mut line = String::with_capacity(512);
+        match inner.format {
+            AccessLogFormat::Text => entry.write_text(&mut line),
+            AccessLogFormat::Json => entry.write_json(&mut line),
+        }
+        let result = match &inner.sink {
+            Sink::Memory(lines) => {
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                Ok(())
+            }
+            Sink::Stdout => {
+                line.push('\n');
+                let mut out = io::stdout().lock();
+                out.write_all(line.as_bytes()).and_then(|()| out.flush())
+            }
+            Sink::File(file) => {
+                line.push('\n');
+                let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+                file.write_all(line.as_bytes()).and_then(|()| file.flush())
+            }
+        };
+        if let Err(error) = result
+            && !inner.failed.swap(true, Ordering::Relaxed)
+        {
+            warn!(%error, "writing the access log failed; further failures are not reported");
+        }
+    }
+}
+
+fn open(path: impl AsRef<Path>) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn start_time_is_rfc3339_utc_with_millis() {
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(at(1_795_773_600, 123)),
+            "2026-11-27T10:00:00.123Z"
+        );
+        // A leap day and the last millisecond of a century year that is a leap year.
+        assert_eq!(
+            rfc3339_millis(at(951_782_400, 0)),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339_millis(at(978_307_199, 999)),
+            "2000-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            rfc3339_millis(at(4_107_542_400, 5)),
+            "2100-03-01T00:00:00.005Z"
+        );
+    }
+
+    fn sample() -> AccessLogEntry {
+        AccessLogEntry {
+            start_time: at(1_795_773_600, 123),
+            method: Some("GET".into()),
+            path: Some("/status/418?x=1".into()),
+            protocol: Some("HTTP/1.1"),
+            response_code: 418,
+            response_code_details: Some("via_upstream".into()),
+            bytes_received: 0,
+            bytes_sent: 135,
+            duration: Duration::from_millis(12),
+            upstream_service_time: Some(Duration::from_millis(11)),
+            user_agent: Some("curl/8.5.0".into()),
+            authority: Some("httpbin.org".into()),
+            upstream_host: Some("10.0.0.7:80".parse().unwrap()),
+            upstream_cluster: Some("outbound|80||httpbin.org".into()),
+            upstream_local_address: Some("10.0.0.1:40000".parse().unwrap()),
+            downstream_local_address: Some("10.0.0.7:80".parse().unwrap()),
+            downstream_remote_address: Some("10.1.0.2:51000".parse().unwrap()),
+            downstream_peer_principal: Some("spiffe://cluster.local/ns/app/sa/web".into()),
+            ..AccessLogEntry::default()
+        }
+    }
+
+    #[test]
+    fn text_line_is_istio_default_plus_principal() {
+        let mut line = String::new();
+        sample().write_text(&mut line);
+        assert_eq!(
+            line,
+            "[2026-11-27T10:00:00.123Z] \"GET /status/418?x=1 HTTP/1.1\" 418 - via_upstream - \"-\" \
+             0 135 12 11 \"-\" \"curl/8.5.0\" \"-\" \"httpbin.org\" \"10.0.0.7:80\" \
+             outbound|80||httpbin.org 10.0.0.1:40000 10.0.0.7:80 10.1.0.2:51000 - - \
+             spiffe://cluster.local/ns/app/sa/web"
+        );
+    }
+
+    #[test]
+    fn json_line_has_envoy_keys_and_nulls() {
+        let mut line = String::new();
+        sample().write_json(&mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["start_time"], "2026-11-27T10:00:00.123Z");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["response_code"], 418);
+        assert_eq!(v["response_flags"], serde_json::Value::Null);
+        assert_eq!(v["duration"], 12);
+        assert_eq!(v["upstream_service_time"], "11");
+        assert_eq!(v["upstream_cluster"], "outbound|80||httpbin.org");
+        assert_eq!(v["downstream_local_address"], "10.0.0.7:80");
+        assert_eq!(
+            v["downstream_peer_principal"],
+            "spiffe://cluster.local/ns/app/sa/web"
+        );
+    }
+
+    #[test]
+    fn file_log_appends_whole_lines() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("access.log");
+        let log = AccessLog::file(&path).expect("open log");
+        log.log(&sample());
+        log.clone().log(&AccessLogEntry::default());
+        let text = std::fs::read_to_string(&path).expect("read log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].contains("\"GET /status/418?x=1 HTTP/1.1\" 418"));
+        assert!(lines[1].starts_with("[1970-01-01T00:00:00.000Z] \"- - -\" 0 - - - \"-\" 0 0 0 -"));
+        assert!(text.ends_with('\n'));
+    }
+}
