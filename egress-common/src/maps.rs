@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn names_fit_the_kernel_limit() {
-        for name in crate::names::PROGRAMS.iter().chain(crate::names::MAPS.iter()) {
+        for name in crate::names::PROGRAMS
+            .iter()
+            .chain(crate::names::MAPS.iter())
+        {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
         }
     }

@@ -67,7 +67,9 @@ fn unescape_mount_path(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v as char);
@@ -171,7 +173,9 @@ fn mount_bpffs(target: &Path) -> Result<(), CgroupError> {
         source,
     };
     fs::create_dir_all(target).map_err(err)?;
-    let c_target = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other).map_err(err)?;
+    let c_target = CString::new(target.as_os_str().as_bytes())
+        .map_err(io::Error::other)
+        .map_err(err)?;
     let fstype = c"bpf";
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
@@ -197,6 +201,9 @@ mod tests {
     #[test]
     fn unescapes_octal_in_mount_paths() {
         assert_eq!(unescape_mount_path(r"/mnt/a\040b"), "/mnt/a b");
-        assert_eq!(unescape_mount_path("/sys/fs/cgroup/unified"), "/sys/fs/cgroup/unified");
+        assert_eq!(
+            unescape_mount_path("/sys/fs/cgroup/unified"),
+            "/sys/fs/cgroup/unified"
+        );
     }
 }

@@ -37,7 +37,9 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
-    #[error("no command given (usage: egress exec --namespace NS --service-account SA -- CMD [ARGS...])")]
+    #[error(
+        "no command given (usage: egress exec --namespace NS --service-account SA -- CMD [ARGS...])"
+    )]
     NoCommand,
     #[error("running {program:?}")]
     Spawn {
@@ -55,11 +57,17 @@ fn check_name(what: &'static str, value: &str, allow_dots: bool) -> Result<(), E
         why,
     };
     if value.is_empty() || value.len() > 253 || (!allow_dots && value.len() > 63) {
-        return Err(err("must be 1 to 63 characters (253 for a service account)"));
+        return Err(err(
+            "must be 1 to 63 characters (253 for a service account)",
+        ));
     }
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (allow_dots && c == '.');
+    let ok_char = |c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (allow_dots && c == '.')
+    };
     if !value.chars().all(ok_char) {
-        return Err(err("only lowercase letters, digits and '-' (and '.' in a service account) are allowed"));
+        return Err(err(
+            "only lowercase letters, digits and '-' (and '.' in a service account) are allowed",
+        ));
     }
     let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     if !edge_ok(value.chars().next()) || !edge_ok(value.chars().last()) {

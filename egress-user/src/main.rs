@@ -58,7 +58,12 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Files or directories of Istio YAML: ServiceEntry (other kinds are read and reported).
-    #[arg(long = "config", short = 'c', value_name = "PATH", required_unless_present = "cleanup")]
+    #[arg(
+        long = "config",
+        short = 'c',
+        value_name = "PATH",
+        required_unless_present = "cleanup"
+    )]
     configs: Vec<PathBuf>,
     /// cgroup v2 directory whose processes are captured (created if missing).
     /// Default: <cgroup2 mount>/egress.
@@ -134,7 +139,11 @@ fn main() -> ExitCode {
                 println!(
                     "ok: {} ServiceEntr{}, {} other document{} not acted on",
                     set.service_entries.len(),
-                    if set.service_entries.len() == 1 { "y" } else { "ies" },
+                    if set.service_entries.len() == 1 {
+                        "y"
+                    } else {
+                        "ies"
+                    },
                     set.skipped.len(),
                     if set.skipped.len() == 1 { "" } else { "s" },
                 );

@@ -59,7 +59,9 @@ pub enum RunError {
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Dns(#[from] DnsError),
-    #[error("the waypoint listener must be a specific IPv4 address (the kernel rewrites connects to it), got {0}")]
+    #[error(
+        "the waypoint listener must be a specific IPv4 address (the kernel rewrites connects to it), got {0}"
+    )]
     ListenAddress(SocketAddrV4),
     #[error("binding the {what} listener on {addr}")]
     Bind {
@@ -245,7 +247,9 @@ async fn refresh_dns(
         // Service ids depend only on the config, so connections in flight keep their meaning.
         match apply(&capture, &config, &answers) {
             Ok(table) => services.store(Arc::new(table)),
-            Err(error) => warn!(%error, "applying new DNS answers failed; keeping the previous ones"),
+            Err(error) => {
+                warn!(%error, "applying new DNS answers failed; keeping the previous ones")
+            }
         }
     }
 }

@@ -54,10 +54,8 @@ pub(super) fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, Bpf
 
 impl Maps {
     pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, BpfError> {
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .ok_or(BpfError::MissingMap { name })
-        };
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap { name });
         Ok(Self {
             services4: Mutex::new(typed(names::MAP_SERVICES4, take(names::MAP_SERVICES4)?)?),
             services6: Mutex::new(typed(names::MAP_SERVICES6, take(names::MAP_SERVICES6)?)?),

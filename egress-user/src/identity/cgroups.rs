@@ -69,7 +69,10 @@ impl CgroupIdentities {
             }
             let path = entry.path();
             if let Ok(id) = cgroup::id(&path) {
-                found.insert(id, principal_for_path(&self.root, &path, &self.trust_domain));
+                found.insert(
+                    id,
+                    principal_for_path(&self.root, &path, &self.trust_domain),
+                );
             }
             self.scan(&path, depth + 1, found);
         }
@@ -109,8 +112,17 @@ mod tests {
         )
         .expect("principal");
         assert_eq!(p.to_string(), "cluster.local/ns/default/sa/sleep");
-        assert_eq!(principal_for_path(root, &root.join("ns/default"), "cluster.local"), None);
-        assert_eq!(principal_for_path(root, &root.join("egress-waypoint"), "cluster.local"), None);
-        assert_eq!(principal_for_path(root, Path::new("/elsewhere/ns/a/sa/b"), "td"), None);
+        assert_eq!(
+            principal_for_path(root, &root.join("ns/default"), "cluster.local"),
+            None
+        );
+        assert_eq!(
+            principal_for_path(root, &root.join("egress-waypoint"), "cluster.local"),
+            None
+        );
+        assert_eq!(
+            principal_for_path(root, Path::new("/elsewhere/ns/a/sa/b"), "td"),
+            None
+        );
     }
 }

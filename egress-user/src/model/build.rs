@@ -64,12 +64,7 @@ fn endpoint_port(port: &ServicePort, ep_ports: &BTreeMap<String, u16>) -> u16 {
 }
 
 /// Upstream endpoints for a STATIC or DNS entry (for one host group).
-fn upstream(
-    se: &ServiceEntry,
-    port: &ServicePort,
-    hosts: &[String],
-    dns: &DnsAnswers,
-) -> Upstream {
+fn upstream(se: &ServiceEntry, port: &ServicePort, hosts: &[String], dns: &DnsAnswers) -> Upstream {
     let upstream_port = port.target_port.unwrap_or(port.number);
     match se.resolution {
         Resolution::None => Upstream::OriginalDst,
@@ -164,7 +159,11 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
                 };
                 let value = ServiceValue {
                     service_id: id,
-                    flags: if port.protocol.is_http() { SERVICE_F_HTTP } else { 0 },
+                    flags: if port.protocol.is_http() {
+                        SERVICE_F_HTTP
+                    } else {
+                        0
+                    },
                 };
                 for net in &addresses {
                     let owner = format!("{}/{}", se.namespace, se.name);
@@ -291,7 +290,10 @@ mod tests {
 
     #[test]
     fn unresolved_hosts_warn_and_capture_nothing() {
-        let built = build(&set(vec![se(Resolution::Dns, &[], vec![])]), &DnsAnswers::new());
+        let built = build(
+            &set(vec![se(Resolution::Dns, &[], vec![])]),
+            &DnsAnswers::new(),
+        );
         assert!(built.routes.is_empty());
         assert_eq!(built.warnings.len(), 2);
     }
