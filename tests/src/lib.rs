@@ -1,1 +1,34 @@
+//! End-to-end tests for the egress dataplane: the real `egress` binary, real `curl`, real cgroups
+//! and BPF programs. They need root, a cgroup2 mount and `EGRESS_BIN` (`cargo xtask test` provides
+//! all three); see [`require_privileges`].
+//!
+//! A test reads like what it checks:
+//!
+//! ```no_run
+//! use egress_tests::*;
+//!
+//! if !require_privileges() {
+//!     return;
+//! }
+//! let upstream = Upstream::http();
+//! let dp = Dataplane::builder()
+//!     .service_entry(&yaml::service_entry("httpbin", "httpbin.test", upstream.addr()))
+//!     .start();
+//! let out = dp.exec("default", "sleep").curl(&["-sS", "-i", &upstream.url("/x")]);
+//! assert_eq!(out.header("via").as_deref(), Some("1.1 egress-waypoint"));
+//! ```
+//!
+//! Every test gets its own cgroup, pin directory, ports and temporary files, so tests run in
+//! parallel; dropping a [`Dataplane`] removes all of them, also when the test panicked.
 
+mod dataplane;
+mod environment;
+mod http;
+mod process;
+mod upstream;
+pub mod yaml;
+
+pub use dataplane::{Builder, Dataplane, Workload};
+pub use environment::{cgroup2_mount, egress_bin, require_binary, require_privileges};
+pub use process::{Output, curl, run_bounded};
+pub use upstream::{Hit, Upstream};

@@ -1,1 +1,153 @@
-fn main() {}
+//! Developer tasks for the egress dataplane: `cargo xtask prereqs | build | run | test`.
+//!
+//! The alias lives in `.cargo/config.toml`. Every task that needs the BPF toolchain installs it
+//! first (see `prereqs`), so a fresh machine with stable Rust, rustup and a C compiler needs nothing
+//! by hand.
+mod cmd;
+mod prereqs;
+mod tasks;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test the egress dataplane",
+    long_about = "Build, run and test the egress dataplane.\n\n\
+        Each task installs what is missing first (Debian packages, the pinned nightly for the \
+        kernel programs, bpf-linker), so on a fresh machine `cargo xtask test` is all it takes. \
+        On a machine that has everything the checks take about a second.",
+    after_help = "Examples:\n  \
+        cargo xtask prereqs                 install the toolchain and tools, nothing else\n  \
+        cargo xtask build                   build target/debug/egress\n  \
+        sudo -E cargo xtask run             capture with the configs in examples/\n  \
+        cargo xtask run -- --access-log /tmp/access.log\n  \
+        cargo xtask test                    fmt, clippy, unit tests, build, privileged e2e tests\n  \
+        cargo xtask test --e2e-only -- capture --nocapture"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages (bpftool, curl, iproute2, libelf-dev,
+    /// pkg-config), the pinned nightly with rust-src, and bpf-linker built against that nightly's
+    /// libLLVM. Idempotent: present tools are skipped.
+    Prereqs,
+    /// Install prerequisites, then build the `egress` binary (its build script compiles the
+    /// kernel programs with the pinned nightly).
+    Build {
+        /// Build with the release profile (target/release/egress).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `egress run --config examples ARGS...` in the foreground. Needs root
+    /// (it attaches BPF programs to a cgroup). Ctrl-C stops it.
+    Run {
+        /// Extra arguments for `egress run`, after `--` (e.g. `-- --listen 127.0.0.1:16001`).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Check formatting, lint, run the unit tests, build, then run the privileged end-to-end
+    /// suite (`cargo test -p egress-tests`, needs root). Stops at the first failure.
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        skip_lint: bool,
+        /// Stop after the unit tests: no build of the binary, no privileged tests.
+        #[arg(long, conflicts_with = "e2e_only")]
+        unit_only: bool,
+        /// Only build the binary and run the privileged end-to-end suite.
+        #[arg(long)]
+        e2e_only: bool,
+        /// Extra arguments for the end-to-end test binaries, after `--`
+        /// (a test name filter, `--nocapture`, `--test-threads 1`, ...).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the chain of causes on one line; a backtrace would only show xtask.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let ws = Workspace::locate();
+    match cli.task {
+        Task::Prereqs => prereqs::install(),
+        Task::Build { release } => {
+            let binary = tasks::build(&ws, release)?;
+            cmd::step(&format!("built {}", binary.display()));
+            Ok(())
+        }
+        Task::Run { args } => tasks::run(&ws, &args),
+        Task::Test {
+            skip_lint,
+            unit_only,
+            e2e_only,
+            args,
+        } => tasks::test(
+            &ws,
+            &tasks::TestPlan {
+                lint: !skip_lint && !e2e_only,
+                unit: !e2e_only,
+                e2e: !unit_only,
+                e2e_args: args,
+            },
+        ),
+    }
+}
+
+/// Where the workspace and cargo's tools live.
+pub struct Workspace {
+    pub root: PathBuf,
+    /// `$CARGO_HOME/bin`: where rustup's proxies and `cargo install` put binaries. Prepended to
+    /// PATH for every child so a just-installed bpf-linker is found even when the caller's PATH
+    /// lacks it.
+    pub cargo_bin: PathBuf,
+}
+
+impl Workspace {
+    fn locate() -> Self {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives one level below the workspace root")
+            .to_path_buf();
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+            .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+        let cargo_bin = cargo_home.join("bin");
+        // Children inherit this; set it once instead of on every Command.
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        if !paths.contains(&cargo_bin) {
+            paths.insert(0, cargo_bin.clone());
+            let joined = std::env::join_paths(paths).expect("PATH entries contain no ':'");
+            // SAFETY: xtask is single-threaded and sets this before spawning anything.
+            unsafe { std::env::set_var("PATH", joined) };
+        }
+        Workspace { root, cargo_bin }
+    }
+
+    /// The target directory cargo builds into (honours `CARGO_TARGET_DIR`).
+    pub fn target_dir(&self) -> PathBuf {
+        match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => self.root.join(dir),
+            None => self.root.join("target"),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! A real HTTP/1.1 server on loopback that answers every request with what it received and
+//! remembers each one, so a test can tell whether (and how) a request arrived.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+/// Idle time after which the server closes a kept-alive connection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head the server reads.
+const MAX_HEAD: usize = 64 << 10;
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub method: String,
+    pub path: String,
+    /// The `Host` header, when there was one.
+    pub host: Option<String>,
+    /// Every header, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The address the connection came from.
+    pub peer: SocketAddr,
+}
+
+impl Hit {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// An HTTP server on `127.0.0.1:<free port>`; it stops when dropped.
+pub struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    /// Starts a server on 127.0.0.1 with a port the kernel picks.
+    pub fn http() -> Self {
+        Self::http_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Starts a server on `ip` (a loopback address) with a port the kernel picks.
+    pub fn http_on(ip: IpAddr) -> Self {
+        assert!(
+            ip.is_loopback(),
+            "test upstreams stay on loopback, not {ip}"
+        );
+        let listener = TcpListener::bind((ip, 0)).expect("binding the upstream listener");
+        let addr = listener.local_addr().expect("upstream listener address");
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (accept_hits, accept_stop) = (hits.clone(), stop.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accept_stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let hits = accept_hits.clone();
+                thread::spawn(move || serve(stream, addr, &hits));
+            }
+        });
+        Upstream { addr, hits, stop }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().expect("hits lock").clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+/// Serves requests on one connection until the client closes it, asks to, or idles out.
+fn serve(stream: TcpStream, local: SocketAddr, hits: &Mutex<Vec<Hit>>) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    while let Some((hit, http10)) = read_request(&mut reader, peer) {
+        let close = http10
+            || hit
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let body = format!(
+            "method={}\npath={}\nhost={}\n",
+            hit.method,
+            hit.path,
+            hit.host.as_deref().unwrap_or("-")
+        );
+        hits.lock().expect("hits lock").push(hit);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+             x-upstream: {local}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
+        );
+        if writer.write_all(response.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Reads one request head (and discards a `content-length` body); `true` for HTTP/1.0.
+fn read_request(reader: &mut BufReader<TcpStream>, peer: SocketAddr) -> Option<(Hit, bool)> {
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next()?.to_owned(), parts.next()?.to_owned());
+    let http10 = parts.next() == Some("HTTP/1.0");
+    let mut headers = Vec::new();
+    let mut head_len = request_line.len();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).ok()?;
+        head_len += n;
+        if n == 0 || head_len > MAX_HEAD {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':')?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let hit = Hit {
+        host: headers
+            .iter()
+            .find(|(name, _)| name == "host")
+            .map(|(_, v)| v.clone()),
+        method,
+        path,
+        headers,
+        peer,
+    };
+    let length: u64 = hit
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::io::copy(&mut reader.by_ref().take(length), &mut std::io::sink()).ok()?;
+    Some((hit, http10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http;
+
+    #[test]
+    fn records_and_echoes_each_request() {
+        let upstream = Upstream::http();
+        let (status, body) = http::get(upstream.addr(), "/echo?q=1", Duration::from_secs(5))
+            .expect("the upstream answers");
+        assert_eq!(status, 200);
+        let host = upstream.addr().to_string();
+        assert_eq!(body, format!("method=GET\npath=/echo?q=1\nhost={host}\n"));
+        let hits = upstream.hits();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].path, "/echo?q=1");
+        assert_eq!(hits[0].host.as_deref(), Some(host.as_str()));
+        assert!(hits[0].peer.ip().is_loopback());
+    }
+}

@@ -1,0 +1,219 @@
+//! Installing what building and testing need, idempotently: every check runs first, and only
+//! what is missing is installed, so a machine that has everything spends about a second here.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd::{self, on_path, probe, step};
+
+/// The nightly that builds the kernel programs (design §9); `egress-user/build.rs` names it too.
+pub const NIGHTLY: &str = "nightly-2026-05-20";
+/// bpf-linker release built against LLVM 22, the LLVM of [`NIGHTLY`].
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages and, where there is one, a command that proves the tool is present even when
+/// it was not installed by dpkg.
+const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
+    ("bpftool", Some("bpftool")),
+    ("curl", Some("curl")),
+    ("iproute2", Some("ip")),
+    // For the libbpf cross-check test (libbpf-sys builds libbpf from source against libelf).
+    ("libelf-dev", None),
+    ("pkg-config", Some("pkg-config")),
+];
+
+pub fn install() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    debian_packages()?;
+    rust_components()?;
+    let sysroot = nightly()?;
+    bpf_linker(&sysroot)?;
+    step(&format!(
+        "prerequisites ready ({NIGHTLY}, bpf-linker {BPF_LINKER_VERSION}, bpftool; {:.1}s)",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let installed = dpkg_installed(DEBIAN_PACKAGES.iter().map(|(name, _)| *name));
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(name, command)| {
+            !installed.iter().any(|i| i == name) && !command.is_some_and(on_path)
+        })
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !on_path("apt-get") {
+        bail!(
+            "missing {list}, and there is no apt-get here: install them with your package manager"
+        );
+    }
+    let sudo = if cmd::is_root() {
+        None
+    } else if on_path("sudo") {
+        Some("sudo")
+    } else {
+        bail!("missing {list}: run `apt-get update && apt-get install -y {list}` as root");
+    };
+    let apt = |args: &[&str]| {
+        let mut command = match sudo {
+            Some(sudo) => {
+                let mut c = Command::new(sudo);
+                c.arg("apt-get");
+                c
+            }
+            None => Command::new("apt-get"),
+        };
+        command.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        command
+    };
+    step(&format!(
+        "installing Debian packages {list} (about 1 minute)"
+    ));
+    cmd::run(&mut apt(&["update", "-q"]))?;
+    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
+    install.args(&missing);
+    cmd::run(&mut install)
+}
+
+/// Names among `packages` that dpkg reports as installed (none when there is no dpkg).
+fn dpkg_installed<'a>(packages: impl Iterator<Item = &'a str>) -> Vec<String> {
+    // dpkg-query exits 1 when any name is unknown but still prints the known ones.
+    let Ok(output) = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\\n"])
+        .args(packages)
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.strip_suffix(" install ok installed")
+                .map(|name| name.split(':').next().unwrap_or(name).to_owned())
+        })
+        .collect()
+}
+
+/// rustfmt and clippy for the toolchain that builds userspace (`cargo xtask test` uses both).
+fn rust_components() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [("rustfmt", "fmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(_, sub)| probe(Command::new("cargo").args([sub, "--version"])).is_none())
+        .map(|(component, _)| component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing Rust components {} (a few seconds)",
+        missing.join(" ")
+    ));
+    cmd::run(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
+}
+
+/// The pinned nightly with rust-src (for `-Z build-std=core`); returns its sysroot.
+fn nightly() -> anyhow::Result<PathBuf> {
+    if let Some(sysroot) = nightly_sysroot()
+        && sysroot.join("lib/rustlib/src/rust/library").is_dir()
+    {
+        return Ok(sysroot);
+    }
+    if !on_path("rustup") {
+        bail!("rustup is needed to install {NIGHTLY}; see https://rustup.rs");
+    }
+    step(&format!(
+        "installing Rust {NIGHTLY} with rust-src for the kernel programs (about 1 minute)"
+    ));
+    cmd::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))?;
+    let sysroot =
+        nightly_sysroot().with_context(|| format!("{NIGHTLY} installed but rustc does not run"))?;
+    if !sysroot.join("lib/rustlib/src/rust/library").is_dir() {
+        bail!("{NIGHTLY} has no rust-src under {}", sysroot.display());
+    }
+    Ok(sysroot)
+}
+
+fn nightly_sysroot() -> Option<PathBuf> {
+    let out = probe(
+        Command::new("rustup")
+            .args(["run", NIGHTLY, "rustc", "--print", "sysroot"])
+            // A check must not install anything behind our back.
+            .env("RUSTUP_AUTO_INSTALL", "0"),
+    )?;
+    Some(PathBuf::from(out.trim()))
+}
+
+/// bpf-linker built against the nightly's own libLLVM, so no system LLVM 22 is needed.
+fn bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
+    let installed = probe(Command::new("bpf-linker").arg("--version"));
+    if installed
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|word| word == BPF_LINKER_VERSION))
+    {
+        return Ok(());
+    }
+    let lib = sysroot.join("lib");
+    let llvm = libllvm_name(&lib)?;
+    step(&format!(
+        "installing bpf-linker {BPF_LINKER_VERSION} against {NIGHTLY}'s {llvm} (about 1 minute)"
+    ));
+    if let Some(previous) = installed {
+        println!("    replacing {}", previous.trim());
+    }
+    let rustflags = format!(
+        "-L {lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}",
+        lib = lib.display()
+    );
+    cmd::run(
+        Command::new("cargo")
+            .arg(format!("+{NIGHTLY}"))
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--locked", "--force", "--no-default-features"])
+            .args(["--features", "llvm-22,no-llvm-linking"])
+            .env("RUSTFLAGS", rustflags),
+    )
+}
+
+/// The `-l dylib=` name of the nightly's libLLVM: `lib/libLLVM-22-rust-1.97.0-nightly.so` gives
+/// `LLVM-22-rust-1.97.0-nightly`.
+fn libllvm_name(lib: &Path) -> anyhow::Result<String> {
+    let entries = std::fs::read_dir(lib).with_context(|| format!("reading {}", lib.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|file| {
+            let stem = file.strip_prefix("lib")?.strip_suffix(".so")?;
+            (stem.starts_with("LLVM-") && stem.contains("-rust-")).then(|| stem.to_owned())
+        })
+        .collect();
+    names.sort();
+    match names.as_slice() {
+        [name] => Ok(name.clone()),
+        [] => bail!("no libLLVM-*-rust-*.so in {}", lib.display()),
+        _ => bail!(
+            "several libLLVM-*-rust-*.so in {}: {names:?}",
+            lib.display()
+        ),
+    }
+}
