@@ -99,9 +99,11 @@ fn upstream(se: &ServiceEntry, port: &ServicePort, hosts: &[String], dns: &DnsAn
                     }
                 }
             }
-            // IPv6 upstreams are not reachable through an IPv4 waypoint socket policy yet; keep
-            // IPv4 first so round-robin starts there.
-            eps.sort_by_key(|a| a.is_ipv6());
+            // Capture refuses IPv6 for now, and many nodes have no IPv6 route: use a host's IPv6
+            // addresses only when it has no IPv4 one.
+            if eps.iter().any(SocketAddr::is_ipv4) {
+                eps.retain(SocketAddr::is_ipv4);
+            }
             Upstream::Endpoints(eps)
         }
     }
@@ -229,6 +231,7 @@ mod tests {
         ConfigSet {
             service_entries: entries,
             skipped: vec![],
+            ..Default::default()
         }
     }
 
@@ -269,7 +272,10 @@ mod tests {
     #[test]
     fn dns_without_addresses_gives_one_service_per_host() {
         let mut dns = DnsAnswers::new();
-        dns.insert("httpbin.test".into(), vec!["127.1.0.1".parse().unwrap()]);
+        dns.insert(
+            "httpbin.test".into(),
+            vec!["127.1.0.1".parse().unwrap(), "::1".parse().unwrap()],
+        );
         dns.insert("other.test".into(), vec!["127.1.0.2".parse().unwrap()]);
         let config = set(vec![se(Resolution::Dns, &[], vec![])]);
         assert_eq!(
@@ -284,8 +290,9 @@ mod tests {
             first.upstream,
             Upstream::Endpoints(vec!["127.1.0.1:8080".parse().unwrap()])
         );
-        assert_eq!(built.routes.len(), 2);
-        assert_eq!(built.routes[1].value.service_id, 1);
+        // ::1 is captured (and refused by the kernel), but IPv4 is preferred upstream.
+        assert_eq!(built.routes.len(), 3);
+        assert_eq!(built.routes[2].value.service_id, 1);
     }
 
     #[test]
