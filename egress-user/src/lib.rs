@@ -6,6 +6,8 @@ pub mod dns;
 pub mod exec;
 pub mod identity;
 pub mod model;
+pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod run;
 pub mod telemetry;

@@ -8,7 +8,6 @@ use std::{
     },
 };
 
-use arc_swap::ArcSwap;
 use thiserror::Error;
 use tokio::{
     net::TcpListener,
@@ -19,11 +18,12 @@ use tracing::{info, warn};
 use crate::{
     bpf::{BpfError, Capture},
     cgroup::{self, CgroupError},
-    config::{self, ConfigErrors, ConfigSet},
-    dns::{Dns, DnsError},
+    config::{self, ConfigErrors},
+    dns::DnsError,
     identity::CgroupIdentities,
-    model::{self, DnsAnswers, OriginSource, ServiceTable},
+    model::OriginSource,
     proxy::{Waypoint, WaypointConfig},
+    reload::Reconciler,
     telemetry::{AccessLog, AdminState, serve_admin},
 };
 
@@ -132,18 +132,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let capture = Arc::new(Capture::install(&opts.cgroup, &opts.bpffs)?);
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
 
-    let hosts = model::dns_hosts(&config);
-    let dns = if hosts.is_empty() {
-        None
-    } else {
-        Some(Dns::from_system()?)
-    };
-    let (answers, next_refresh) = match &dns {
-        Some(dns) => dns.refresh(&hosts, &DnsAnswers::new()).await,
-        None => (DnsAnswers::new(), std::time::Duration::MAX),
-    };
-    let table = apply(&capture, &config, &answers)?;
-    let services = Arc::new(ArcSwap::from_pointee(table));
+    // SIGHUP reloads; install the handler before anything could send one.
+    let hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let reconciler = Reconciler::start(opts.configs.clone(), config, capture.clone()).await?;
+    let services = reconciler.services();
 
     let identities = Arc::new(CgroupIdentities::new(&opts.cgroup, &opts.trust_domain));
     let origins: Arc<dyn OriginSource> = capture.clone();
@@ -167,17 +159,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         }
     });
     let mut serving = tokio::spawn(waypoint.serve(listener));
-    if let Some(dns) = dns {
-        tokio::spawn(refresh_dns(
-            dns,
-            hosts,
-            answers,
-            next_refresh,
-            config,
-            capture.clone(),
-            services.clone(),
-        ));
-    }
+    tokio::spawn(reconciler.run(hangup));
 
     ready.store(true, Ordering::SeqCst);
     info!(
@@ -206,50 +188,4 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
          (`egress run --cleanup` removes it)"
     );
     result
-}
-
-/// Builds the service table and makes the kernel capture its addresses.
-fn apply(
-    capture: &Capture,
-    config: &ConfigSet,
-    answers: &DnsAnswers,
-) -> Result<ServiceTable, RunError> {
-    let built = model::build(config, answers);
-    for warning in &built.warnings {
-        warn!("{warning}");
-    }
-    capture.sync_services(&built.routes)?;
-    info!(
-        services = built.table.len(),
-        addresses = built.routes.len(),
-        "ServiceEntry addresses captured"
-    );
-    Ok(built.table)
-}
-
-async fn refresh_dns(
-    dns: Dns,
-    hosts: std::collections::BTreeSet<String>,
-    mut answers: DnsAnswers,
-    mut next: std::time::Duration,
-    config: ConfigSet,
-    capture: Arc<Capture>,
-    services: Arc<ArcSwap<ServiceTable>>,
-) {
-    loop {
-        tokio::time::sleep(next).await;
-        let (fresh, after) = dns.refresh(&hosts, &answers).await;
-        next = after;
-        if fresh == answers {
-            continue;
-        }
-        answers = fresh;
-        // Service ids depend only on the config, so connections in flight keep their meaning.
-        match apply(&capture, &config, &answers) {
-            Ok(table) => services.store(Arc::new(table)),
-            Err(error) => {
-                warn!(%error, "applying new DNS answers failed; keeping the previous ones")
-            }
-        }
-    }
 }

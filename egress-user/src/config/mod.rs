@@ -5,9 +5,11 @@
 //! (the format `egress check` prints).
 //!
 //! Documents are dispatched on `apiVersion` + `kind`: `networking.istio.io` ServiceEntry
-//! (`v1`, `v1beta1`, `v1alpha3`) is parsed and validated as Istio validates it; other Istio
+//! (`v1`, `v1beta1`, `v1alpha3`) and `security.istio.io` AuthorizationPolicy (`v1`, `v1beta1`)
+//! are parsed and validated as Istio validates them; other Istio
 //! kinds and non-Istio objects are recorded in [`ConfigSet::skipped`]; an unknown kind in an
 //! Istio group is an error (a typo would otherwise silently drop policy).
+mod authorization_policy;
 mod documents;
 mod endpoint;
 mod error;
@@ -15,12 +17,16 @@ mod load;
 mod names;
 mod node;
 mod object;
+mod policy_values;
 mod service_entry;
 mod types;
 
+pub use authorization_policy::DRY_RUN_ANNOTATION;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, parse_str};
 pub use types::*;
+
+pub(crate) use names::parse_ip_net;
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! One parsed document -> a typed object, a skipped object, or errors: dispatch on
 //! `apiVersion` + `kind`, and the `metadata` every object shares.
 use super::{
-    ConfigSet, Skipped, Source,
+    ConfigSet, Skipped, Source, authorization_policy,
     error::Issues,
     names::{is_k8s_label, is_k8s_subdomain},
     node::{Node, describe},
@@ -129,7 +129,14 @@ pub(crate) fn add_object(
                 set.service_entries.push(entry);
             }
         }
-        // DestinationRule and AuthorizationPolicy are acted on later; the rest never are.
+        "AuthorizationPolicy" => {
+            let before = issues.len();
+            let policy = authorization_policy::parse(root, metadata, source.clone(), issues);
+            if issues.len() == before {
+                set.authorization_policies.push(policy);
+            }
+        }
+        // DestinationRule is acted on later; the rest never are.
         _ => set
             .skipped
             .push(skipped(source, api_version, kind, &metadata.name)),

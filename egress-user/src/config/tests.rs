@@ -106,6 +106,8 @@ spec:
     let set = parse(&text).expect("valid");
     assert_eq!(set.service_entries.len(), 1);
     assert_eq!(set.service_entries[0].source.document, 2);
+    assert_eq!(set.authorization_policies.len(), 1);
+    assert_eq!(set.authorization_policies[0].source.document, 3);
     let skipped: Vec<_> = set
         .skipped
         .iter()
@@ -118,18 +120,7 @@ spec:
             )
         })
         .collect();
-    assert_eq!(
-        skipped,
-        vec![
-            (1, "apps/v1", "Deployment", "sleep"),
-            (
-                3,
-                "security.istio.io/v1",
-                "AuthorizationPolicy",
-                "allow-get"
-            ),
-        ]
-    );
+    assert_eq!(skipped, vec![(1, "apps/v1", "Deployment", "sleep")]);
 }
 
 #[test]

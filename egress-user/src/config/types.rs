@@ -181,5 +181,156 @@ pub struct Skipped {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigSet {
     pub service_entries: Vec<ServiceEntry>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
     pub skipped: Vec<Skipped>,
+}
+
+/// A `security.istio.io` AuthorizationPolicy (`v1` or `v1beta1`), validated as Istio validates
+/// it plus the refusals egress needs (see `config/authorization_policy.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationPolicy {
+    pub source: Source,
+    pub name: String,
+    /// `metadata.namespace`, `default` when absent.
+    pub namespace: String,
+    pub action: Action,
+    /// `metadata.annotations["istio.io/dry-run"]` parsed as Go's `strconv.ParseBool` (as Istio
+    /// does): the policy is evaluated and reported but never changes a verdict.
+    pub dry_run: bool,
+    /// A workload `selector`. Such a policy never applies at a waypoint; it is kept so that
+    /// `check` and the engine can say so.
+    pub selector: Option<WorkloadSelector>,
+    /// `targetRefs`, or the deprecated single `targetRef` when `targetRefs` is empty.
+    pub target_refs: Vec<TargetRef>,
+    /// `rules`. Protobuf cannot tell an absent list from `[]`, so neither can Istio: both mean
+    /// "no rule", which an ALLOW policy never matches (it denies everything it applies to).
+    /// `rules: [{}]` is one empty rule, which matches every request.
+    pub rules: Vec<Rule>,
+}
+
+/// `AuthorizationPolicy.action`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    /// ext_authz. Rejected at load for now; the engine treats one it is handed as a DENY of what
+    /// it matches (what Istio does when a CUSTOM provider cannot be used).
+    Custom,
+}
+
+impl Action {
+    /// The name Istio's YAML uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+            Action::Custom => "CUSTOM",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One of `spec.targetRefs`: the object a policy attaches to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TargetRef {
+    /// As written; `""` is the core group.
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// `spec.selector`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadSelector {
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// One of `spec.rules`: matches when any `from` AND any `to` AND every `when` match. An empty
+/// list (the field absent) matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub from: Vec<Peer>,
+    pub to: Vec<Operation>,
+    pub when: Vec<Condition>,
+}
+
+/// `rules[].from[].source` (named `Peer` so it does not clash with [`Source`]). Fields AND,
+/// values inside a field OR; `not_*` match when none of their values do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// `<trust-domain>/ns/<namespace>/sa/<service-account>` patterns.
+    pub principals: Vec<String>,
+    pub not_principals: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub not_namespaces: Vec<String>,
+    /// `namespace/serviceaccount`, or `serviceaccount` in the policy's namespace (as written).
+    pub service_accounts: Vec<String>,
+    pub not_service_accounts: Vec<String>,
+    pub trust_domains: Vec<String>,
+    pub not_trust_domains: Vec<String>,
+    pub ip_blocks: Vec<IpNet>,
+    pub not_ip_blocks: Vec<IpNet>,
+}
+
+/// `rules[].to[].operation`. Fields AND, values inside a field OR.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Operation {
+    pub hosts: Vec<String>,
+    pub not_hosts: Vec<String>,
+    pub ports: Vec<u16>,
+    pub not_ports: Vec<u16>,
+    pub methods: Vec<String>,
+    pub not_methods: Vec<String>,
+    pub paths: Vec<String>,
+    pub not_paths: Vec<String>,
+}
+
+/// `rules[].when[]`: matches when the attribute matches any of `values` (if any are given) and
+/// none of `not_values`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub key: ConditionKey,
+    /// As written; IPs and ports were checked at load.
+    pub values: Vec<String>,
+    pub not_values: Vec<String>,
+}
+
+/// The Istio attributes a `when` condition may name, of those egress can evaluate. JWT
+/// (`request.auth.*`), `remote.ip` and `experimental.*` are refused at load.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionKey {
+    /// `request.headers[NAME]`; the name is stored in lower case.
+    RequestHeader(String),
+    SourceIp,
+    SourceNamespace,
+    SourcePrincipal,
+    SourceServiceAccount,
+    SourceTrustDomain,
+    DestinationIp,
+    DestinationPort,
+    ConnectionSni,
+}
+
+impl fmt::Display for ConditionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConditionKey::RequestHeader(name) => write!(f, "request.headers[{name}]"),
+            ConditionKey::SourceIp => f.write_str("source.ip"),
+            ConditionKey::SourceNamespace => f.write_str("source.namespace"),
+            ConditionKey::SourcePrincipal => f.write_str("source.principal"),
+            ConditionKey::SourceServiceAccount => f.write_str("source.serviceAccount"),
+            ConditionKey::SourceTrustDomain => f.write_str("source.trustDomain"),
+            ConditionKey::DestinationIp => f.write_str("destination.ip"),
+            ConditionKey::DestinationPort => f.write_str("destination.port"),
+            ConditionKey::ConnectionSni => f.write_str("connection.sni"),
+        }
+    }
 }

@@ -1,0 +1,225 @@
+//! Keeping the running configuration current: config files changed on disk (polled) or SIGHUP
+//! reload the whole set; DNS answers are refreshed when their TTL runs out. Each change builds a
+//! complete new service table and swaps it in atomically; an invalid new set is logged and the
+//! previous one keeps serving.
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use tokio::signal::unix::Signal;
+use tracing::{error, info, warn};
+
+use crate::{
+    bpf::Capture,
+    config::{self, ConfigSet},
+    dns::Dns,
+    model::{self, DnsAnswers, ServiceTable},
+    run::RunError,
+};
+
+/// How often the config paths are checked for changes.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// What the config paths look like on disk: every file's path, size and modification time.
+/// Symlinks are followed, so a Kubernetes ConfigMap update (an atomic `..data` swap) shows.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+impl Fingerprint {
+    pub fn of(paths: &[PathBuf]) -> Self {
+        let mut files = Vec::new();
+        for path in paths {
+            walk(path, 0, &mut files);
+        }
+        files.sort();
+        Self(files)
+    }
+}
+
+fn walk(path: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>) {
+    let Ok(meta) = fs::metadata(path) else {
+        // A path that vanished is a change too.
+        out.push((path.to_owned(), u64::MAX, None));
+        return;
+    };
+    if meta.is_dir() {
+        if depth > 16 {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(path) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            walk(&entry.path(), depth + 1, out);
+        }
+    } else {
+        out.push((path.to_owned(), meta.len(), meta.modified().ok()));
+    }
+}
+
+/// Owns the current config and DNS answers, and publishes service tables built from them.
+pub struct Reconciler {
+    configs: Vec<PathBuf>,
+    capture: Arc<Capture>,
+    services: Arc<ArcSwap<ServiceTable>>,
+    config: ConfigSet,
+    fingerprint: Fingerprint,
+    dns: Option<Dns>,
+    hosts: BTreeSet<String>,
+    answers: DnsAnswers,
+    next_dns: Duration,
+}
+
+impl Reconciler {
+    /// Loads and applies the initial configuration. Errors here stop start-up.
+    pub async fn start(
+        configs: Vec<PathBuf>,
+        config: ConfigSet,
+        capture: Arc<Capture>,
+    ) -> Result<Self, RunError> {
+        let fingerprint = Fingerprint::of(&configs);
+        let mut this = Self {
+            configs,
+            capture,
+            services: Arc::new(ArcSwap::from_pointee(ServiceTable::default())),
+            config,
+            fingerprint,
+            dns: None,
+            hosts: BTreeSet::new(),
+            answers: DnsAnswers::new(),
+            next_dns: Duration::MAX,
+        };
+        this.resolve(true).await?;
+        let table = this.build()?;
+        this.services.store(Arc::new(table));
+        Ok(this)
+    }
+
+    /// The table the waypoint and admin endpoint read.
+    pub fn services(&self) -> Arc<ArcSwap<ServiceTable>> {
+        self.services.clone()
+    }
+
+    /// Resolves the hosts the config needs. With `all`, every host; otherwise only hosts the
+    /// last answers do not cover (after a reload added some).
+    async fn resolve(&mut self, all: bool) -> Result<(), RunError> {
+        self.hosts = model::dns_hosts(&self.config);
+        if self.hosts.is_empty() {
+            self.next_dns = Duration::MAX;
+            return Ok(());
+        }
+        if self.dns.is_none() {
+            self.dns = Some(Dns::from_system()?);
+        }
+        let Some(dns) = &self.dns else {
+            return Ok(());
+        };
+        let wanted: BTreeSet<String> = if all {
+            self.hosts.clone()
+        } else {
+            self.hosts
+                .iter()
+                .filter(|h| !self.answers.contains_key(*h))
+                .cloned()
+                .collect()
+        };
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let (fresh, next) = dns.refresh(&wanted, &self.answers).await;
+        if all {
+            self.answers = fresh;
+        } else {
+            self.answers.extend(fresh);
+        }
+        self.answers.retain(|host, _| self.hosts.contains(host));
+        self.next_dns = if all { next } else { self.next_dns.min(next) };
+        Ok(())
+    }
+
+    fn build(&self) -> Result<ServiceTable, RunError> {
+        let built = model::build(&self.config, &self.answers);
+        for warning in &built.warnings {
+            warn!("{warning}");
+        }
+        self.capture.sync_services(&built.routes)?;
+        info!(
+            services = built.table.len(),
+            addresses = built.routes.len(),
+            "ServiceEntry addresses captured"
+        );
+        Ok(built.table)
+    }
+
+    fn publish(&self) {
+        match self.build() {
+            Ok(table) => self.services.store(Arc::new(table)),
+            Err(error) => {
+                error!(%error, "applying the new configuration to the kernel failed; the previous table keeps serving")
+            }
+        }
+    }
+
+    /// Reloads the config files; an invalid set is logged and ignored.
+    pub async fn reload(&mut self, why: &str) {
+        self.fingerprint = Fingerprint::of(&self.configs);
+        match config::load(&self.configs) {
+            Err(errors) => {
+                error!(
+                    reason = why,
+                    errors = errors.0.len(),
+                    "configuration rejected; the previous one keeps serving"
+                );
+                for e in &errors.0 {
+                    error!("{e}");
+                }
+            }
+            Ok(config) => {
+                if config == self.config {
+                    info!(reason = why, "configuration unchanged");
+                    return;
+                }
+                self.config = config;
+                if let Err(error) = self.resolve(false).await {
+                    error!(%error, "DNS setup for the new configuration failed");
+                }
+                self.publish();
+                info!(reason = why, "configuration reloaded");
+            }
+        }
+    }
+
+    /// Runs until the task is dropped: config polling, SIGHUP, DNS refresh.
+    pub async fn run(mut self, mut hangup: Signal) {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let dns_due = tokio::time::sleep(self.next_dns.min(Duration::from_secs(86_400)));
+            tokio::select! {
+                _ = poll.tick() => {
+                    if Fingerprint::of(&self.configs) != self.fingerprint {
+                        self.reload("config files changed").await;
+                    }
+                }
+                _ = hangup.recv() => self.reload("SIGHUP").await,
+                _ = dns_due, if self.next_dns != Duration::MAX => {
+                    let before = self.answers.clone();
+                    if let Err(error) = self.resolve(true).await {
+                        warn!(%error, "DNS refresh failed");
+                    }
+                    if self.answers != before {
+                        self.publish();
+                    }
+                }
+            }
+        }
+    }
+}
