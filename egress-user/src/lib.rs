@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod config;
 pub mod dns;
 pub mod exec;
+pub mod explain;
 pub mod identity;
 pub mod model;
 pub mod policy;

@@ -8,8 +8,8 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use egress::{
-    bpf, cgroup, config, exec,
-    identity::DEFAULT_TRUST_DOMAIN,
+    bpf, cgroup, config, exec, explain,
+    identity::{DEFAULT_TRUST_DOMAIN, Principal},
     run::{AccessLogTarget, RunOptions},
 };
 
@@ -41,6 +41,12 @@ enum Command {
         #[arg(long = "config", short = 'c', value_name = "PATH", required = true)]
         configs: Vec<PathBuf>,
     },
+    /// Say what the waypoint would decide for one request, and why (no root, nothing runs).
+    ///
+    /// Exit code: 0 allowed, 1 denied, 2 bad input.
+    ///
+    /// Example: egress explain -c examples/ --namespace default --service-account sleep --url http://httpbin.org/get
+    Explain(ExplainArgs),
     /// Show pinned links, loaded programs, map entry counts and kernel counters.
     Status {
         /// Pin directory of the dataplane to inspect.
@@ -87,9 +93,41 @@ struct RunArgs {
     /// Trust domain of workload principals.
     #[arg(long, value_name = "DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
+    /// Istio's root namespace: AuthorizationPolicies there that target GatewayClass
+    /// istio-waypoint apply to every ServiceEntry.
+    #[arg(long, value_name = "NS", default_value = "istio-system")]
+    root_namespace: String,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// Files or directories of Istio YAML (repeatable).
+    #[arg(long = "config", short = 'c', value_name = "PATH", required = true)]
+    configs: Vec<PathBuf>,
+    /// Namespace of the calling workload (omit both identity flags for a peer without identity).
+    #[arg(long, short = 'n', value_name = "NS", requires = "service_account")]
+    namespace: Option<String>,
+    /// Service account of the calling workload.
+    #[arg(long, value_name = "SA", requires = "namespace")]
+    service_account: Option<String>,
+    /// The URL the application requests, e.g. http://httpbin.org/get.
+    #[arg(long, value_name = "URL")]
+    url: String,
+    /// HTTP method (case-sensitive, as Istio matches it).
+    #[arg(long, short = 'X', value_name = "METHOD", default_value = "GET")]
+    method: String,
+    /// A request header, 'Name: value' (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "HEADER")]
+    headers: Vec<String>,
+    /// Trust domain of the caller's principal.
+    #[arg(long, value_name = "DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Istio's root namespace (see `egress run --help`).
+    #[arg(long, value_name = "NS", default_value = "istio-system")]
+    root_namespace: String,
 }
 
 #[derive(Args)]
@@ -157,6 +195,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain(args) => explain(args),
         Command::Status { bpffs } => match bpf::status(&bpffs) {
             Ok(status) => {
                 print!("{status}");
@@ -165,6 +204,42 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Uninstall { bpffs } => cleanup(&bpffs),
+    }
+}
+
+fn explain(args: ExplainArgs) -> ExitCode {
+    let config = match config::load(&args.configs) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let principal = match (&args.namespace, &args.service_account) {
+        (Some(ns), Some(sa)) => Some(Principal::new(&args.trust_domain, ns, sa)),
+        _ => None,
+    };
+    let request = explain::Request {
+        url: &args.url,
+        method: &args.method,
+        headers: &args.headers,
+        principal,
+    };
+    match explain::explain(&config, &args.root_namespace, &request) {
+        Ok(explanation) => {
+            print!("{explanation}");
+            if explanation.decision.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            fail(&e);
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -197,6 +272,7 @@ fn run(args: RunArgs) -> ExitCode {
             json: args.access_log_format == "json",
         },
         trust_domain: args.trust_domain,
+        root_namespace: args.root_namespace,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,6 +19,7 @@ use crate::{
     config::{self, ConfigSet},
     dns::Dns,
     model::{self, DnsAnswers, ServiceTable},
+    policy::PolicySet,
     run::RunError,
 };
 
@@ -68,6 +69,8 @@ fn walk(path: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, Option<SystemTim
 /// Owns the current config and DNS answers, and publishes service tables built from them.
 pub struct Reconciler {
     configs: Vec<PathBuf>,
+    root_namespace: String,
+    generation: u64,
     capture: Arc<Capture>,
     services: Arc<ArcSwap<ServiceTable>>,
     config: ConfigSet,
@@ -82,12 +85,15 @@ impl Reconciler {
     /// Loads and applies the initial configuration. Errors here stop start-up.
     pub async fn start(
         configs: Vec<PathBuf>,
+        root_namespace: &str,
         config: ConfigSet,
         capture: Arc<Capture>,
     ) -> Result<Self, RunError> {
         let fingerprint = Fingerprint::of(&configs);
         let mut this = Self {
             configs,
+            root_namespace: root_namespace.to_owned(),
+            generation: 0,
             capture,
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::default())),
             config,
@@ -98,7 +104,7 @@ impl Reconciler {
             next_dns: Duration::MAX,
         };
         this.resolve(true).await?;
-        let table = this.build()?;
+        let table = this.build(&this.policies())?;
         this.services.store(Arc::new(table));
         Ok(this)
     }
@@ -145,7 +151,22 @@ impl Reconciler {
         Ok(())
     }
 
-    fn build(&self) -> Result<ServiceTable, RunError> {
+    /// The policies of the current config, warning once about those a waypoint ignores.
+    fn policies(&self) -> Arc<PolicySet> {
+        let policies = PolicySet::new(&self.config.authorization_policies, &self.root_namespace);
+        for ignored in policies.ignored() {
+            warn!(
+                policy = %ignored.policy,
+                reason = ?ignored.reason,
+                "AuthorizationPolicy does not apply at a waypoint (it needs targetRefs to a ServiceEntry)"
+            );
+        }
+        Arc::new(policies)
+    }
+
+    /// Builds the next generation's table (services + `policies`) and syncs the kernel.
+    fn build(&mut self, policies: &Arc<PolicySet>) -> Result<ServiceTable, RunError> {
+        self.generation += 1;
         let built = model::build(&self.config, &self.answers);
         for warning in &built.warnings {
             warn!("{warning}");
@@ -156,11 +177,12 @@ impl Reconciler {
             addresses = built.routes.len(),
             "ServiceEntry addresses captured"
         );
-        Ok(built.table)
+        Ok(built.table.with_policies(policies.clone(), self.generation))
     }
 
-    fn publish(&self) {
-        match self.build() {
+    /// Swaps in a new generation. Policies are rebuilt only when the config changed.
+    fn publish(&mut self, policies: &Arc<PolicySet>) {
+        match self.build(policies) {
             Ok(table) => self.services.store(Arc::new(table)),
             Err(error) => {
                 error!(%error, "applying the new configuration to the kernel failed; the previous table keeps serving")
@@ -191,7 +213,8 @@ impl Reconciler {
                 if let Err(error) = self.resolve(false).await {
                     error!(%error, "DNS setup for the new configuration failed");
                 }
-                self.publish();
+                let policies = self.policies();
+                self.publish(&policies);
                 info!(reason = why, "configuration reloaded");
             }
         }
@@ -216,7 +239,8 @@ impl Reconciler {
                         warn!(%error, "DNS refresh failed");
                     }
                     if self.answers != before {
-                        self.publish();
+                        let policies = self.services.load().policies.clone();
+                        self.publish(&policies);
                     }
                 }
             }

@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub access_log: AccessLogTarget,
     pub trust_domain: String,
+    /// Istio's root namespace: its policies targeting GatewayClass istio-waypoint apply to all.
+    pub root_namespace: String,
 }
 
 #[derive(Debug, Error)]
@@ -134,7 +136,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
     // SIGHUP reloads; install the handler before anything could send one.
     let hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-    let reconciler = Reconciler::start(opts.configs.clone(), config, capture.clone()).await?;
+    let reconciler = Reconciler::start(
+        opts.configs.clone(),
+        &opts.root_namespace,
+        config,
+        capture.clone(),
+    )
+    .await?;
     let services = reconciler.services();
 
     let identities = Arc::new(CgroupIdentities::new(&opts.cgroup, &opts.trust_domain));

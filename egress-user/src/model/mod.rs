@@ -10,6 +10,7 @@ use egress_common::Origin;
 use crate::{
     config::{IpNet, Protocol},
     identity::Principal,
+    policy::PolicySet,
 };
 
 /// Where the waypoint sends traffic for a service.
@@ -62,19 +63,34 @@ impl Service {
     }
 }
 
-/// All services, indexed by id. Replaced whole (never mutated) when config or DNS changes.
+/// One configuration generation: all services, indexed by id, and the authorization policies
+/// that apply to them. Replaced whole (never mutated) when config or DNS changes, so a request
+/// sees services and policies of the same generation.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceTable {
     services: Vec<Arc<Service>>,
+    /// AuthorizationPolicies of this generation.
+    pub policies: Arc<PolicySet>,
+    /// Bumped on every change of config or identity; the kernel verdict cache keys on it.
+    pub generation: u64,
 }
 
 impl ServiceTable {
-    /// Builds a table; `services[i].id` must equal `i`.
+    /// Builds a table without policies; `services[i].id` must equal `i`.
     pub fn new(services: Vec<Service>) -> Self {
         debug_assert!(services.iter().enumerate().all(|(i, s)| s.id as usize == i));
         Self {
             services: services.into_iter().map(Arc::new).collect(),
+            policies: Arc::default(),
+            generation: 0,
         }
+    }
+
+    /// The same table with these policies and generation.
+    pub fn with_policies(mut self, policies: Arc<PolicySet>, generation: u64) -> Self {
+        self.policies = policies;
+        self.generation = generation;
+        self
     }
 
     pub fn get(&self, id: u32) -> Option<&Arc<Service>> {

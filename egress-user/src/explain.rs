@@ -1,0 +1,334 @@
+//! `egress explain`: what the waypoint would decide for one request, without running anything.
+//! The same engine, the same config loader, the same normalization as the running waypoint.
+use std::{fmt, net::IpAddr, sync::Arc};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use thiserror::Error;
+
+use crate::{
+    config::{ConfigSet, IpNet},
+    identity::Principal,
+    model::{self, DnsAnswers, Service},
+    policy::{
+        Attributes, Decision, HttpAttributes, NormalizeError, PolicySet, Target,
+        normalize_request_target,
+    },
+};
+
+#[derive(Debug, Error)]
+pub enum ExplainError {
+    #[error("invalid --url {url:?}: {why}")]
+    Url { url: String, why: String },
+    #[error("invalid header {header:?}: expected 'Name: value'")]
+    Header { header: String },
+    #[error("the path of {url:?} cannot be normalized safely ({source}); the waypoint answers 400")]
+    Path {
+        url: String,
+        #[source]
+        source: NormalizeError,
+    },
+    #[error(
+        "no ServiceEntry port matches {host}:{port}; the request would not be captured by the waypoint (it goes direct, or is refused in REGISTRY_ONLY mode)"
+    )]
+    NoService { host: String, port: u16 },
+}
+
+/// What the waypoint would do.
+pub struct Explanation {
+    pub service: Arc<Service>,
+    pub principal: Option<Principal>,
+    pub method: String,
+    pub authority: String,
+    pub path: String,
+    pub decision: Decision,
+}
+
+/// The request to explain, as given on the command line.
+pub struct Request<'a> {
+    pub url: &'a str,
+    pub method: &'a str,
+    pub headers: &'a [String],
+    pub principal: Option<Principal>,
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+        None => pattern == host,
+    }
+}
+
+fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
+    match (net.addr, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let bits = u32::from(net.prefix_len.min(32));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let bits = u32::from(net.prefix_len.min(128));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+pub fn explain(
+    config: &ConfigSet,
+    root_namespace: &str,
+    request: &Request<'_>,
+) -> Result<Explanation, ExplainError> {
+    let url_err = |why: &str| ExplainError::Url {
+        url: request.url.to_owned(),
+        why: why.to_owned(),
+    };
+    let uri: Uri = request
+        .url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| url_err(&e.to_string()))?;
+    let host = uri.host().ok_or_else(|| url_err("no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = match (uri.port_u16(), uri.scheme_str()) {
+        (Some(p), _) => p,
+        (None, Some("https")) => 443,
+        (None, Some("http") | None) => 80,
+        (None, Some(_)) => return Err(url_err("scheme must be http or https")),
+    };
+    let ip: Option<IpAddr> = host.parse().ok();
+
+    // Without DNS, addresses of resolved hosts are unknown: match by IP against configured
+    // addresses, else by host name.
+    let built = model::build(config, &DnsAnswers::new());
+    let service = built
+        .table
+        .iter()
+        .filter(|s| s.port == port)
+        .find(|s| match ip {
+            Some(ip) => s.addresses.iter().any(|n| net_contains(n, ip)),
+            None => s.hosts.iter().any(|h| host_matches(h, host)),
+        })
+        .cloned()
+        .ok_or_else(|| ExplainError::NoService {
+            host: host.to_owned(),
+            port,
+        })?;
+
+    let mut headers = HeaderMap::new();
+    for h in request.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| ExplainError::Header { header: h.clone() })?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ExplainError::Header { header: h.clone() })?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| ExplainError::Header { header: h.clone() })?;
+        headers.append(name, value);
+    }
+    let authority = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let raw_target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let normalized = normalize_request_target(raw_target).map_err(|source| ExplainError::Path {
+        url: request.url.to_owned(),
+        source,
+    })?;
+
+    let policies = PolicySet::new(&config.authorization_policies, root_namespace);
+    let attrs = Attributes {
+        principal: request.principal.as_ref(),
+        source_ip: None,
+        destination_ip: ip,
+        destination_port: service.port,
+        sni: None,
+        http: service.protocol.is_http().then_some(HttpAttributes {
+            method: request.method,
+            host: &authority,
+            path: &normalized.path,
+            headers: &headers,
+        }),
+    };
+    let decision = policies.evaluate(
+        &Target {
+            namespace: &service.namespace,
+            service_entry: &service.name,
+        },
+        &attrs,
+    );
+    Ok(Explanation {
+        service,
+        principal: request.principal.clone(),
+        method: request.method.to_owned(),
+        authority,
+        path: normalized.path,
+        decision,
+    })
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.service;
+        let d = &self.decision;
+        writeln!(
+            f,
+            "service:      ServiceEntry {}/{} port {} ({}), cluster {}",
+            s.namespace,
+            s.name,
+            s.port,
+            s.protocol,
+            s.cluster_name()
+        )?;
+        match &self.principal {
+            Some(p) => writeln!(f, "principal:    {p}")?,
+            None => writeln!(f, "principal:    none (a peer without identity)")?,
+        }
+        if s.protocol.is_http() {
+            writeln!(
+                f,
+                "request:      {} {} (authority {:?})",
+                self.method, self.path, self.authority
+            )?;
+        } else {
+            writeln!(
+                f,
+                "connection:   {} port: authorized at L4 (HTTP rules do not apply)",
+                s.protocol
+            )?;
+        }
+        if d.allowed {
+            writeln!(f, "verdict:      ALLOW")?;
+        } else {
+            writeln!(f, "verdict:      DENY (403 RBAC: access denied)")?;
+        }
+        let why = match (&d.policy, d.allowed) {
+            (Some(_), _) => d.matched_policy(),
+            (None, true) => {
+                "no ALLOW policy applies to this ServiceEntry (allowed by default)".into()
+            }
+            (None, false) => "no ALLOW rule matched (none)".into(),
+        };
+        writeln!(f, "decided by:   {why}")?;
+        if let Some(details) = d.denied_details() {
+            writeln!(f, "log details:  {details}")?;
+        }
+        writeln!(
+            f,
+            "l4-decidable: {}",
+            if d.l4_decidable {
+                "yes (identity, ServiceEntry and port alone decide it)"
+            } else {
+                "no (HTTP attributes or addresses can change it)"
+            }
+        )?;
+        if let Some(audit) = &d.audit {
+            writeln!(f, "audit:        {audit}")?;
+        }
+        for m in &d.dry_run_matches {
+            writeln!(
+                f,
+                "dry-run:      {} would match ({:?})",
+                m.matched, m.action
+            )?;
+        }
+        if let Some(allowed) = d.dry_run_allowed {
+            writeln!(
+                f,
+                "dry-run verdict: {}",
+                if allowed { "ALLOW" } else { "DENY" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const SEED: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin.org, namespace: default}
+spec:
+  hosts: [httpbin.org]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: httpbin, namespace: default}
+spec:
+  targetRefs:
+  - {kind: ServiceEntry, group: networking.istio.io, name: httpbin.org}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]
+    to: [{operation: {methods: [GET], paths: [/get]}}]
+  - from: [{source: {principals: [cluster.local/ns/default/sa/admin]}}]
+";
+
+    fn run(sa: &str, method: &str, url: &str) -> Explanation {
+        let config = crate::config::parse_str(Path::new("seed.yaml"), SEED).expect("seed parses");
+        explain(
+            &config,
+            "istio-system",
+            &Request {
+                url,
+                method,
+                headers: &[],
+                principal: Some(Principal::new("cluster.local", "default", sa)),
+            },
+        )
+        .expect("explained")
+    }
+
+    #[test]
+    fn the_seed_walkthrough() {
+        let get = run("sleep", "GET", "http://httpbin.org/get");
+        assert!(get.decision.allowed);
+        assert_eq!(
+            get.decision.matched_policy(),
+            "ns[default]-policy[httpbin]-rule[0]"
+        );
+        let post = run("sleep", "POST", "http://httpbin.org/post");
+        assert!(!post.decision.allowed);
+        assert!(
+            post.to_string()
+                .contains("rbac_access_denied_matched_policy[none]")
+        );
+        assert!(!post.decision.l4_decidable, "methods decide it");
+        let admin = run("admin", "POST", "http://httpbin.org/post");
+        assert!(admin.decision.allowed);
+        assert!(admin.decision.l4_decidable);
+    }
+
+    #[test]
+    fn unknown_hosts_and_bad_urls_are_named() {
+        let config = crate::config::parse_str(Path::new("seed.yaml"), SEED).expect("seed parses");
+        let req = |url| Request {
+            url,
+            method: "GET",
+            headers: &[],
+            principal: None,
+        };
+        let err = explain(&config, "istio-system", &req("http://example.com/")).err();
+        assert!(matches!(err, Some(ExplainError::NoService { .. })));
+        let err = explain(&config, "istio-system", &req("ftp://httpbin.org/")).err();
+        assert!(matches!(err, Some(ExplainError::Url { .. })));
+    }
+}
