@@ -16,8 +16,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     bpf::Capture,
+    cgroup,
     config::{self, ConfigSet},
     dns::Dns,
+    identity::{CgroupIdentities, Principal},
     model::{self, DnsAnswers, ServiceTable},
     policy::PolicySet,
     run::RunError,
@@ -69,6 +71,7 @@ fn walk(path: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, Option<SystemTim
 /// Owns the current config and DNS answers, and publishes service tables built from them.
 pub struct Reconciler {
     configs: Vec<PathBuf>,
+    identities: Arc<CgroupIdentities>,
     root_namespace: String,
     generation: u64,
     capture: Arc<Capture>,
@@ -88,10 +91,12 @@ impl Reconciler {
         root_namespace: &str,
         config: ConfigSet,
         capture: Arc<Capture>,
+        identities: Arc<CgroupIdentities>,
     ) -> Result<Self, RunError> {
         let fingerprint = Fingerprint::of(&configs);
         let mut this = Self {
             configs,
+            identities,
             root_namespace: root_namespace.to_owned(),
             generation: 0,
             capture,
@@ -104,6 +109,7 @@ impl Reconciler {
             next_dns: Duration::MAX,
         };
         this.resolve(true).await?;
+        this.apply_identities();
         let table = this.build(&this.policies())?;
         this.services.store(Arc::new(table));
         Ok(this)
@@ -149,6 +155,34 @@ impl Reconciler {
         self.answers.retain(|host, _| self.hosts.contains(host));
         self.next_dns = if all { next } else { self.next_dns.min(next) };
         Ok(())
+    }
+
+    /// Hands the declared WorkloadIdentity mappings to the identity source.
+    fn apply_identities(&self) {
+        let mount = cgroup::cgroup2_mount().ok();
+        let td = self.identities.trust_domain().to_owned();
+        let mappings = self
+            .config
+            .workload_identities
+            .iter()
+            .filter_map(|id| {
+                let path = if id.cgroup.is_absolute() {
+                    id.cgroup.clone()
+                } else {
+                    mount.as_ref()?.join(&id.cgroup)
+                };
+                if !path.starts_with(self.capture.cgroup()) {
+                    warn!(
+                        identity = %id.name,
+                        cgroup = %path.display(),
+                        captured = %self.capture.cgroup().display(),
+                        "WorkloadIdentity names a cgroup outside the captured one: its traffic is not captured"
+                    );
+                }
+                Some((path, Principal::new(&td, &id.namespace, &id.service_account)))
+            })
+            .collect();
+        self.identities.set_mappings(mappings);
     }
 
     /// The policies of the current config, warning once about those a waypoint ignores.
@@ -210,6 +244,7 @@ impl Reconciler {
                     return;
                 }
                 self.config = config;
+                self.apply_identities();
                 if let Err(error) = self.resolve(false).await {
                     error!(%error, "DNS setup for the new configuration failed");
                 }

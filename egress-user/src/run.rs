@@ -136,16 +136,17 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
     // SIGHUP reloads; install the handler before anything could send one.
     let hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let identities = Arc::new(CgroupIdentities::new(&opts.cgroup, &opts.trust_domain));
     let reconciler = Reconciler::start(
         opts.configs.clone(),
         &opts.root_namespace,
         config,
         capture.clone(),
+        identities.clone(),
     )
     .await?;
     let services = reconciler.services();
 
-    let identities = Arc::new(CgroupIdentities::new(&opts.cgroup, &opts.trust_domain));
     let origins: Arc<dyn OriginSource> = capture.clone();
     let waypoint = Waypoint::new(
         services.clone(),

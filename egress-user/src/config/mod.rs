@@ -6,7 +6,8 @@
 //!
 //! Documents are dispatched on `apiVersion` + `kind`: `networking.istio.io` ServiceEntry
 //! (`v1`, `v1beta1`, `v1alpha3`) and `security.istio.io` AuthorizationPolicy (`v1`, `v1beta1`)
-//! are parsed and validated as Istio validates them; other Istio
+//! are parsed and validated as Istio validates them; our own `egress.dev/v1alpha1`
+//! WorkloadIdentity (host mode's cgroup -> identity mapping) is validated strictly; other Istio
 //! kinds and non-Istio objects are recorded in [`ConfigSet::skipped`]; an unknown kind in an
 //! Istio group is an error (a typo would otherwise silently drop policy).
 mod authorization_policy;
@@ -20,6 +21,7 @@ mod object;
 mod policy_values;
 mod service_entry;
 mod types;
+mod workload_identity;
 
 pub use authorization_policy::DRY_RUN_ANNOTATION;
 pub use error::{ConfigError, ConfigErrors};

@@ -5,7 +5,7 @@ use super::{
     error::Issues,
     names::{is_k8s_label, is_k8s_subdomain},
     node::{Node, describe},
-    service_entry,
+    service_entry, workload_identity,
 };
 
 /// Istio API groups whose kinds we know. A kind not listed under its group is a typo to report,
@@ -40,6 +40,13 @@ const SECURITY: IstioGroup = IstioGroup {
         "PeerAuthentication",
         "RequestAuthentication",
     ],
+};
+
+/// Our own kinds (host mode), validated strictly.
+const EGRESS: IstioGroup = IstioGroup {
+    name: "egress.dev",
+    versions: &["v1alpha1"],
+    kinds: &["WorkloadIdentity"],
 };
 
 /// `metadata` as far as we use it.
@@ -84,7 +91,10 @@ pub(crate) fn add_object(
     }
 
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let Some(istio) = [NETWORKING, SECURITY].into_iter().find(|g| g.name == group) else {
+    let Some(istio) = [NETWORKING, SECURITY, EGRESS]
+        .into_iter()
+        .find(|g| g.name == group)
+    else {
         // Not an Istio object we act on (a Deployment, a Telemetry, ...): note it and go on.
         let name = root
             .get("metadata")
@@ -134,6 +144,13 @@ pub(crate) fn add_object(
             let policy = authorization_policy::parse(root, metadata, source.clone(), issues);
             if issues.len() == before {
                 set.authorization_policies.push(policy);
+            }
+        }
+        "WorkloadIdentity" => {
+            let before = issues.len();
+            let identity = workload_identity::parse(root, metadata, source.clone(), issues);
+            if issues.len() == before {
+                set.workload_identities.push(identity);
             }
         }
         // DestinationRule is acted on later; the rest never are.

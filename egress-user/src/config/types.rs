@@ -177,11 +177,24 @@ pub struct Skipped {
     pub name: String,
 }
 
+/// `egress.dev/v1alpha1` WorkloadIdentity: processes in `cgroup` (and below) are the workload
+/// `namespace`/`service_account`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadIdentity {
+    pub source: Source,
+    pub name: String,
+    /// As written: relative to the cgroup2 mount, or absolute.
+    pub cgroup: PathBuf,
+    pub namespace: String,
+    pub service_account: String,
+}
+
 /// Everything read from the configured paths, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigSet {
     pub service_entries: Vec<ServiceEntry>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub workload_identities: Vec<WorkloadIdentity>,
     pub skipped: Vec<Skipped>,
 }
 

@@ -18,6 +18,9 @@ const MAX_DEPTH: usize = 12;
 pub struct CgroupIdentities {
     root: PathBuf,
     trust_domain: String,
+    /// Declared mappings (WorkloadIdentity): absolute cgroup path -> principal. The longest
+    /// matching path wins, before the `ns/<NS>/sa/<SA>` convention.
+    mappings: RwLock<Vec<(PathBuf, Principal)>>,
     /// cgroup id -> principal. Ids are never reused while the host is up, so a cached answer
     /// (including "no identity") stays true.
     cache: RwLock<HashMap<u64, Option<Principal>>>,
@@ -52,7 +55,52 @@ impl CgroupIdentities {
         Self {
             root: root.to_owned(),
             trust_domain: trust_domain.to_owned(),
+            mappings: RwLock::new(Vec::new()),
             cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Replaces the declared mappings (on config load) and forgets every cached answer.
+    pub fn set_mappings(&self, mut mappings: Vec<(PathBuf, Principal)>) {
+        // Longest path first, so the most specific mapping wins.
+        mappings.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+        *self.mappings.write().unwrap_or_else(|e| e.into_inner()) = mappings;
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The principal of a cgroup directory: a declared mapping, else the exec convention.
+    fn principal_of(&self, path: &Path) -> Option<Principal> {
+        let mappings = self.mappings.read().unwrap_or_else(|e| e.into_inner());
+        mappings
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix))
+            .map(|(_, principal)| principal.clone())
+            .or_else(|| principal_for_path(&self.root, path, &self.trust_domain))
+    }
+
+    /// Directories to scan: the captured tree and every declared mapping's tree.
+    fn scan_all(&self, found: &mut HashMap<u64, Option<Principal>>) {
+        let mut roots = vec![self.root.clone()];
+        roots.extend(
+            self.mappings
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(p, _)| !p.starts_with(&self.root))
+                .map(|(p, _)| p.clone()),
+        );
+        for root in roots {
+            if let Ok(id) = cgroup::id(&root) {
+                found.insert(id, self.principal_of(&root));
+            }
+            self.scan(&root, 0, found);
         }
     }
 
@@ -90,7 +138,7 @@ impl IdentitySource for CgroupIdentities {
             return hit.clone();
         }
         let mut found = HashMap::new();
-        self.scan(&self.root, 0, &mut found);
+        self.scan_all(&mut found);
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         cache.extend(found);
         // Not below the captured cgroup (or already gone): no identity, and that will not change.
