@@ -2,7 +2,6 @@
 //! service's endpoint over the waypoint's pooled client. Bodies stream; hop-by-hop headers are
 //! dropped both ways (RFC 9110 §7.6.1); every response carries `via` (RFC 9110 §7.6.3).
 use std::{
-    borrow::Cow,
     convert::Infallible,
     sync::{
         Arc, Mutex,
@@ -25,12 +24,17 @@ use tokio::{net::TcpStream, time::Instant};
 use tracing::{debug, info};
 
 use super::{
-    Inbound, Waypoint,
+    Inbound, Waypoint, authz,
     body::{Activity, BodyEnd, Metered},
+    reply::{
+        CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM,
+        PATH_NORMALIZATION_FAILED, STREAM_IDLE_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
+    },
     upstream::UpstreamFailure,
 };
 use crate::{
     model::Service,
+    policy::normalize_request_target,
     telemetry::{AccessLog, AccessLogEntry, Metrics, metrics::REPORTER, metrics::REQUESTS_TOTAL},
 };
 
@@ -93,8 +97,8 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
     record_request(&inbound, code.as_u16(), "DPE");
 }
 
-/// One request: checks, endpoint choice, forward, response. Never fails: every failure is an
-/// HTTP answer, as Envoy's local replies.
+/// One request: checks, authorization, endpoint choice, forward, response. Never fails: every
+/// failure is an HTTP answer, as Envoy's local replies.
 async fn forward(
     waypoint: &Waypoint,
     inbound: Arc<Inbound>,
@@ -115,17 +119,54 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return exchange.local(CONNECT_NOT_SUPPORTED);
     }
+    // One path for matching and forwarding (design §8.3). Absolute-form targets contribute
+    // their path and query; the authority went to `Host` above.
+    let target =
+        match normalize_request_target(req.uri().path_and_query().map_or("/", |pq| pq.as_str())) {
+            Ok(target) => target,
+            Err(error) => {
+                info!(%error, "the request path cannot be normalized; answering 400");
+                return exchange.local(PATH_NORMALIZATION_FAILED);
+            }
+        };
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(authority) = &authority {
+        parts.headers.insert(header::HOST, authority.clone());
+    }
 
     // The table may have been replaced since accept (DNS refresh, config reload): use the fresh
-    // endpoints of the *same* service. An id that now names another service is not followed.
-    let services = waypoint.services.load();
-    let service = match services.get(exchange.inbound.service.id) {
-        Some(current) if same_service(current, &exchange.inbound.service) => current.clone(),
-        _ => {
-            return exchange.local(CLUSTER_NOT_FOUND);
-        }
+    // endpoints of the *same* service, and the policies of that same generation. An id that now
+    // names another service is not followed.
+    let (service, decision) = {
+        let table = waypoint.services.load();
+        let service = match table.get(exchange.inbound.service.id) {
+            Some(current) if same_service(current, &exchange.inbound.service) => current.clone(),
+            _ => return exchange.local(CLUSTER_NOT_FOUND),
+        };
+        // What is matched is what is forwarded: the normalized path, the authority sent as
+        // `Host`, the headers left once the hop-by-hop ones are gone.
+        let request = authz::HttpRequest {
+            method: parts.method.as_str(),
+            host: exchange.entry.authority.as_deref().unwrap_or(""),
+            path: &target.path,
+            headers: &parts.headers,
+        };
+        let decision = authz::authorize_request(
+            &table.policies,
+            table.generation,
+            &exchange.inbound,
+            &service,
+            &request,
+        );
+        (service, decision)
     };
-    drop(services);
+    if !decision.allowed {
+        // The body is never read: hyper drains it (or closes) before the next request.
+        return exchange.local(authz::denied(&decision));
+    }
+
     let Some(upstream_addr) =
         service.upstream_addr(exchange.inbound.original_dst.ip(), waypoint.pick())
     else {
@@ -133,12 +174,7 @@ async fn forward(
     };
     exchange.entry.upstream_host = Some(upstream_addr);
 
-    let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
+    let path = target.to_forward();
     parts.uri = match Uri::builder()
         .scheme("http")
         .authority(upstream_addr.to_string())
@@ -152,10 +188,6 @@ async fn forward(
     };
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(authority) = authority {
-        parts.headers.insert(header::HOST, authority);
-    }
     append_via(&mut parts.headers);
 
     let idle = waypoint.config.idle_timeout;
@@ -207,90 +239,6 @@ async fn forward(
         }
     }
 }
-
-/// A response of the waypoint's own: what Envoy would answer, flag and details included.
-struct LocalReply {
-    status: StatusCode,
-    body: Cow<'static, str>,
-    /// `%RESPONSE_FLAGS%`.
-    flag: Option<&'static str>,
-    /// `%RESPONSE_CODE_DETAILS%`.
-    details: Cow<'static, str>,
-    /// Close the connection after answering: after a malformed or timed-out request, what
-    /// follows on the connection cannot be trusted to be framed as the client meant.
-    close: bool,
-}
-
-impl LocalReply {
-    const fn fixed(
-        status: StatusCode,
-        body: &'static str,
-        flag: Option<&'static str>,
-        details: &'static str,
-        close: bool,
-    ) -> Self {
-        Self {
-            status,
-            body: Cow::Borrowed(body),
-            flag,
-            details: Cow::Borrowed(details),
-            close,
-        }
-    }
-
-    /// A downstream protocol error (`DPE`), answered 400.
-    fn bad_request(details: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            details: details.into(),
-            ..Self::fixed(
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                Some("DPE"),
-                "",
-                true,
-            )
-        }
-    }
-}
-
-const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply::fixed(
-    StatusCode::SERVICE_UNAVAILABLE,
-    "no healthy upstream",
-    Some("UH"),
-    "no_healthy_upstream",
-    false,
-);
-/// The service this connection was accepted for is no longer configured.
-const CLUSTER_NOT_FOUND: LocalReply = LocalReply::fixed(
-    StatusCode::SERVICE_UNAVAILABLE,
-    "cluster not found",
-    Some("NC"),
-    "cluster_not_found",
-    true,
-);
-const CONNECT_NOT_SUPPORTED: LocalReply = LocalReply::fixed(
-    StatusCode::METHOD_NOT_ALLOWED,
-    "CONNECT is not supported",
-    None,
-    "method_not_allowed",
-    false,
-);
-/// Envoy's `stream_idle_timeout` while the request was still arriving.
-const STREAM_IDLE_TIMEOUT: LocalReply = LocalReply::fixed(
-    StatusCode::REQUEST_TIMEOUT,
-    "stream timeout",
-    Some("SI"),
-    "stream_idle_timeout",
-    true,
-);
-/// The request went out whole and no response headers came back in time.
-const UPSTREAM_RESPONSE_TIMEOUT: LocalReply = LocalReply::fixed(
-    StatusCode::GATEWAY_TIMEOUT,
-    "upstream request timeout",
-    Some("UT"),
-    "upstream_response_timeout",
-    false,
-);
 
 /// The state of one request while it is answered, and its access-log line.
 struct Exchange {
@@ -427,7 +375,8 @@ fn protocol(version: Version) -> &'static str {
 
 /// The authority to forward with. Absolute-form targets win over `Host` (RFC 9112 §3.2.2);
 /// duplicate `Host` is ambiguous and an HTTP/1.1 request without one is invalid (§3.2), both
-/// rejected. An HTTP/1.0 request without `Host` gets the ServiceEntry's host.
+/// rejected, as is a `Host` that is not visible ASCII (Envoy: `invalid_authority`). An HTTP/1.0
+/// request without `Host` gets the ServiceEntry's host.
 fn authority<B>(req: &Request<B>, service: &Service) -> Result<Option<HeaderValue>, String> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next().cloned();
@@ -440,6 +389,8 @@ fn authority<B>(req: &Request<B>, service: &Service) -> Result<Option<HeaderValu
             .map_err(|_| "invalid_authority".into());
     }
     match host {
+        // Authorization matches the host as text: bytes it cannot read must not be forwarded.
+        Some(host) if host.to_str().is_err() => Err("invalid_authority".into()),
         Some(host) => Ok(Some(host)),
         None if req.version() == Version::HTTP_11 => Err("missing_host_header".into()),
         None => Ok(service

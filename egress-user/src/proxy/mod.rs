@@ -3,8 +3,10 @@
 //!
 //! Phases of one connection: accept (bounded) → origin lookup (a connection the kernel did not
 //! redirect is closed, never proxied) → service → principal → [`http`] or [`splice`].
+mod authz;
 mod body;
 mod http;
+mod reply;
 mod splice;
 mod upstream;
 
@@ -98,6 +100,8 @@ struct Inbound {
     /// What the application dialled, from the kernel's origin record.
     original_dst: SocketAddr,
     service: Arc<Service>,
+    /// Who opened the connection (by its cgroup), or `None` for a caller without identity.
+    principal: Option<Principal>,
     /// `spiffe://<principal>`, or `None` for a caller without identity.
     spiffe: Option<String>,
     cluster: String,
@@ -108,14 +112,15 @@ impl Inbound {
         peer: SocketAddr,
         original_dst: SocketAddr,
         service: Arc<Service>,
-        principal: Option<&Principal>,
+        principal: Option<Principal>,
     ) -> Self {
         Self {
             peer,
             original_dst,
             cluster: service.cluster_name(),
             service,
-            spiffe: principal.map(|p| format!("spiffe://{p}")),
+            spiffe: principal.as_ref().map(|p| format!("spiffe://{p}")),
+            principal,
         }
     }
 
@@ -224,7 +229,9 @@ impl Waypoint {
             warn!("no origin recorded (not redirected by the kernel); closing");
             return;
         };
-        let Some(service) = self.services.load().get(origin.service_id).cloned() else {
+        // One generation for the service and, on TCP ports, the policies that authorize it.
+        let table = self.services.load_full();
+        let Some(service) = table.get(origin.service_id).cloned() else {
             let service_id = origin.service_id;
             warn!(
                 service_id,
@@ -244,12 +251,7 @@ impl Waypoint {
             debug!(%error, "setting TCP_NODELAY on the client connection failed");
         }
         let original_dst = SocketAddr::new(IpAddr::from(origin.dst_addr), origin.dst_port);
-        let inbound = Arc::new(Inbound::new(
-            peer,
-            original_dst,
-            service,
-            principal.as_ref(),
-        ));
+        let inbound = Arc::new(Inbound::new(peer, original_dst, service, principal));
         debug!(
             %original_dst,
             cgroup_id = origin.cgroup_id,
@@ -260,9 +262,11 @@ impl Waypoint {
         );
         Metrics::global().add(TCP_OPENED_TOTAL, &inbound.tcp_labels(), 1);
         if inbound.service.protocol.is_http() {
+            // Every request is authorized on its own, against the table current at the time.
+            drop(table);
             http::serve(self.clone(), stream, inbound.clone()).await;
         } else {
-            splice::serve(&self, stream, &inbound).await;
+            splice::serve(&self, stream, &inbound, table).await;
         }
         Metrics::global().add(TCP_CLOSED_TOTAL, &inbound.tcp_labels(), 1);
     }

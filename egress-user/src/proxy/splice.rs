@@ -18,19 +18,43 @@ use tokio::{
 };
 use tracing::{debug, info};
 
-use super::{Inbound, Waypoint, body::Activity, upstream::UpstreamFailure};
-use crate::telemetry::{
-    Metrics,
-    metrics::{TCP_RECEIVED_BYTES_TOTAL, TCP_SENT_BYTES_TOTAL},
+use super::{Inbound, Waypoint, authz, body::Activity, upstream::UpstreamFailure};
+use crate::{
+    model::ServiceTable,
+    telemetry::{
+        Metrics,
+        metrics::{TCP_RECEIVED_BYTES_TOTAL, TCP_SENT_BYTES_TOTAL},
+    },
 };
 
-pub(super) async fn serve(waypoint: &Waypoint, downstream: TcpStream, inbound: &Inbound) {
+/// Authorizes the connection against `table` (the generation its service came from), then
+/// splices it. A denied connection is closed before anything is connected upstream.
+pub(super) async fn serve(
+    waypoint: &Waypoint,
+    downstream: TcpStream,
+    inbound: &Inbound,
+    table: Arc<ServiceTable>,
+) {
     let started = Instant::now();
     let mut entry = inbound.entry(SystemTime::now());
     let log = |mut entry: crate::telemetry::AccessLogEntry| {
         entry.duration = started.elapsed();
         waypoint.access_log.log(&entry);
     };
+
+    let decision =
+        authz::authorize_connection(&table.policies, table.generation, inbound, &inbound.service);
+    // Policies change by replacing the table; a long spliced connection must not hold an old
+    // generation alive.
+    drop(table);
+    if let Some(details) = decision.denied_details() {
+        // Envoy's network RBAC filter: no response flag, the details in
+        // %CONNECTION_TERMINATION_DETAILS%, the connection closed without flushing.
+        info!(policy = %decision.matched_policy(), "connection denied by policy; closing");
+        entry.connection_termination_details = Some(details);
+        log(entry);
+        return;
+    }
 
     let Some(upstream_addr) = inbound
         .service

@@ -1,5 +1,6 @@
 //! In-process tests of the waypoint: a real upstream, a real waypoint on 127.0.0.1, and a client
 //! whose socket address is registered as "redirected by the kernel" before it connects.
+mod authz;
 mod http;
 mod splice;
 
@@ -7,6 +8,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{SocketAddr, SocketAddrV4},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -34,14 +36,19 @@ use tokio::{
 
 use super::{Waypoint, WaypointConfig};
 use crate::{
-    config::Protocol,
+    config::{Protocol, parse_str},
     identity::Principal,
     model::{IdentitySource, OriginSource, Service, ServiceTable, Upstream},
+    policy::PolicySet,
     telemetry::{AccessLog, AccessLogFormat, MemoryLog},
 };
 
 /// A cgroup with identity `cluster.local/ns/app/sa/web`.
 const CGROUP_WEB: u64 = 42;
+/// The seed's low-privilege app: `cluster.local/ns/default/sa/sleep`.
+const CGROUP_SLEEP: u64 = 43;
+/// The seed's admin: `cluster.local/ns/default/sa/admin`.
+const CGROUP_ADMIN: u64 = 44;
 /// A cgroup without identity.
 const CGROUP_ANONYMOUS: u64 = 7;
 /// Bound on every wait in these tests.
@@ -61,19 +68,32 @@ struct Identities;
 
 impl IdentitySource for Identities {
     fn principal(&self, cgroup_id: u64) -> Option<Principal> {
-        (cgroup_id == CGROUP_WEB).then(|| Principal::new("cluster.local", "app", "web"))
+        let (namespace, account) = match cgroup_id {
+            CGROUP_WEB => ("app", "web"),
+            CGROUP_SLEEP => ("default", "sleep"),
+            CGROUP_ADMIN => ("default", "admin"),
+            _ => return None,
+        };
+        Some(Principal::new("cluster.local", namespace, account))
     }
 }
 
-/// An upstream server and the number of connections it accepted.
+/// An upstream server, the number of connections it accepted and (HTTP echo only) the
+/// request lines it received.
 struct TestUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestUpstream {
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// `METHOD target` of every request received so far.
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("requests lock").clone()
     }
 }
 
@@ -91,18 +111,30 @@ async fn listen() -> (TcpListener, SocketAddr, Arc<AtomicUsize>) {
 async fn echo_upstream() -> TestUpstream {
     let (listener, addr, connections) = listen().await;
     let accepted = connections.clone();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             accepted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(echo)),
-            );
+            let seen = seen.clone();
+            let service = service_fn(move |req| echo(seen.clone(), req));
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
         }
     });
-    TestUpstream { addr, connections }
+    TestUpstream {
+        addr,
+        connections,
+        requests,
+    }
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(
+    seen: Arc<Mutex<Vec<String>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    seen.lock()
+        .expect("requests lock")
+        .push(format!("{} {}", req.method(), req.uri()));
     let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
     for (name, value) in req.headers() {
         text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
@@ -146,7 +178,11 @@ async fn tcp_echo_upstream() -> TestUpstream {
             });
         }
     });
-    TestUpstream { addr, connections }
+    TestUpstream {
+        addr,
+        connections,
+        requests: Arc::default(),
+    }
 }
 
 /// A server that reads a request, writes `reply` (possibly nothing, possibly a partial
@@ -167,7 +203,11 @@ async fn scripted_upstream(reply: &'static [u8], hold: bool) -> TestUpstream {
             });
         }
     });
-    TestUpstream { addr, connections }
+    TestUpstream {
+        addr,
+        connections,
+        requests: Arc::default(),
+    }
 }
 
 /// An address nothing listens on.
@@ -206,6 +246,8 @@ struct Dataplane {
     addr: SocketAddr,
     origins: Arc<Origins>,
     log: MemoryLog,
+    /// The table the waypoint serves; storing a new one is a config reload.
+    services: Arc<ArcSwap<ServiceTable>>,
     /// What the redirected applications dialled.
     dst: SocketAddrV4,
 }
@@ -216,10 +258,29 @@ impl Dataplane {
     }
 
     async fn with(service: Service, config: WaypointConfig, format: AccessLogFormat) -> Self {
+        Self::with_table(ServiceTable::new(vec![service]), config, format).await
+    }
+
+    /// A waypoint serving one service under the AuthorizationPolicies in `yaml`.
+    async fn guarded(service: Service, yaml: &str) -> Self {
+        Self::with_table(
+            ServiceTable::new(vec![service]).with_policies(policies(yaml), 1),
+            WaypointConfig::default(),
+            AccessLogFormat::Text,
+        )
+        .await
+    }
+
+    async fn with_table(
+        table: ServiceTable,
+        config: WaypointConfig,
+        format: AccessLogFormat,
+    ) -> Self {
         let origins = Arc::new(Origins::default());
         let (access_log, log) = AccessLog::memory(format);
+        let services = Arc::new(ArcSwap::from_pointee(table));
         let waypoint = Waypoint::new(
-            Arc::new(ArcSwap::from_pointee(ServiceTable::new(vec![service]))),
+            services.clone(),
             origins.clone(),
             Arc::new(Identities),
             access_log,
@@ -234,6 +295,7 @@ impl Dataplane {
             addr,
             origins,
             log,
+            services,
             dst: "10.9.8.7:80".parse().expect("dst"),
         }
     }
@@ -285,6 +347,15 @@ impl Dataplane {
         }
         panic!("expected {n} access-log lines, got {:?}", self.log.lines());
     }
+}
+
+/// AuthorizationPolicies from YAML, compiled with `istio-system` as the root namespace.
+fn policies(yaml: &str) -> Arc<PolicySet> {
+    let set = match parse_str(Path::new("t.yaml"), yaml) {
+        Ok(set) => set,
+        Err(errors) => panic!("test policies must be valid:\n{errors}"),
+    };
+    Arc::new(PolicySet::new(&set.authorization_policies, "istio-system"))
 }
 
 /// Sends a request and returns the response head and its body as text.

@@ -1,0 +1,130 @@
+//! Authorization at the waypoint: the engine's attributes from what the kernel attested and
+//! the client sent, and what to say about the verdict. The verdict itself is
+//! [`PolicySet::evaluate`]'s; this file only feeds it and reports it.
+//!
+//! Both callers evaluate against the policies of the same [`ServiceTable`] generation they took
+//! the service from, so a reload is seen whole: never new services with old policies.
+//!
+//! [`ServiceTable`]: crate::model::ServiceTable
+use std::borrow::Cow;
+
+use http::{HeaderMap, StatusCode};
+use tracing::{debug, info};
+
+use super::{Inbound, reply::LocalReply};
+use crate::{
+    model::Service,
+    policy::{Attributes, Decision, HttpAttributes, PolicySet, Target},
+};
+
+/// Envoy's answer to an HTTP request its RBAC filter denies (`rbac_filter.cc`: 403, this body,
+/// details `rbac_access_denied_matched_policy[...]`, no response flag). The connection stays
+/// open for the next request, as in Envoy.
+pub(super) fn denied(decision: &Decision) -> LocalReply {
+    LocalReply {
+        status: StatusCode::FORBIDDEN,
+        body: Cow::Borrowed("RBAC: access denied"),
+        flag: None,
+        details: decision
+            .denied_details()
+            .unwrap_or_else(|| "rbac_access_denied".to_owned())
+            .into(),
+        close: false,
+    }
+}
+
+/// What is being authorized, as the engine's [`Attributes`] want it. The source is the client's
+/// socket as accepted, the destination the address it dialled (the kernel's origin record), and
+/// the port the ServiceEntry's, which is what a `ports` rule names.
+fn attributes<'a>(
+    inbound: &'a Inbound,
+    service: &Service,
+    http: Option<HttpAttributes<'a>>,
+) -> Attributes<'a> {
+    Attributes {
+        principal: inbound.principal.as_ref(),
+        source_ip: Some(inbound.peer.ip()),
+        destination_ip: Some(inbound.original_dst.ip()),
+        destination_port: service.port,
+        // The ClientHello's server name is read on TLS ports only (a later change).
+        sni: None,
+        http,
+    }
+}
+
+/// The request as it will be forwarded: `method` as sent, `host` the authority forwarded in
+/// `Host`, `path` normalized without its query, `headers` after the hop-by-hop ones are gone.
+pub(super) struct HttpRequest<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// The verdict for one HTTP request to `service`.
+pub(super) fn authorize_request(
+    policies: &PolicySet,
+    generation: u64,
+    inbound: &Inbound,
+    service: &Service,
+    request: &HttpRequest<'_>,
+) -> Decision {
+    let http = HttpAttributes {
+        method: request.method,
+        host: request.host,
+        path: request.path,
+        headers: request.headers,
+    };
+    let decision = policies.evaluate(&target(service), &attributes(inbound, service, Some(http)));
+    report(&decision, generation);
+    decision
+}
+
+/// The verdict for a TLS or TCP connection to `service`, before anything is sent upstream.
+/// Rules are applied as Envoy applies them to a TCP filter chain (see `policy/compile.rs`).
+pub(super) fn authorize_connection(
+    policies: &PolicySet,
+    generation: u64,
+    inbound: &Inbound,
+    service: &Service,
+) -> Decision {
+    let decision = policies.evaluate(&target(service), &attributes(inbound, service, None));
+    report(&decision, generation);
+    decision
+}
+
+fn target(service: &Service) -> Target<'_> {
+    Target {
+        namespace: &service.namespace,
+        service_entry: &service.name,
+    }
+}
+
+/// The verdict at debug (the access log carries denies), AUDIT matches and dry-run policies
+/// that would have denied at info. Neither of the latter ever changes the verdict.
+fn report(decision: &Decision, generation: u64) {
+    let policy = decision.matched_policy();
+    debug!(
+        allowed = decision.allowed,
+        %policy,
+        l4_decidable = decision.l4_decidable,
+        generation,
+        "authorization decided"
+    );
+    if let Some(rule) = &decision.audit {
+        info!(%rule, allowed = decision.allowed, "audit");
+    }
+    if let Some(shadow_allowed) = decision.dry_run_allowed {
+        let matched: Vec<String> = decision
+            .dry_run_matches
+            .iter()
+            .map(|m| format!("{}:{}", m.action, m.matched))
+            .collect();
+        let matched = matched.join(",");
+        if shadow_allowed {
+            debug!(%matched, allowed = decision.allowed, "shadow allow");
+        } else {
+            info!(%matched, allowed = decision.allowed, "shadow deny");
+        }
+    }
+}

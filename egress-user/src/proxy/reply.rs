@@ -1,0 +1,98 @@
+//! The waypoint's own HTTP answers (Envoy's "local replies"): status, body, and what the access
+//! log says about them.
+use std::borrow::Cow;
+
+use http::StatusCode;
+
+/// A response of the waypoint's own: what Envoy would answer, flag and details included.
+pub(super) struct LocalReply {
+    pub(super) status: StatusCode,
+    pub(super) body: Cow<'static, str>,
+    /// `%RESPONSE_FLAGS%`.
+    pub(super) flag: Option<&'static str>,
+    /// `%RESPONSE_CODE_DETAILS%`.
+    pub(super) details: Cow<'static, str>,
+    /// Close the connection after answering: after a malformed or timed-out request, what
+    /// follows on the connection cannot be trusted to be framed as the client meant.
+    pub(super) close: bool,
+}
+
+impl LocalReply {
+    const fn fixed(
+        status: StatusCode,
+        body: &'static str,
+        flag: Option<&'static str>,
+        details: &'static str,
+        close: bool,
+    ) -> Self {
+        Self {
+            status,
+            body: Cow::Borrowed(body),
+            flag,
+            details: Cow::Borrowed(details),
+            close,
+        }
+    }
+
+    /// A downstream protocol error (`DPE`), answered 400.
+    pub(super) fn bad_request(details: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            details: details.into(),
+            ..Self::fixed(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                Some("DPE"),
+                "",
+                true,
+            )
+        }
+    }
+}
+
+/// Envoy's answer when path normalization fails (`path_normalization_failed`, no flag). The
+/// framing was fine, so the connection stays open.
+pub(super) const PATH_NORMALIZATION_FAILED: LocalReply = LocalReply::fixed(
+    StatusCode::BAD_REQUEST,
+    "Bad Request",
+    None,
+    "path_normalization_failed",
+    false,
+);
+pub(super) const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply::fixed(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "no healthy upstream",
+    Some("UH"),
+    "no_healthy_upstream",
+    false,
+);
+/// The service this connection was accepted for is no longer configured.
+pub(super) const CLUSTER_NOT_FOUND: LocalReply = LocalReply::fixed(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "cluster not found",
+    Some("NC"),
+    "cluster_not_found",
+    true,
+);
+pub(super) const CONNECT_NOT_SUPPORTED: LocalReply = LocalReply::fixed(
+    StatusCode::METHOD_NOT_ALLOWED,
+    "CONNECT is not supported",
+    None,
+    "method_not_allowed",
+    false,
+);
+/// Envoy's `stream_idle_timeout` while the request was still arriving.
+pub(super) const STREAM_IDLE_TIMEOUT: LocalReply = LocalReply::fixed(
+    StatusCode::REQUEST_TIMEOUT,
+    "stream timeout",
+    Some("SI"),
+    "stream_idle_timeout",
+    true,
+);
+/// The request went out whole and no response headers came back in time.
+pub(super) const UPSTREAM_RESPONSE_TIMEOUT: LocalReply = LocalReply::fixed(
+    StatusCode::GATEWAY_TIMEOUT,
+    "upstream request timeout",
+    Some("UT"),
+    "upstream_response_timeout",
+    false,
+);
