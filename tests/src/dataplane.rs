@@ -244,6 +244,42 @@ impl Dataplane {
         }
     }
 
+    /// Replaces the whole config atomically (a hidden temporary file renamed over the old one, as
+    /// a Kubernetes ConfigMap update swaps files), for `egress run` to pick up.
+    pub fn write_config(&self, documents: &[&str]) {
+        let dir = self.files.path().join("config");
+        let tmp = dir.join(".test.yaml.next");
+        fs::write(&tmp, documents.join("\n---\n")).expect("writing the new config");
+        fs::rename(&tmp, dir.join("test.yaml")).expect("replacing the config");
+    }
+
+    /// Sends SIGHUP to `egress run`: reload the config now.
+    pub fn sighup(&self) {
+        let pid = self.process.as_ref().expect("egress run is running").id();
+        // SAFETY: signalling a child process this dataplane started and has not reaped.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0, "sending SIGHUP to egress run ({pid})");
+    }
+
+    /// How many times `needle` appears in the egress log (stderr and stdout of `egress run`).
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
+    }
+
+    /// Waits (bounded) until `needle` appears at least `count` times in the egress log.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.log_count(needle) < count {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} did not appear {count} times in the egress log within 15s:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `egress status --bpffs <pins>`.
     pub fn status(&self) -> Output {
         self.egress(&["status", "--bpffs", &self.pins.to_string_lossy()])

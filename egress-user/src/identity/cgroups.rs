@@ -117,10 +117,7 @@ impl CgroupIdentities {
             }
             let path = entry.path();
             if let Ok(id) = cgroup::id(&path) {
-                found.insert(
-                    id,
-                    principal_for_path(&self.root, &path, &self.trust_domain),
-                );
+                found.insert(id, self.principal_of(&path));
             }
             self.scan(&path, depth + 1, found);
         }
@@ -149,6 +146,32 @@ impl IdentitySource for CgroupIdentities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_mappings_win_over_the_exec_convention() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("captured");
+        let unit = root.join("system.slice/billing.service");
+        let exec = exec_cgroup(&root, "default", "sleep").join("exec-1");
+        let nested = unit.join("worker");
+        for dir in [&unit, &exec, &nested] {
+            fs::create_dir_all(dir).expect("mkdir");
+        }
+        let ids = CgroupIdentities::new(&root, "cluster.local");
+        let id = |p: &Path| cgroup::id(p).expect("inode");
+        assert_eq!(ids.principal(id(&unit)), None, "no mapping yet");
+        ids.set_mappings(vec![(
+            unit.clone(),
+            Principal::new("cluster.local", "payments", "billing"),
+        )]);
+        let billing = Some(Principal::new("cluster.local", "payments", "billing"));
+        assert_eq!(ids.principal(id(&unit)), billing);
+        assert_eq!(ids.principal(id(&nested)), billing, "descendants inherit");
+        assert_eq!(
+            ids.principal(id(&exec)),
+            Some(Principal::new("cluster.local", "default", "sleep"))
+        );
+    }
 
     #[test]
     fn paths_map_to_principals() {
