@@ -175,15 +175,11 @@ fn main() -> ExitCode {
         Command::Check { configs } => match config::load(&configs) {
             Ok(set) => {
                 println!(
-                    "ok: {} ServiceEntr{}, {} other document{} not acted on",
+                    "ok: {} ServiceEntry, {} AuthorizationPolicy, {} WorkloadIdentity; {} other document(s) not acted on",
                     set.service_entries.len(),
-                    if set.service_entries.len() == 1 {
-                        "y"
-                    } else {
-                        "ies"
-                    },
+                    set.authorization_policies.len(),
+                    set.workload_identities.len(),
                     set.skipped.len(),
-                    if set.skipped.len() == 1 { "" } else { "s" },
                 );
                 ExitCode::SUCCESS
             }
