@@ -56,6 +56,9 @@ pub const SERVICE_F_HTTP: u32 = 1;
 pub struct Origin {
     /// cgroup v2 id of the connecting task (the inode number of its cgroup directory).
     pub cgroup_id: u64,
+    /// The identity anchor: the deepest ancestor cgroup (or the cgroup itself) registered in the
+    /// identities map, 0 when none is. Verdicts are cached per anchor.
+    pub identity_id: u64,
     /// Destination the application dialled, network byte order.
     pub dst_addr: [u8; 4],
     /// Destination port the application dialled, host byte order.
@@ -89,6 +92,8 @@ pub struct PeerKey {
 pub struct Config {
     /// cgroup v2 id of the waypoint's own cgroup: its connects are never redirected.
     pub waypoint_cgroup_id: u64,
+    /// Current policy generation: cached verdicts of any other generation are ignored.
+    pub generation: u64,
     /// Waypoint listener address, network byte order.
     pub waypoint_addr: [u8; 4],
     /// Waypoint listener port, host byte order.
@@ -100,6 +105,70 @@ pub struct Config {
 /// The config entry has been written; until then ServiceEntry destinations are refused.
 pub const CONFIG_F_READY: u16 = 1;
 
+/// REGISTRY_ONLY (Istio's `outboundTrafficPolicy.mode`): from the captured cgroup, a connect to
+/// a destination that is no ServiceEntry address is refused unless an allowed CIDR covers it.
+pub const CONFIG_F_REGISTRY_ONLY: u16 = 2;
+
+/// Capacity of the REGISTRY_ONLY allow list.
+pub const ALLOWED_MAX: u32 = 1_024;
+
+/// LPM trie data of the REGISTRY_ONLY allow list (IPv4, any port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllowKey4 {
+    /// Network byte order.
+    pub addr: [u8; 4],
+}
+
+/// How deep below the cgroup2 root connect4 looks for an identity anchor.
+pub const MAX_CGROUP_LEVEL: u32 = 16;
+
+/// Capacity of the identity anchor map.
+pub const IDENTITIES_MAX: u32 = 16_384;
+/// Capacity of the verdict cache (LRU: eviction only costs speed).
+pub const VERDICTS_MAX: u32 = 65_536;
+
+/// A cgroup that carries an identity (a service-account directory, a mapped unit). Value of the
+/// identities map; the key is the cgroup id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityAnchor {
+    /// `IDENTITY_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Verdicts for this anchor may be cached (it has a principal).
+pub const IDENTITY_F_CACHEABLE: u32 = 1;
+
+/// Key of the verdict cache: identity anchor, service and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VerdictKey {
+    /// Identity anchor cgroup id.
+    pub identity_id: u64,
+    pub service_id: u32,
+    /// ServiceEntry port, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// A cached L4-decidable verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictValue {
+    /// Policy generation the verdict was decided under; any other generation makes it stale.
+    pub generation: u64,
+    /// `VERDICT_*`.
+    pub verdict: u32,
+    pub _pad: u32,
+    /// When it was written (CLOCK_MONOTONIC, nanoseconds), for `egress status`.
+    pub created_ns: u64,
+}
+
+/// The connect is refused in the kernel (EPERM).
+pub const VERDICT_DENY: u32 = 1;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, and have no implicit padding.
@@ -109,6 +178,10 @@ mod pod {
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::IdentityAnchor {}
+    unsafe impl aya::Pod for super::AllowKey4 {}
+    unsafe impl aya::Pod for super::VerdictKey {}
+    unsafe impl aya::Pod for super::VerdictValue {}
 }
 
 #[cfg(test)]
@@ -121,9 +194,12 @@ mod tests {
         assert_eq!(size_of::<ServiceKey4>(), 8);
         assert_eq!(size_of::<ServiceKey6>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 8);
-        assert_eq!(size_of::<Origin>(), 32);
+        assert_eq!(size_of::<Origin>(), 40);
         assert_eq!(size_of::<PeerKey>(), 8);
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<IdentityAnchor>(), 8);
+        assert_eq!(size_of::<VerdictKey>(), 16);
+        assert_eq!(size_of::<VerdictValue>(), 24);
     }
 
     #[test]

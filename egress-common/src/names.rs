@@ -35,12 +35,23 @@ pub const MAP_CONFIG: &str = "EG_CONFIG_V1";
 /// Per-CPU array of counters indexed by [`crate::stats`] reasons.
 pub const MAP_STATS: &str = "EG_STATS_V1";
 
+/// Hash: cgroup id -> identity anchor (a cgroup that carries an identity).
+pub const MAP_IDENTITIES: &str = "EG_IDENTITIES_V1";
+/// LRU hash: (identity anchor, service, port) -> cached L4-decidable verdict + generation.
+pub const MAP_VERDICTS: &str = "EG_VERDICTS_V1";
+
+/// LPM trie: IPv4 CIDRs a REGISTRY_ONLY cgroup may still reach (DNS resolvers, loopback).
+pub const MAP_ALLOWED4: &str = "EG_ALLOWED4_V1";
+
 /// Every map, for pinning, status and cleanup.
-pub const MAPS: [&str; 6] = [
+pub const MAPS: [&str; 9] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_ORIGINS,
     MAP_PEERS,
     MAP_CONFIG,
     MAP_STATS,
+    MAP_IDENTITIES,
+    MAP_VERDICTS,
+    MAP_ALLOWED4,
 ];

@@ -22,8 +22,16 @@ pub const PEER_RECORDED: u32 = 8;
 /// getpeername rewrote the peer back to the address the application dialled.
 pub const PEERNAME_REWRITTEN: u32 = 9;
 
+/// A connect was refused in the kernel by a cached L4-decidable deny (EPERM).
+pub const REFUSED_VERDICT: u32 = 10;
+/// A cached verdict of an older policy generation was found, ignored and removed.
+pub const VERDICT_STALE: u32 = 11;
+
+/// REGISTRY_ONLY: a connect to a destination that is no ServiceEntry address was refused.
+pub const REFUSED_REGISTRY_ONLY: u32 = 12;
+
 /// Size of the stats array.
-pub const COUNT: u32 = 10;
+pub const COUNT: u32 = 13;
 
 /// Counter names for output, indexed by reason (prometheus-friendly snake case).
 pub const NAMES: [&str; COUNT as usize] = [
@@ -37,4 +45,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "refused_udp",
     "peer_recorded",
     "peername_rewritten",
+    "refused_verdict_cache",
+    "verdict_stale",
+    "refused_registry_only",
 ];

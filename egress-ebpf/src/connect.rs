@@ -10,17 +10,21 @@ use aya_ebpf::{
     EbpfContext as _,
     btf_maps::lpm_trie::Key,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_socket_cookie,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_get_socket_cookie,
     },
     programs::SockAddrContext,
 };
 use egress_common::{
-    FAMILY_INET, FAMILY_INET6, Origin, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6,
-    ServiceValue, stats,
+    AllowKey4, CONFIG_F_REGISTRY_ONLY, Config, FAMILY_INET, FAMILY_INET6, IDENTITY_F_CACHEABLE,
+    MAX_CGROUP_LEVEL, Origin, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6, ServiceValue,
+    VERDICT_DENY, VerdictKey, stats,
 };
 
-use crate::maps::{EG_ORIGINS_V1, EG_SERVICES4_V1, EG_SERVICES6_V1, config, count};
+use crate::maps::{
+    EG_ALLOWED4_V1, EG_IDENTITIES_V1, EG_ORIGINS_V1, EG_SERVICES4_V1, EG_SERVICES6_V1,
+    EG_VERDICTS_V1, config, count,
+};
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
@@ -47,6 +51,71 @@ fn lookup4(addr: [u8; 4], port: [u8; 2]) -> Option<ServiceValue> {
     EG_SERVICES4_V1.get(&key).copied()
 }
 
+/// The identity anchor of the current task: the deepest of its cgroup's ancestors (itself
+/// included) that userspace registered as carrying an identity, and whether verdicts for it may
+/// be cached. (0, false) when none is registered.
+#[inline(always)]
+fn identity_anchor() -> (u64, bool) {
+    let mut anchor = (0, false);
+    for level in 0..MAX_CGROUP_LEVEL {
+        // SAFETY: helper without preconditions (Linux >= 5.7 for sock_addr programs).
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            // Deeper than the task's own cgroup.
+            break;
+        }
+        // SAFETY: value copied out at once.
+        if let Some(found) = unsafe { EG_IDENTITIES_V1.get(id) } {
+            anchor = (id, found.flags & IDENTITY_F_CACHEABLE != 0);
+        }
+    }
+    anchor
+}
+
+/// A cached deny for (anchor, service, port) of the current generation refuses the connect.
+/// Entries of another generation are stale: ignored and removed (the waypoint decides again).
+#[inline(always)]
+fn cached_deny(config: &Config, identity_id: u64, service_id: u32, port: u16) -> bool {
+    let key = VerdictKey {
+        identity_id,
+        service_id,
+        port,
+        _pad: 0,
+    };
+    let Some(verdict) = EG_VERDICTS_V1.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: pointer from a successful lookup; copied out at once.
+    let verdict = unsafe { *verdict };
+    if verdict.generation != config.generation {
+        let _ = EG_VERDICTS_V1.remove(key);
+        count(stats::VERDICT_STALE);
+        return false;
+    }
+    verdict.verdict == VERDICT_DENY
+}
+
+/// A destination that is no ServiceEntry address: untouched, unless REGISTRY_ONLY refuses it
+/// (the waypoint's own connects and the allowed CIDRs excepted).
+#[inline(always)]
+fn not_a_service4(addr: [u8; 4]) -> Result<Action, ()> {
+    if let Some(config) = config()
+        && config.flags & CONFIG_F_REGISTRY_ONLY != 0
+    {
+        // SAFETY: helper without preconditions.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        let allowed = EG_ALLOWED4_V1
+            .get(&Key::new(32, AllowKey4 { addr }))
+            .is_some();
+        if cgroup_id != config.waypoint_cgroup_id && !allowed {
+            count(stats::REFUSED_REGISTRY_ONLY);
+            return Err(());
+        }
+    }
+    count(stats::PASSED);
+    Ok(Action::Untouched)
+}
+
 /// What to do with a connect to an IPv4 destination (plain or v4-mapped).
 enum Action {
     Untouched,
@@ -62,8 +131,7 @@ fn decide4(
     family: u16,
 ) -> Result<Action, ()> {
     let Some(service) = lookup4(addr, port) else {
-        count(stats::PASSED);
-        return Ok(Action::Untouched);
+        return not_a_service4(addr);
     };
     let Some(config) = config() else {
         count(stats::REFUSED_NO_WAYPOINT);
@@ -85,12 +153,21 @@ fn decide4(
         count(stats::PASSED);
         return Ok(Action::Untouched);
     }
+    let port_host = u16::from_be_bytes(port);
+    let (identity_id, cacheable) = identity_anchor();
+    if cacheable && cached_deny(&config, identity_id, service.service_id, port_host) {
+        // An L4-decidable deny learnt earlier: refused before a packet is sent or the waypoint
+        // wakes up.
+        count(stats::REFUSED_VERDICT);
+        return Err(());
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let origin = Origin {
         cgroup_id,
+        identity_id,
         dst_addr: addr,
-        dst_port: u16::from_be_bytes(port),
+        dst_port: port_host,
         family,
         service_id: service.service_id,
         pid: (pid_tgid >> 32) as u32,
@@ -171,6 +248,20 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<(), ()> {
         },
     );
     if EG_SERVICES6_V1.get(&key).is_none() {
+        // REGISTRY_ONLY: IPv6 has no allow list yet; only ::1 stays reachable.
+        let loopback =
+            ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == u32::from_ne_bytes([0, 0, 0, 1]);
+        if !loopback
+            && let Some(config) = config()
+            && config.flags & CONFIG_F_REGISTRY_ONLY != 0
+        {
+            // SAFETY: helper without preconditions.
+            let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            if cgroup_id != config.waypoint_cgroup_id {
+                count(stats::REFUSED_REGISTRY_ONLY);
+                return Err(());
+            }
+        }
         count(stats::PASSED);
         return Ok(());
     }

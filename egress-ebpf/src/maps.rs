@@ -1,10 +1,11 @@
 //! Map definitions. All maps carry BTF (`#[btf_map]`) so `bpftool map dump` prints field names.
 use aya_ebpf::{
-    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use egress_common::{
-    Config, ORIGINS_MAX, Origin, PeerKey, SERVICES_MAX, ServiceKey4, ServiceKey6, ServiceValue,
+    ALLOWED_MAX, AllowKey4, Config, IDENTITIES_MAX, IdentityAnchor, ORIGINS_MAX, Origin, PeerKey,
+    SERVICES_MAX, ServiceKey4, ServiceKey6, ServiceValue, VERDICTS_MAX, VerdictKey, VerdictValue,
     stats,
 };
 
@@ -24,6 +25,17 @@ pub static EG_PEERS_V1: LruHashMap<PeerKey, Origin, { ORIGINS_MAX as usize }> = 
 
 #[btf_map]
 pub static EG_CONFIG_V1: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static EG_IDENTITIES_V1: HashMap<u64, IdentityAnchor, { IDENTITIES_MAX as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static EG_VERDICTS_V1: LruHashMap<VerdictKey, VerdictValue, { VERDICTS_MAX as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static EG_ALLOWED4_V1: LpmTrie<AllowKey4, u32, { ALLOWED_MAX as usize }> = LpmTrie::new();
 
 #[btf_map]
 pub static EG_STATS_V1: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();

@@ -79,6 +79,7 @@ fn check_name(what: &'static str, value: &str, allow_dots: bool) -> Result<(), E
 /// Runs the command and returns the exit code to exit with (128 + signal when it was killed).
 pub fn exec(
     captured: &Path,
+    pin_dir: &Path,
     namespace: &str,
     service_account: &str,
     command: &[OsString],
@@ -89,9 +90,18 @@ pub fn exec(
     if !captured.is_dir() {
         return Err(ExecError::NotCaptured(captured.to_owned()));
     }
-    let dir = exec_cgroup(captured, namespace, service_account)
-        .join(format!("exec-{}", std::process::id()));
+    let identity_dir = exec_cgroup(captured, namespace, service_account);
+    let dir = identity_dir.join(format!("exec-{}", std::process::id()));
     cgroup::create(&dir)?;
+    // Tell the kernel this directory carries an identity, so verdicts can be cached for it from
+    // the first connection on. Without a running dataplane there is nothing to tell.
+    match cgroup::id(&identity_dir).map(|id| crate::bpf::register_anchor(pin_dir, id)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            warn!(%error, "registering the identity with the kernel failed (only speed is lost)")
+        }
+        Err(error) => warn!(%error, "reading the identity cgroup id failed"),
+    }
     let procs_path = dir.join("cgroup.procs");
     let procs = File::options()
         .write(true)

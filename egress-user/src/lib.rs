@@ -12,3 +12,5 @@ pub mod proxy;
 pub mod reload;
 pub mod run;
 pub mod telemetry;
+pub mod tls;
+pub mod verdicts;

@@ -8,7 +8,9 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use egress::{
-    bpf, cgroup, config, exec, explain,
+    bpf, cgroup,
+    config::{self, IpNet},
+    exec, explain,
     identity::{DEFAULT_TRUST_DOMAIN, Principal},
     run::{AccessLogTarget, RunOptions},
 };
@@ -97,6 +99,14 @@ struct RunArgs {
     /// istio-waypoint apply to every ServiceEntry.
     #[arg(long, value_name = "NS", default_value = "istio-system")]
     root_namespace: String,
+    /// Istio's outboundTrafficPolicy.mode. registry-only refuses, in the kernel (EPERM), connects
+    /// from the captured cgroup to anything that is no ServiceEntry address, except --allow-cidr.
+    #[arg(long, value_name = "MODE", default_value = "allow-any", value_parser = ["allow-any", "registry-only"])]
+    outbound_policy: String,
+    /// A CIDR that registry-only still lets through (repeatable). Default: 127.0.0.0/8 and the
+    /// IPv4 nameservers of /etc/resolv.conf.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    allow_cidr: Vec<IpNet>,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -135,6 +145,9 @@ struct ExecArgs {
     /// The captured cgroup `egress run` uses. Default: <cgroup2 mount>/egress.
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
+    /// Pin directory of the running dataplane (to register the identity with the kernel).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/egress")]
+    bpffs: PathBuf,
     /// Kubernetes namespace of the identity.
     #[arg(long, short = 'n', value_name = "NS")]
     namespace: String,
@@ -164,6 +177,7 @@ fn main() -> ExitCode {
             };
             match exec::exec(
                 &captured,
+                &args.bpffs,
                 &args.namespace,
                 &args.service_account,
                 &args.command,
@@ -269,6 +283,8 @@ fn run(args: RunArgs) -> ExitCode {
         },
         trust_domain: args.trust_domain,
         root_namespace: args.root_namespace,
+        registry_only: args.outbound_policy == "registry-only",
+        allowed_cidrs: (!args.allow_cidr.is_empty()).then_some(args.allow_cidr),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -287,6 +303,24 @@ fn run(args: RunArgs) -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// `a.b.c.d/len` or an address (a single host).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let (addr, len) = s.split_once('/').unwrap_or((s, ""));
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|e| format!("{s:?} is not an IP address or CIDR: {e}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len = if len.is_empty() {
+        max
+    } else {
+        len.parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?}: prefix length must be 0-{max}"))?
+    };
+    Ok(IpNet { addr, prefix_len })
 }
 
 /// Prints an error with its whole chain of causes (the verifier log travels in there).

@@ -23,6 +23,7 @@ use crate::{
     model::{self, DnsAnswers, ServiceTable},
     policy::PolicySet,
     run::RunError,
+    verdicts::{self, Anchor},
 };
 
 /// How often the config paths are checked for changes.
@@ -71,6 +72,8 @@ fn walk(path: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, Option<SystemTim
 /// Owns the current config and DNS answers, and publishes service tables built from them.
 pub struct Reconciler {
     configs: Vec<PathBuf>,
+    /// Identity anchors registered in the kernel.
+    anchors: Vec<Anchor>,
     identities: Arc<CgroupIdentities>,
     root_namespace: String,
     generation: u64,
@@ -96,9 +99,13 @@ impl Reconciler {
         let fingerprint = Fingerprint::of(&configs);
         let mut this = Self {
             configs,
+            anchors: Vec::new(),
             identities,
             root_namespace: root_namespace.to_owned(),
-            generation: 0,
+            // Unique across restarts: verdicts pinned by an earlier run are never current.
+            generation: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| d.as_micros() as u64),
             capture,
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::default())),
             config,
@@ -112,6 +119,7 @@ impl Reconciler {
         this.apply_identities();
         let table = this.build(&this.policies())?;
         this.services.store(Arc::new(table));
+        this.refresh_verdicts(true);
         Ok(this)
     }
 
@@ -214,10 +222,67 @@ impl Reconciler {
         Ok(built.table.with_policies(policies.clone(), self.generation))
     }
 
+    /// Brings the kernel verdict cache in line with the published table. With `new_generation`
+    /// (after a publish): the kernel's generation moves first, so every older verdict is ignored
+    /// at once, then the L4-decidable denies of the known identities are written and the stale
+    /// entries swept. Without: only identities that appeared since get theirs.
+    fn refresh_verdicts(&mut self, new_generation: bool) {
+        let table = self.services.load_full();
+        let anchors = self.identities.anchors();
+        if !new_generation && anchors == self.anchors {
+            return;
+        }
+        let result = (|| -> Result<usize, RunError> {
+            if new_generation {
+                self.capture.set_generation(table.generation)?;
+            }
+            let registered: Vec<(u64, bool)> = anchors
+                .iter()
+                .map(|a| (a.cgroup_id, a.principal.is_some()))
+                .collect();
+            self.capture.sync_anchors(&registered)?;
+            let fresh: Vec<Anchor> = if new_generation {
+                anchors.clone()
+            } else {
+                anchors
+                    .iter()
+                    .filter(|a| !self.anchors.contains(a))
+                    .cloned()
+                    .collect()
+            };
+            let denies = verdicts::precompute(&table, &fresh);
+            for d in &denies {
+                self.capture
+                    .cache_deny(d.identity_id, d.service_id, d.port, table.generation)?;
+            }
+            if new_generation {
+                self.capture.sweep_verdicts(table.generation)?;
+            }
+            Ok(denies.len())
+        })();
+        match result {
+            Ok(written) => {
+                info!(
+                    generation = table.generation,
+                    identities = anchors.len(),
+                    cached_denies = written,
+                    "kernel verdict cache updated"
+                );
+                self.anchors = anchors;
+            }
+            Err(error) => {
+                warn!(%error, "updating the kernel verdict cache failed (only speed is lost)")
+            }
+        }
+    }
+
     /// Swaps in a new generation. Policies are rebuilt only when the config changed.
     fn publish(&mut self, policies: &Arc<PolicySet>) {
         match self.build(policies) {
-            Ok(table) => self.services.store(Arc::new(table)),
+            Ok(table) => {
+                self.services.store(Arc::new(table));
+                self.refresh_verdicts(true);
+            }
             Err(error) => {
                 error!(%error, "applying the new configuration to the kernel failed; the previous table keeps serving")
             }
@@ -266,6 +331,8 @@ impl Reconciler {
                     if Fingerprint::of(&self.configs) != self.fingerprint {
                         self.reload("config files changed").await;
                     }
+                    // Identities that appeared since (a new service-account cgroup).
+                    self.refresh_verdicts(false);
                 }
                 _ = hangup.recv() => self.reload("SIGHUP").await,
                 _ = dns_due, if self.next_dns != Duration::MAX => {

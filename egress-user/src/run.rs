@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::{
     bpf::{BpfError, Capture},
     cgroup::{self, CgroupError},
-    config::{self, ConfigErrors},
+    config::{self, ConfigErrors, IpNet},
     dns::DnsError,
     identity::CgroupIdentities,
     model::OriginSource,
@@ -49,6 +49,32 @@ pub struct RunOptions {
     pub trust_domain: String,
     /// Istio's root namespace: its policies targeting GatewayClass istio-waypoint apply to all.
     pub root_namespace: String,
+    /// REGISTRY_ONLY: refuse non-ServiceEntry destinations in the kernel.
+    pub registry_only: bool,
+    /// What REGISTRY_ONLY still lets through; `None` = the defaults ([`default_allowed`]).
+    pub allowed_cidrs: Option<Vec<IpNet>>,
+}
+
+/// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
+/// the waypoint itself) and the IPv4 nameservers of /etc/resolv.conf, so name resolution works.
+pub fn default_allowed() -> Vec<IpNet> {
+    let mut allowed = vec![IpNet {
+        addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+        prefix_len: 8,
+    }];
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for line in resolv.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver")
+            && let Some(Ok(std::net::IpAddr::V4(ip))) = words.next().map(str::parse)
+        {
+            allowed.push(IpNet {
+                addr: std::net::IpAddr::V4(ip),
+                prefix_len: 32,
+            });
+        }
+    }
+    allowed
 }
 
 #[derive(Debug, Error)]
@@ -133,6 +159,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let capture = Arc::new(Capture::install(&opts.cgroup, &opts.bpffs)?);
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
+    let allowed = opts.allowed_cidrs.clone().unwrap_or_else(default_allowed);
+    capture.set_outbound_policy(opts.registry_only, &allowed)?;
+    if opts.registry_only {
+        let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+        info!(allowed = %allowed.join(","), "REGISTRY_ONLY: other destinations are refused in the kernel");
+    }
 
     // SIGHUP reloads; install the handler before anything could send one.
     let hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
@@ -148,12 +180,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let services = reconciler.services();
 
     let origins: Arc<dyn OriginSource> = capture.clone();
-    let waypoint = Waypoint::new(
+    let waypoint = Waypoint::with_verdict_cache(
         services.clone(),
         origins,
         identities,
         access_log,
         WaypointConfig::default(),
+        capture.clone(),
     );
     let ready = Arc::new(AtomicBool::new(false));
     let counters_capture = capture.clone();

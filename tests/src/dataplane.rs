@@ -40,6 +40,7 @@ static SWEEP: Once = Once::new();
 #[derive(Default)]
 pub struct Builder {
     documents: Vec<String>,
+    extra_args: Vec<String>,
 }
 
 impl Builder {
@@ -51,6 +52,12 @@ impl Builder {
     /// Adds one Istio YAML document (ServiceEntry, DestinationRule, AuthorizationPolicy).
     pub fn config(mut self, yaml: &str) -> Self {
         self.documents.push(yaml.to_owned());
+        self
+    }
+
+    /// Adds arguments to `egress run` (e.g. `--outbound-policy registry-only`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
@@ -81,6 +88,7 @@ impl Builder {
             admin,
             files,
             process: None,
+            extra_args: self.extra_args,
         };
         // The ports were free when picked, but a parallel test may take one before egress binds
         // it: pick again a bounded number of times.
@@ -107,6 +115,8 @@ pub struct Dataplane {
     admin: SocketAddr,
     files: TempDir,
     process: Option<Child>,
+    /// Extra `egress run` arguments from the builder.
+    extra_args: Vec<String>,
 }
 
 impl Dataplane {
@@ -352,6 +362,9 @@ impl Dataplane {
             "--access-log".into(),
             path(&self.access_log()),
         ]
+        .into_iter()
+        .chain(self.extra_args.iter().cloned())
+        .collect()
     }
 
     fn log_text(&self) -> String {
@@ -410,6 +423,8 @@ impl Workload<'_> {
             .arg("exec")
             .arg("--cgroup")
             .arg(&dp.cgroup)
+            .arg("--bpffs")
+            .arg(&dp.pins)
             .args(["--namespace", self.namespace])
             .args(["--service-account", self.service_account])
             .arg("--")

@@ -25,10 +25,12 @@ mod dataplane;
 mod environment;
 mod http;
 mod process;
+mod tls;
 mod upstream;
 pub mod yaml;
 
 pub use dataplane::{Builder, Dataplane, Workload};
 pub use environment::{cgroup2_mount, egress_bin, require_binary, require_privileges};
 pub use process::{Output, curl, run_bounded};
+pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};
 pub use upstream::{Hit, Upstream};

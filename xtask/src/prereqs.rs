@@ -31,6 +31,7 @@ pub fn install() -> anyhow::Result<()> {
     rust_components()?;
     let sysroot = nightly()?;
     bpf_linker(&sysroot)?;
+    httpbin()?;
     step(&format!(
         "prerequisites ready ({NIGHTLY}, bpf-linker {BPF_LINKER_VERSION}, bpftool; {:.1}s)",
         started.elapsed().as_secs_f64()
@@ -102,6 +103,26 @@ fn dpkg_installed<'a>(packages: impl Iterator<Item = &'a str>) -> Vec<String> {
                 .map(|name| name.split(':').next().unwrap_or(name).to_owned())
         })
         .collect()
+}
+
+/// The real `httpbin` app and gunicorn from PyPI, in a venv under `target/` (the TLS
+/// origination end-to-end test serves httpbin over TLS with a test-CA certificate).
+fn httpbin() -> anyhow::Result<()> {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/httpbin-venv");
+    let python = venv.join("bin/python");
+    let present = probe(Command::new(&python).args(["-c", "import httpbin, gunicorn"])).is_some();
+    if present {
+        return Ok(());
+    }
+    if !on_path("python3") {
+        bail!("python3 is needed for the httpbin test upstream (apt-get install python3-venv)");
+    }
+    step(&format!(
+        "installing httpbin and gunicorn (PyPI) into {} (about 30 seconds)",
+        venv.display()
+    ));
+    cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    cmd::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "httpbin", "gunicorn"]))
 }
 
 /// rustfmt and clippy for the toolchain that builds userspace (`cargo xtask test` uses both).

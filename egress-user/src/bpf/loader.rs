@@ -130,9 +130,66 @@ impl Capture {
         self.maps.sync_services(routes)
     }
 
-    /// Kernel counters by reason name.
+    /// Istio's `outboundTrafficPolicy.mode`: REGISTRY_ONLY refuses, in the kernel, connects
+    /// from the captured cgroup to anything that is no ServiceEntry address, except `allowed`.
+    pub fn set_outbound_policy(
+        &self,
+        registry_only: bool,
+        allowed: &[crate::config::IpNet],
+    ) -> Result<(), BpfError> {
+        self.maps.set_outbound_policy(registry_only, allowed)
+    }
+
+    /// Starts a new policy generation in the kernel (stale cached verdicts are ignored at once).
+    pub fn set_generation(&self, generation: u64) -> Result<(), BpfError> {
+        self.maps.set_generation(generation)
+    }
+
+    /// Makes the kernel's identity anchors exactly these (cgroup id, cacheable).
+    pub fn sync_anchors(&self, anchors: &[(u64, bool)]) -> Result<(), BpfError> {
+        let anchors: Vec<(u64, u32)> = anchors
+            .iter()
+            .map(|(id, cacheable)| {
+                let flags = if *cacheable {
+                    egress_common::IDENTITY_F_CACHEABLE
+                } else {
+                    0
+                };
+                (*id, flags)
+            })
+            .collect();
+        self.maps.sync_anchors(&anchors)
+    }
+
+    /// Caches an L4-decidable deny for (identity anchor, service, port).
+    pub fn cache_deny(
+        &self,
+        identity_id: u64,
+        service_id: u32,
+        port: u16,
+        generation: u64,
+    ) -> Result<(), BpfError> {
+        self.maps.deny(
+            egress_common::VerdictKey {
+                identity_id,
+                service_id,
+                port,
+                _pad: 0,
+            },
+            generation,
+        )
+    }
+
+    /// Drops cached verdicts of other generations; returns how many are left.
+    pub fn sweep_verdicts(&self, generation: u64) -> Result<usize, BpfError> {
+        self.maps.sweep_verdicts(generation)
+    }
+
+    /// Kernel counters by reason name, plus the verdict cache's entry count.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.maps.counters()
+        let mut counters = self.maps.counters();
+        counters.push(("verdict_cache_entries", self.maps.verdict_entries() as u64));
+        counters
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -193,6 +250,20 @@ fn remove_pin(path: &Path) -> Result<(), BpfError> {
             path: path.to_owned(),
             source,
         }),
+    }
+}
+
+impl crate::verdicts::VerdictSink for Capture {
+    fn deny(&self, identity_id: u64, service_id: u32, port: u16, generation: u64) {
+        match self.cache_deny(identity_id, service_id, port, generation) {
+            Ok(()) => debug!(
+                identity_id,
+                service_id, port, generation, "deny cached in the kernel"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "caching a deny in the kernel failed (only speed is lost)")
+            }
+        }
     }
 }
 

@@ -11,8 +11,9 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use egress_common::{
-    CONFIG_F_READY, Config, Origin, PeerKey, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6,
-    ServiceValue, names, stats,
+    AllowKey4, CONFIG_F_READY, CONFIG_F_REGISTRY_ONLY, Config, IdentityAnchor, Origin, PeerKey,
+    SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6, ServiceValue, VERDICT_DENY, VerdictKey,
+    VerdictValue, names, stats,
 };
 
 use super::BpfError;
@@ -30,8 +31,22 @@ pub(super) struct Maps {
     services4: Mutex<LpmTrie<MapData, ServiceKey4, ServiceValue>>,
     services6: Mutex<LpmTrie<MapData, ServiceKey6, ServiceValue>>,
     peers: Mutex<HashMap<MapData, PeerKey, Origin>>,
-    config: Mutex<Array<MapData, Config>>,
+    config: Mutex<(Array<MapData, Config>, Config)>,
     stats: PerCpuArray<MapData, u64>,
+    identities: Mutex<HashMap<MapData, u64, IdentityAnchor>>,
+    verdicts: Mutex<HashMap<MapData, VerdictKey, VerdictValue>>,
+    allowed4: Mutex<LpmTrie<MapData, AllowKey4, u32>>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub(super) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, BpfError>
@@ -60,21 +75,145 @@ impl Maps {
             services4: Mutex::new(typed(names::MAP_SERVICES4, take(names::MAP_SERVICES4)?)?),
             services6: Mutex::new(typed(names::MAP_SERVICES6, take(names::MAP_SERVICES6)?)?),
             peers: Mutex::new(typed(names::MAP_PEERS, take(names::MAP_PEERS)?)?),
-            config: Mutex::new(typed(names::MAP_CONFIG, take(names::MAP_CONFIG)?)?),
+            config: Mutex::new((
+                typed(names::MAP_CONFIG, take(names::MAP_CONFIG)?)?,
+                Config::default(),
+            )),
             stats: typed(names::MAP_STATS, take(names::MAP_STATS)?)?,
+            identities: Mutex::new(typed(names::MAP_IDENTITIES, take(names::MAP_IDENTITIES)?)?),
+            verdicts: Mutex::new(typed(names::MAP_VERDICTS, take(names::MAP_VERDICTS)?)?),
+            allowed4: Mutex::new(typed(names::MAP_ALLOWED4, take(names::MAP_ALLOWED4)?)?),
         })
     }
 
-    pub(super) fn set_waypoint(&self, addr: SocketAddrV4, cgroup_id: u64) -> Result<(), BpfError> {
-        let config = Config {
-            waypoint_cgroup_id: cgroup_id,
-            waypoint_addr: addr.ip().octets(),
-            waypoint_port: addr.port(),
-            flags: CONFIG_F_READY,
+    /// REGISTRY_ONLY on or off, with the IPv4 CIDRs that stay reachable. The allow list is
+    /// written before the mode is switched on, so nothing allowed is ever refused in between.
+    pub(super) fn set_outbound_policy(
+        &self,
+        registry_only: bool,
+        allowed: &[IpNet],
+    ) -> Result<(), BpfError> {
+        let name = names::MAP_ALLOWED4;
+        {
+            let mut trie = lock(&self.allowed4);
+            let want: Vec<Key<AllowKey4>> = allowed
+                .iter()
+                .filter_map(|net| match net.addr {
+                    IpAddr::V4(a) => Some(Key::new(
+                        u32::from(net.prefix_len),
+                        AllowKey4 { addr: a.octets() },
+                    )),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            for key in &want {
+                trie.insert(key, 1, 0).map_err(BpfError::map(name))?;
+            }
+            let wanted: HashSet<(u32, AllowKey4)> =
+                want.iter().map(|k| (k.prefix_len(), k.data())).collect();
+            let stale: Vec<Key<AllowKey4>> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+                .collect();
+            for key in stale {
+                trie.remove(&key).map_err(BpfError::map(name))?;
+            }
+        }
+        self.write_config(|c| {
+            if registry_only {
+                c.flags |= CONFIG_F_REGISTRY_ONLY;
+            } else {
+                c.flags &= !CONFIG_F_REGISTRY_ONLY;
+            }
+        })
+    }
+
+    fn write_config(&self, update: impl FnOnce(&mut Config)) -> Result<(), BpfError> {
+        let mut guard = lock(&self.config);
+        let (map, current) = &mut *guard;
+        let mut next = *current;
+        update(&mut next);
+        map.set(0, next, 0)
+            .map_err(BpfError::map(names::MAP_CONFIG))?;
+        *current = next;
+        Ok(())
+    }
+
+    /// A new policy generation: every cached verdict of another one is stale from now on.
+    pub(super) fn set_generation(&self, generation: u64) -> Result<(), BpfError> {
+        self.write_config(|c| c.generation = generation)
+    }
+
+    /// Makes the identity anchors exactly `anchors` (cgroup id, flags).
+    pub(super) fn sync_anchors(&self, anchors: &[(u64, u32)]) -> Result<(), BpfError> {
+        let name = names::MAP_IDENTITIES;
+        let mut map = lock(&self.identities);
+        for (id, flags) in anchors {
+            map.insert(
+                id,
+                IdentityAnchor {
+                    flags: *flags,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(BpfError::map(name))?;
+        }
+        let wanted: HashSet<u64> = anchors.iter().map(|(id, _)| *id).collect();
+        let stale: Vec<u64> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !wanted.contains(id))
+            .collect();
+        for id in stale {
+            map.remove(&id).map_err(BpfError::map(name))?;
+        }
+        Ok(())
+    }
+
+    /// Caches a deny. A full LRU evicts its oldest entry: only speed is lost.
+    pub(super) fn deny(&self, key: VerdictKey, generation: u64) -> Result<(), BpfError> {
+        let value = VerdictValue {
+            generation,
+            verdict: VERDICT_DENY,
+            _pad: 0,
+            created_ns: monotonic_ns(),
         };
-        lock(&self.config)
-            .set(0, config, 0)
-            .map_err(BpfError::map(names::MAP_CONFIG))
+        lock(&self.verdicts)
+            .insert(key, value, 0)
+            .map_err(BpfError::map(names::MAP_VERDICTS))
+    }
+
+    /// Removes the verdicts of other generations (connect4 also drops them as it meets them).
+    /// Returns how many entries are left.
+    pub(super) fn sweep_verdicts(&self, generation: u64) -> Result<usize, BpfError> {
+        let mut map = lock(&self.verdicts);
+        let entries: Vec<(VerdictKey, VerdictValue)> = map.iter().filter_map(Result::ok).collect();
+        let mut left = 0;
+        for (key, value) in entries {
+            if value.generation == generation {
+                left += 1;
+            } else {
+                // Already gone (evicted, or removed by connect4) is fine.
+                let _ = map.remove(&key);
+            }
+        }
+        Ok(left)
+    }
+
+    /// Cached verdicts, for metrics.
+    pub(super) fn verdict_entries(&self) -> usize {
+        lock(&self.verdicts).keys().count()
+    }
+
+    pub(super) fn set_waypoint(&self, addr: SocketAddrV4, cgroup_id: u64) -> Result<(), BpfError> {
+        self.write_config(|c| {
+            c.waypoint_cgroup_id = cgroup_id;
+            c.waypoint_addr = addr.ip().octets();
+            c.waypoint_port = addr.port();
+            c.flags |= CONFIG_F_READY;
+        })
     }
 
     /// Makes the service maps hold exactly `routes`: new and changed entries are written first,
@@ -189,4 +328,25 @@ impl OriginSource for super::Capture {
                 .and_then(|ip| self.maps.take_origin(SocketAddrV4::new(ip, v6.port()))),
         }
     }
+}
+
+/// Registers one identity anchor in a running dataplane's pinned map (`egress exec` does this
+/// for its service-account cgroup before the command starts, so the first connection already
+/// carries the identity the kernel caches verdicts for). `Ok(false)` when nothing is pinned.
+pub fn register_anchor(pin_dir: &Path, cgroup_id: u64) -> Result<bool, BpfError> {
+    if !pin_dir.join(names::MAP_IDENTITIES).exists() {
+        return Ok(false);
+    }
+    let map = open_pinned(pin_dir, names::MAP_IDENTITIES)?;
+    let mut map: HashMap<MapData, u64, IdentityAnchor> = typed(names::MAP_IDENTITIES, map)?;
+    map.insert(
+        cgroup_id,
+        IdentityAnchor {
+            flags: egress_common::IDENTITY_F_CACHEABLE,
+            _pad: 0,
+        },
+        0,
+    )
+    .map_err(BpfError::map(names::MAP_IDENTITIES))?;
+    Ok(true)
 }

@@ -5,7 +5,7 @@ mod maps;
 mod status;
 
 pub use loader::{Capture, cleanup};
-pub use maps::ServiceRoute;
+pub use maps::{ServiceRoute, register_anchor};
 pub use status::{Status, status};
 
 use std::{io, path::PathBuf};

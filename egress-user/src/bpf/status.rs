@@ -8,7 +8,10 @@ use aya::{
         loaded_programs,
     },
 };
-use egress_common::{Origin, PeerKey, ServiceKey4, ServiceKey6, ServiceValue, names};
+use egress_common::{
+    Config, IdentityAnchor, Origin, PeerKey, ServiceKey4, ServiceKey6, ServiceValue, VERDICT_DENY,
+    VerdictKey, VerdictValue, names,
+};
 
 use super::{BpfError, loader::LINKS_DIR, maps::open_pinned};
 
@@ -24,6 +27,18 @@ pub struct MapStatus {
     pub entries: Result<usize, String>,
 }
 
+/// One cached verdict, decoded.
+pub struct VerdictStatus {
+    pub identity_id: u64,
+    /// The anchor cgroup's path, when it still exists.
+    pub identity_path: Option<std::path::PathBuf>,
+    pub service_id: u32,
+    pub port: u16,
+    pub deny: bool,
+    pub generation: u64,
+    pub age: std::time::Duration,
+}
+
 pub struct Status {
     pub pin_dir: std::path::PathBuf,
     pub links: Vec<LinkStatus>,
@@ -31,6 +46,9 @@ pub struct Status {
     pub programs: Vec<(u32, String)>,
     pub maps: Vec<MapStatus>,
     pub counters: Result<Vec<(&'static str, u64)>, String>,
+    /// The kernel's current policy generation.
+    pub generation: Option<u64>,
+    pub verdicts: Vec<VerdictStatus>,
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, BpfError> {
@@ -65,13 +83,76 @@ pub fn status(pin_dir: &Path) -> Result<Status, BpfError> {
         })
         .map(|stats| super::maps::read_counters(&stats))
         .map_err(|e| e.to_string());
+    let generation = open_pinned(pin_dir, names::MAP_CONFIG)
+        .ok()
+        .and_then(|m| aya::maps::Array::<MapData, Config>::try_from(m).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .map(|c| c.generation);
+    let verdicts = read_verdicts(pin_dir);
     Ok(Status {
         pin_dir: pin_dir.to_owned(),
         links,
         programs,
         maps,
         counters,
+        generation,
+        verdicts,
     })
+}
+
+fn read_verdicts(pin_dir: &Path) -> Vec<VerdictStatus> {
+    let Ok(map) = open_pinned(pin_dir, names::MAP_VERDICTS) else {
+        return Vec::new();
+    };
+    let Ok(map) = HashMap::<MapData, VerdictKey, VerdictValue>::try_from(map) else {
+        return Vec::new();
+    };
+    let now = super::maps::monotonic_ns();
+    let entries: Vec<(VerdictKey, VerdictValue)> = map.iter().filter_map(Result::ok).collect();
+    let mut paths = std::collections::HashMap::new();
+    if !entries.is_empty()
+        && let Ok(root) = crate::cgroup::cgroup2_mount()
+    {
+        let wanted: std::collections::HashSet<u64> =
+            entries.iter().map(|(k, _)| k.identity_id).collect();
+        find_cgroups(&root, &wanted, 0, &mut paths);
+    }
+    entries
+        .into_iter()
+        .map(|(k, v)| VerdictStatus {
+            identity_id: k.identity_id,
+            identity_path: paths.get(&k.identity_id).cloned(),
+            service_id: k.service_id,
+            port: k.port,
+            deny: v.verdict == VERDICT_DENY,
+            generation: v.generation,
+            age: std::time::Duration::from_nanos(now.saturating_sub(v.created_ns)),
+        })
+        .collect()
+}
+
+/// cgroup id -> path for the wanted ids (a bounded walk of the cgroup2 tree).
+fn find_cgroups(
+    dir: &Path,
+    wanted: &std::collections::HashSet<u64>,
+    depth: usize,
+    out: &mut std::collections::HashMap<u64, std::path::PathBuf>,
+) {
+    if depth > 16 || out.len() == wanted.len() {
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if let Ok(id) = crate::cgroup::id(&path)
+            && wanted.contains(&id)
+        {
+            out.insert(id, path.clone());
+        }
+        find_cgroups(&path, wanted, depth + 1, out);
+    }
 }
 
 fn count_entries(pin_dir: &Path, name: &'static str) -> Result<usize, BpfError> {
@@ -91,6 +172,14 @@ fn count_entries(pin_dir: &Path, name: &'static str) -> Result<usize, BpfError> 
             .keys()
             .count(),
         names::MAP_PEERS => HashMap::<MapData, PeerKey, Origin>::try_from(map)
+            .map_err(err)?
+            .keys()
+            .count(),
+        names::MAP_IDENTITIES => HashMap::<MapData, u64, IdentityAnchor>::try_from(map)
+            .map_err(err)?
+            .keys()
+            .count(),
+        names::MAP_VERDICTS => HashMap::<MapData, VerdictKey, VerdictValue>::try_from(map)
             .map_err(err)?
             .keys()
             .count(),
@@ -137,6 +226,34 @@ impl fmt::Display for Status {
                 }
             }
             Err(e) => writeln!(f, "  unavailable: {e}")?,
+        }
+        match self.generation {
+            Some(g) => writeln!(f, "verdict cache (policy generation {g}):")?,
+            None => writeln!(f, "verdict cache:")?,
+        }
+        if self.verdicts.is_empty() {
+            writeln!(f, "  (empty)")?;
+        }
+        for v in &self.verdicts {
+            let path = v
+                .identity_path
+                .as_ref()
+                .map_or_else(|| "(gone)".to_owned(), |p| p.display().to_string());
+            let current = if Some(v.generation) == self.generation {
+                "current"
+            } else {
+                "stale"
+            };
+            writeln!(
+                f,
+                "  identity {} {path}  service {}  port {}  {}  generation {} ({current})  age {:.1}s",
+                v.identity_id,
+                v.service_id,
+                v.port,
+                if v.deny { "DENY" } else { "ALLOW" },
+                v.generation,
+                v.age.as_secs_f64()
+            )?;
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! kinds and non-Istio objects are recorded in [`ConfigSet::skipped`]; an unknown kind in an
 //! Istio group is an error (a typo would otherwise silently drop policy).
 mod authorization_policy;
+mod destination_rule;
 mod documents;
 mod endpoint;
 mod error;

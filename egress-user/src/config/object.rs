@@ -1,7 +1,7 @@
 //! One parsed document -> a typed object, a skipped object, or errors: dispatch on
 //! `apiVersion` + `kind`, and the `metadata` every object shares.
 use super::{
-    ConfigSet, Skipped, Source, authorization_policy,
+    ConfigSet, Skipped, Source, authorization_policy, destination_rule,
     error::Issues,
     names::{is_k8s_label, is_k8s_subdomain},
     node::{Node, describe},
@@ -153,7 +153,13 @@ pub(crate) fn add_object(
                 set.workload_identities.push(identity);
             }
         }
-        // DestinationRule is acted on later; the rest never are.
+        "DestinationRule" => {
+            let before = issues.len();
+            let rule = destination_rule::parse(root, metadata, source.clone(), issues);
+            if issues.len() == before {
+                set.destination_rules.push(rule);
+            }
+        }
         _ => set
             .skipped
             .push(skipped(source, api_version, kind, &metadata.name)),

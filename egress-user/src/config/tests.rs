@@ -214,7 +214,7 @@ fn dispatch_errors() {
 fn other_istio_and_foreign_kinds_are_skipped() {
     let text = "\
 apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
+kind: Sidecar
 metadata: {name: dr}
 ---
 apiVersion: networking.istio.io/v1alpha3
@@ -237,7 +237,7 @@ kind: ConfigMap
     assert_eq!(
         kinds,
         vec![
-            ("DestinationRule", "dr"),
+            ("Sidecar", "dr"),
             ("VirtualService", "vs"),
             ("Telemetry", "t"),
             ("ConfigMap", "")

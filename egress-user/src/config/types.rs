@@ -195,7 +195,71 @@ pub struct ConfigSet {
     pub service_entries: Vec<ServiceEntry>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub workload_identities: Vec<WorkloadIdentity>,
+    pub destination_rules: Vec<DestinationRule>,
     pub skipped: Vec<Skipped>,
+}
+
+/// A `networking.istio.io` DestinationRule, as far as egress acts on it: the TLS settings of
+/// the connections the waypoint opens to the host's endpoints (see `config/destination_rule.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationRule {
+    pub source: Source,
+    pub name: String,
+    /// `metadata.namespace`, `default` when absent.
+    pub namespace: String,
+    /// `spec.host`: an FQDN or a wildcard (`*.example.com`).
+    pub host: String,
+    /// `spec.exportTo` as written; empty means every namespace.
+    pub export_to: Vec<String>,
+    /// `trafficPolicy.tls`.
+    pub tls: Option<ClientTlsSettings>,
+    /// `trafficPolicy.portLevelSettings[]` that carry `tls`: port number -> settings. A port's
+    /// own settings win over `tls` for that port.
+    pub port_tls: Vec<(u16, ClientTlsSettings)>,
+}
+
+/// `ClientTLSSettings.mode`. `ISTIO_MUTUAL` is refused at load (no mesh CA in host mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    #[default]
+    Disable,
+    Simple,
+    Mutual,
+}
+
+impl TlsMode {
+    /// The name Istio's YAML uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "DISABLE",
+            TlsMode::Simple => "SIMPLE",
+            TlsMode::Mutual => "MUTUAL",
+        }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `ClientTLSSettings`: how the waypoint originates TLS to an upstream. File paths are read and
+/// checked at load; `client` is the rustls configuration built from them (`None` for DISABLE),
+/// one per settings set so that TLS sessions are resumed only within it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTlsSettings {
+    pub mode: TlsMode,
+    pub client_certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    pub ca_certificates: Option<PathBuf>,
+    pub ca_crl: Option<PathBuf>,
+    /// Server name to send; default: the ServiceEntry host the request is for.
+    pub sni: Option<String>,
+    /// Names the upstream certificate must carry, checked instead of the SNI.
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
+    pub client: Option<crate::tls::TlsClient>,
 }
 
 /// A `security.istio.io` AuthorizationPolicy (`v1` or `v1beta1`), validated as Istio validates

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::Principal;
-use crate::{cgroup, model::IdentitySource};
+use crate::{cgroup, model::IdentitySource, verdicts::Anchor};
 
 /// How deep below the captured cgroup a scan looks.
 const MAX_DEPTH: usize = 12;
@@ -75,14 +75,80 @@ impl CgroupIdentities {
             .clear();
     }
 
-    /// The principal of a cgroup directory: a declared mapping, else the exec convention.
-    fn principal_of(&self, path: &Path) -> Option<Principal> {
+    /// The identity-defining directory a cgroup directory belongs to, and its principal: the
+    /// deepest of the declared mappings and the exec convention's `ns/<NS>/sa/<SA>` directory
+    /// that contain it. The kernel picks the same one (the deepest registered anchor), so both
+    /// sides agree on who a cgroup is.
+    fn defining(&self, path: &Path) -> Option<(PathBuf, Principal)> {
         let mappings = self.mappings.read().unwrap_or_else(|e| e.into_inner());
-        mappings
+        let mapped = mappings
             .iter()
             .find(|(prefix, _)| path.starts_with(prefix))
-            .map(|(_, principal)| principal.clone())
-            .or_else(|| principal_for_path(&self.root, path, &self.trust_domain))
+            .map(|(p, principal)| (p.clone(), principal.clone()));
+        let convention = principal_for_path(&self.root, path, &self.trust_domain)
+            .map(|p| (exec_cgroup(&self.root, &p.namespace, &p.service_account), p));
+        match (mapped, convention) {
+            (Some(m), Some(c)) => Some(if m.0.components().count() >= c.0.components().count() {
+                m
+            } else {
+                c
+            }),
+            (m, c) => m.or(c),
+        }
+    }
+
+    fn principal_of(&self, path: &Path) -> Option<Principal> {
+        self.defining(path).map(|(_, principal)| principal)
+    }
+
+    /// Every identity anchor that exists now: the captured cgroup itself (no identity), each
+    /// declared mapping, and each `ns/<NS>/sa/<SA>` directory. The kernel caches verdicts per
+    /// anchor.
+    pub fn anchors(&self) -> Vec<Anchor> {
+        let mut anchors = Vec::new();
+        if let Ok(id) = cgroup::id(&self.root) {
+            anchors.push(Anchor {
+                cgroup_id: id,
+                principal: None,
+            });
+        }
+        let mappings = self
+            .mappings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (path, principal) in mappings {
+            if let Ok(id) = cgroup::id(&path) {
+                anchors.push(Anchor {
+                    cgroup_id: id,
+                    principal: Some(principal),
+                });
+            }
+        }
+        let subdirs = |dir: &Path| -> Vec<PathBuf> {
+            fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        };
+        for ns in subdirs(&self.root.join("ns")) {
+            for sa in subdirs(&ns.join("sa")) {
+                if let (Ok(id), Some(principal)) = (
+                    cgroup::id(&sa),
+                    principal_for_path(&self.root, &sa, &self.trust_domain),
+                ) && self.principal_of(&sa).as_ref() == Some(&principal)
+                {
+                    anchors.push(Anchor {
+                        cgroup_id: id,
+                        principal: Some(principal),
+                    });
+                }
+            }
+        }
+        anchors
     }
 
     /// Directories to scan: the captured tree and every declared mapping's tree.

@@ -187,8 +187,9 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
             }
         }
     }
+    let tls = super::select_tls(&services, &config.destination_rules);
     Built {
-        table: ServiceTable::new(services),
+        table: ServiceTable::new(services).with_tls(tls),
         routes,
         warnings,
     }

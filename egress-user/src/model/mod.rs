@@ -11,6 +11,7 @@ use crate::{
     config::{IpNet, Protocol},
     identity::Principal,
     policy::PolicySet,
+    tls::UpstreamTls,
 };
 
 /// Where the waypoint sends traffic for a service.
@@ -69,6 +70,9 @@ impl Service {
 #[derive(Clone, Debug, Default)]
 pub struct ServiceTable {
     services: Vec<Arc<Service>>,
+    /// The DestinationRule TLS each service's upstream connections use, indexed by id (`None`:
+    /// plain TCP). Beside the services rather than in them so a service stays plain data.
+    tls: Vec<Option<UpstreamTls>>,
     /// AuthorizationPolicies of this generation.
     pub policies: Arc<PolicySet>,
     /// Bumped on every change of config or identity; the kernel verdict cache keys on it.
@@ -80,6 +84,7 @@ impl ServiceTable {
     pub fn new(services: Vec<Service>) -> Self {
         debug_assert!(services.iter().enumerate().all(|(i, s)| s.id as usize == i));
         Self {
+            tls: vec![None; services.len()],
             services: services.into_iter().map(Arc::new).collect(),
             policies: Arc::default(),
             generation: 0,
@@ -91,6 +96,18 @@ impl ServiceTable {
         self.policies = policies;
         self.generation = generation;
         self
+    }
+
+    /// The same table with `tls[i]` for service `i` (from [`select_tls`]).
+    pub fn with_tls(mut self, tls: Vec<Option<UpstreamTls>>) -> Self {
+        debug_assert_eq!(tls.len(), self.services.len());
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS to originate towards service `id`'s endpoints, if any.
+    pub fn tls(&self, id: u32) -> Option<&UpstreamTls> {
+        self.tls.get(id as usize).and_then(Option::as_ref)
     }
 
     pub fn get(&self, id: u32) -> Option<&Arc<Service>> {
@@ -123,4 +140,6 @@ pub trait IdentitySource: Send + Sync + 'static {
 }
 
 mod build;
+mod destination;
 pub use build::{Built, DnsAnswers, build, dns_hosts};
+pub use destination::{select_destination_rule, select_tls};

@@ -40,14 +40,15 @@ fn attributes<'a>(
     inbound: &'a Inbound,
     service: &Service,
     http: Option<HttpAttributes<'a>>,
+    sni: Option<&'a str>,
 ) -> Attributes<'a> {
     Attributes {
         principal: inbound.principal.as_ref(),
         source_ip: Some(inbound.peer.ip()),
         destination_ip: Some(inbound.original_dst.ip()),
         destination_port: service.port,
-        // The ClientHello's server name is read on TLS ports only (a later change).
-        sni: None,
+        // The ClientHello's server name, read on TLS ports only.
+        sni,
         http,
     }
 }
@@ -75,8 +76,12 @@ pub(super) fn authorize_request(
         path: request.path,
         headers: request.headers,
     };
-    let decision = policies.evaluate(&target(service), &attributes(inbound, service, Some(http)));
+    let decision = policies.evaluate(
+        &target(service),
+        &attributes(inbound, service, Some(http), None),
+    );
     report(&decision, generation);
+    learn(inbound, service, &decision, generation);
     decision
 }
 
@@ -87,10 +92,25 @@ pub(super) fn authorize_connection(
     generation: u64,
     inbound: &Inbound,
     service: &Service,
+    sni: Option<&str>,
 ) -> Decision {
-    let decision = policies.evaluate(&target(service), &attributes(inbound, service, None));
+    let decision = policies.evaluate(&target(service), &attributes(inbound, service, None, sni));
     report(&decision, generation);
+    learn(inbound, service, &decision, generation);
     decision
+}
+
+/// An L4-decidable deny is handed to the kernel verdict cache: the next connect of this
+/// identity to this service is refused before it reaches us.
+fn learn(inbound: &Inbound, service: &Service, decision: &Decision, generation: u64) {
+    if decision.allowed || !decision.l4_decidable {
+        return;
+    }
+    if let Some(learner) = &inbound.learner {
+        learner
+            .sink
+            .deny(learner.identity_id, service.id, service.port, generation);
+    }
 }
 
 fn target(service: &Service) -> Target<'_> {

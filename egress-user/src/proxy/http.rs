@@ -20,6 +20,7 @@ use hyper_util::{
     client::legacy::connect::HttpInfo,
     rt::{TokioIo, TokioTimer},
 };
+use rustls::pki_types::ServerName;
 use tokio::{net::TcpStream, time::Instant};
 use tracing::{debug, info};
 
@@ -27,15 +28,16 @@ use super::{
     Inbound, Waypoint, authz,
     body::{Activity, BodyEnd, Metered},
     reply::{
-        CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM,
+        CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM, NO_SERVER_NAME,
         PATH_NORMALIZATION_FAILED, STREAM_IDLE_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
     },
-    upstream::UpstreamFailure,
+    upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
 };
 use crate::{
     model::Service,
     policy::normalize_request_target,
     telemetry::{AccessLog, AccessLogEntry, Metrics, metrics::REPORTER, metrics::REQUESTS_TOTAL},
+    tls::UpstreamTls,
 };
 
 /// What the waypoint adds to `via` (RFC 9110 §7.6.3: protocol version and a pseudonym).
@@ -139,7 +141,7 @@ async fn forward(
     // The table may have been replaced since accept (DNS refresh, config reload): use the fresh
     // endpoints of the *same* service, and the policies of that same generation. An id that now
     // names another service is not followed.
-    let (service, decision) = {
+    let (service, decision, tls) = {
         let table = waypoint.services.load();
         let service = match table.get(exchange.inbound.service.id) {
             Some(current) if same_service(current, &exchange.inbound.service) => current.clone(),
@@ -160,7 +162,8 @@ async fn forward(
             &service,
             &request,
         );
-        (service, decision)
+        let tls = table.tls(service.id).cloned();
+        (service, decision, tls)
     };
     if !decision.allowed {
         // The body is never read: hyper drains it (or closes) before the next request.
@@ -173,6 +176,15 @@ async fn forward(
         return exchange.local(NO_HEALTHY_UPSTREAM);
     };
     exchange.entry.upstream_host = Some(upstream_addr);
+    // DestinationRule TLS: the server name is fixed before anything is sent, and a request that
+    // cannot have one is refused rather than sent in plain text.
+    let tls = match &tls {
+        None => None,
+        Some(tls) => match server_name(tls, &service, exchange.entry.authority.as_deref()) {
+            Some(name) => Some((&tls.client, name)),
+            None => return exchange.local(NO_SERVER_NAME),
+        },
+    };
 
     let path = target.to_forward();
     parts.uri = match Uri::builder()
@@ -205,7 +217,7 @@ async fn forward(
     let sent_at = Instant::now();
     debug!(method = %parts.method, %path, %upstream_addr, "forwarding");
     let response = tokio::select! {
-        response = waypoint.client.request(Request::from_parts(parts, body)) => Some(response),
+        response = waypoint.client.send(Request::from_parts(parts, body), tls) => Some(response),
         () = exchange.activity.idle(idle) => None,
     };
     let request_end = *request_end.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,8 +317,11 @@ impl Exchange {
         let (mut parts, body) = response.into_parts();
         self.entry.response_code = parts.status.as_u16();
         self.entry.response_code_details = Some("via_upstream".into());
-        self.entry.upstream_local_address =
-            parts.extensions.get::<HttpInfo>().map(HttpInfo::local_addr);
+        self.entry.upstream_local_address = parts
+            .extensions
+            .get::<HttpInfo>()
+            .map(HttpInfo::local_addr)
+            .or_else(|| parts.extensions.get::<UpstreamLocal>().map(|l| l.0));
         parts.extensions = http::Extensions::new();
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
@@ -405,6 +420,39 @@ fn authority<B>(req: &Request<B>, service: &Service) -> Result<Option<HeaderValu
                 };
                 HeaderValue::from_str(&text).ok()
             })),
+    }
+}
+
+/// The server name to originate TLS with: the DestinationRule's `sni`, else the ServiceEntry
+/// host the request is for (its authority's host when that is one of the service's hosts, else
+/// the service's first concrete host). `None` when there is no name to send.
+fn server_name(
+    tls: &UpstreamTls,
+    service: &Service,
+    authority: Option<&str>,
+) -> Option<ServerName<'static>> {
+    if tls.sni.is_some() {
+        return tls.server_name("");
+    }
+    let requested = authority
+        .map(|a| a.rsplit_once(':').map_or(a, |(host, _)| host))
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+    let host = requested
+        .filter(|h| service.hosts.iter().any(|pattern| host_matches(pattern, h)))
+        .or_else(|| service.hosts.iter().find(|h| !h.contains('*')).cloned())?;
+    tls.server_name(&host)
+}
+
+/// A ServiceEntry host (`*.example.com` wildcards included) matches `host`.
+pub(super) fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => {
+            host.len() > suffix.len()
+                && host
+                    .get(host.len() - suffix.len()..)
+                    .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
+        }
+        None => pattern.eq_ignore_ascii_case(host),
     }
 }
 

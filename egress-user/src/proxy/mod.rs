@@ -24,6 +24,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use egress_common::Origin;
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -38,6 +39,7 @@ use crate::{
         self, AccessLog, AccessLogEntry, Metrics,
         metrics::{REPORTER, TCP_CLOSED_TOTAL, TCP_OPENED_TOTAL},
     },
+    verdicts::{Learner, VerdictSink},
 };
 
 /// Limits of the waypoint. The defaults follow Envoy's where Envoy has one.
@@ -92,6 +94,8 @@ pub struct Waypoint {
     connections: Arc<Semaphore>,
     /// Round-robin position over a service's endpoints.
     next_endpoint: AtomicUsize,
+    /// Where L4-decidable denies are cached (the kernel), if anywhere.
+    verdicts: Option<Arc<dyn VerdictSink>>,
 }
 
 /// What is known about an accepted connection once its origin is resolved.
@@ -105,6 +109,8 @@ struct Inbound {
     /// `spiffe://<principal>`, or `None` for a caller without identity.
     spiffe: Option<String>,
     cluster: String,
+    /// Set when a deny of this connection may be cached for its identity anchor.
+    learner: Option<Learner>,
 }
 
 impl Inbound {
@@ -121,6 +127,7 @@ impl Inbound {
             service,
             spiffe: principal.as_ref().map(|p| format!("spiffe://{p}")),
             principal,
+            learner: None,
         }
     }
 
@@ -178,7 +185,25 @@ impl Waypoint {
             )),
             config,
             next_endpoint: AtomicUsize::new(0),
+            verdicts: None,
         })
+    }
+
+    /// As [`Waypoint::new`], and L4-decidable denies are handed to `verdicts` so the kernel
+    /// refuses the next connect of that identity to that service.
+    pub fn with_verdict_cache(
+        services: Arc<ArcSwap<ServiceTable>>,
+        origins: Arc<dyn OriginSource>,
+        identities: Arc<dyn IdentitySource>,
+        access_log: AccessLog,
+        config: WaypointConfig,
+        verdicts: Arc<dyn VerdictSink>,
+    ) -> Arc<Self> {
+        let mut waypoint = Self::new(services, origins, identities, access_log, config);
+        if let Some(w) = Arc::get_mut(&mut waypoint) {
+            w.verdicts = Some(verdicts);
+        }
+        waypoint
     }
 
     /// Accepts until the task is dropped/aborted; per-connection errors are logged, never fatal.
@@ -205,6 +230,23 @@ impl Waypoint {
                 drop(permit);
             });
         }
+    }
+
+    /// A deny may be cached for the identity anchor the kernel saw only when that anchor stands
+    /// for the same principal as the connection (an anchor registered before a deeper identity
+    /// was would otherwise carry the wrong identity's deny).
+    fn learner(&self, origin: &Origin, principal: Option<&Principal>) -> Option<Learner> {
+        let sink = self.verdicts.as_ref()?;
+        let principal = principal?;
+        if origin.identity_id == 0
+            || self.identities.principal(origin.identity_id).as_ref() != Some(principal)
+        {
+            return None;
+        }
+        Some(Learner {
+            sink: sink.clone(),
+            identity_id: origin.identity_id,
+        })
     }
 
     /// The next endpoint index for round-robin selection.
@@ -251,7 +293,9 @@ impl Waypoint {
             debug!(%error, "setting TCP_NODELAY on the client connection failed");
         }
         let original_dst = SocketAddr::new(IpAddr::from(origin.dst_addr), origin.dst_port);
-        let inbound = Arc::new(Inbound::new(peer, original_dst, service, principal));
+        let mut inbound = Inbound::new(peer, original_dst, service, principal);
+        inbound.learner = self.learner(&origin, inbound.principal.as_ref());
+        let inbound = Arc::new(inbound);
         debug!(
             %original_dst,
             cgroup_id = origin.cgroup_id,

@@ -65,6 +65,15 @@ pub(super) const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply::fixed(
     "no_healthy_upstream",
     false,
 );
+/// A DestinationRule asks for TLS but the request names no host to send as SNI (a wildcard
+/// ServiceEntry host and an authority outside it): refused, never sent in plain text.
+pub(super) const NO_SERVER_NAME: LocalReply = LocalReply::fixed(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+    Some("UF"),
+    "upstream_reset_before_response_started{connection_failure,no_server_name}",
+    false,
+);
 /// The service this connection was accepted for is no longer configured.
 pub(super) const CLUSTER_NOT_FOUND: LocalReply = LocalReply::fixed(
     StatusCode::SERVICE_UNAVAILABLE,

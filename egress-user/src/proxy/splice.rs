@@ -1,5 +1,12 @@
 //! Non-HTTP ports: connect to the upstream and copy bytes both ways until both sides are done
 //! or the connection has been idle too long. One access-log line per connection.
+//!
+//! TLS and HTTPS ports are passed through, not terminated: the ClientHello is peeked (not
+//! consumed), its server name must be one of the ServiceEntry's hosts, and authorization sees
+//! it as `connection.sni`. A connection without a matching SNI is closed, as Envoy closes one
+//! that matches no filter chain.
+#[path = "tls_peek.rs"]
+mod tls_peek;
 use std::{
     io,
     pin::Pin,
@@ -18,8 +25,11 @@ use tokio::{
 };
 use tracing::{debug, info};
 
-use super::{Inbound, Waypoint, authz, body::Activity, upstream::UpstreamFailure};
+use super::{
+    Inbound, Waypoint, authz, body::Activity, http::host_matches, upstream::UpstreamFailure,
+};
 use crate::{
+    config::Protocol,
     model::ServiceTable,
     telemetry::{
         Metrics,
@@ -42,8 +52,44 @@ pub(super) async fn serve(
         waypoint.access_log.log(&entry);
     };
 
-    let decision =
-        authz::authorize_connection(&table.policies, table.generation, inbound, &inbound.service);
+    let sni = if matches!(inbound.service.protocol, Protocol::Tls | Protocol::Https) {
+        match tls_peek::peek_sni(&downstream, tls_peek::CLIENT_HELLO_TIMEOUT).await {
+            Ok(Some(sni))
+                if inbound
+                    .service
+                    .hosts
+                    .iter()
+                    .any(|host| host_matches(host, &sni)) =>
+            {
+                Some(sni)
+            }
+            Ok(sni) => {
+                info!(?sni, "the SNI names no host of the ServiceEntry; closing");
+                entry.requested_server_name = sni;
+                entry.response_flags = Some("NR".into());
+                entry.response_code_details = Some("filter_chain_not_found".into());
+                log(entry);
+                return;
+            }
+            Err(error) => {
+                info!(%error, "no server name from the client; closing");
+                entry.response_flags = Some("NR".into());
+                entry.response_code_details = Some(error.details().into());
+                log(entry);
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    entry.requested_server_name = sni.clone();
+    let decision = authz::authorize_connection(
+        &table.policies,
+        table.generation,
+        inbound,
+        &inbound.service,
+        sni.as_deref(),
+    );
     // Policies change by replacing the table; a long spliced connection must not hold an old
     // generation alive.
     drop(table);

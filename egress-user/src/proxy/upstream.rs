@@ -1,22 +1,48 @@
-//! The pooled upstream HTTP client, and how its failures map to Envoy's answers.
-use std::{error::Error as _, io, time::Duration};
+//! The pooled upstream HTTP clients, and how their failures map to Envoy's answers.
+//!
+//! Plain connections share one pool keyed by endpoint. TLS-originating connections (a
+//! DestinationRule's SIMPLE or MUTUAL) get a pool per settings set and server name, each keyed
+//! by endpoint inside: a connection is never reused across SNI or settings, and a settings set
+//! retired by a reload takes its pool with it (its entry is dropped once the set is gone).
+#[path = "tls_connect.rs"]
+pub(super) mod tls_connect;
 
-use http::StatusCode;
+use std::{
+    collections::HashMap,
+    error::Error as _,
+    io,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, Error as ClientError, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
+use rustls::pki_types::ServerName;
 
+use self::tls_connect::{ConnectError, TlsConnector, tls_reason};
 use super::{WaypointConfig, body::Metered};
+use crate::tls::{TlsClient, WeakTlsClient};
 
 /// Idle upstream connections are closed after this long (hyper-util's default, and close to
 /// Envoy's one hour in spirit while returning sockets sooner).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-pub(super) type UpstreamClient = Client<HttpConnector, Metered<Incoming>>;
+type PlainClient = Client<HttpConnector, Metered<Incoming>>;
+type TlsPool = Client<TlsConnector, Metered<Incoming>>;
 
-/// One client per waypoint: its pool is keyed by scheme and authority, and the waypoint always
+/// The waypoint's upstream pools.
+pub(super) struct UpstreamClient {
+    plain: PlainClient,
+    /// (settings set, server name) -> its pool; the weak handle tells a retired set.
+    tls: Mutex<HashMap<(usize, String), (WeakTlsClient, TlsPool)>>,
+    connect_timeout: Duration,
+}
+
+/// One client per waypoint: pools are keyed by scheme and authority, and the waypoint always
 /// puts the chosen endpoint's socket address in the authority, so connections are reused per
 /// endpoint and never across services that happen to share a Host.
 pub(super) fn client(config: &WaypointConfig) -> UpstreamClient {
@@ -24,11 +50,56 @@ pub(super) fn client(config: &WaypointConfig) -> UpstreamClient {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(config.upstream_connect_timeout));
     connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    UpstreamClient {
+        plain: builder().build(connector),
+        tls: Mutex::new(HashMap::new()),
+        connect_timeout: config.upstream_connect_timeout,
+    }
+}
+
+fn builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
+        .timer(TokioTimer::new());
+    builder
+}
+
+impl UpstreamClient {
+    /// Sends `req` (its URI's authority is the endpoint) in plain text, or with `tls` as
+    /// `server_name`.
+    pub(super) async fn send(
+        &self,
+        req: Request<Metered<Incoming>>,
+        tls: Option<(&TlsClient, ServerName<'static>)>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        match tls {
+            None => self.plain.request(req).await,
+            Some((client, name)) => self.pool(client, name).request(req).await,
+        }
+    }
+
+    fn pool(&self, client: &TlsClient, name: ServerName<'static>) -> TlsPool {
+        let key = (client.id(), name.to_str().into_owned());
+        let mut pools = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((alive, pool)) = pools.get(&key)
+            && alive.is_alive()
+        {
+            return pool.clone();
+        }
+        // A retired settings set's pools (and idle connections) go; its address may be reused.
+        pools.retain(|_, (alive, _)| alive.is_alive());
+        let connector = TlsConnector::new(
+            client.config(),
+            name,
+            self.connect_timeout,
+            self.connect_timeout,
+        );
+        let pool = builder().build(connector);
+        pools.insert(key, (client.downgrade(), pool.clone()));
+        pool
+    }
 }
 
 /// Why no upstream response came back, in Envoy's words.
@@ -79,6 +150,18 @@ impl UpstreamFailure {
     /// was made (reset, closed, truncated or malformed response) is `UC`, as Envoy reports an
     /// upstream connection termination before response headers.
     pub(super) fn from_client(error: &ClientError) -> Self {
+        if let Some(tls) = find::<ConnectError>(error) {
+            return Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                flag: "UF",
+                reset_reason: if tls.timed_out() {
+                    "connection_timeout"
+                } else {
+                    "connection_failure"
+                },
+                transport_failure: Some(tls.transport_failure()),
+            };
+        }
         let io_error = io_source(error);
         if error.is_connect() {
             let fallback = io::Error::other(root_cause(error));
@@ -88,9 +171,25 @@ impl UpstreamFailure {
             status: StatusCode::SERVICE_UNAVAILABLE,
             flag: "UC",
             reset_reason: "connection_termination",
-            transport_failure: None,
+            // A TLS 1.3 server refuses a client certificate after the handshake: the alert
+            // arrives with the response, and says why.
+            transport_failure: io_error.and_then(tls_reason),
         }
     }
+}
+
+/// The first `E` in the source chain.
+fn find<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// The first `io::Error` in the source chain: what the socket said.

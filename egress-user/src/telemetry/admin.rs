@@ -34,7 +34,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// `/config_dump` renders the current table.
     pub services: Arc<ArcSwap<ServiceTable>>,
-    /// Kernel counters by name, rendered as `egress_bpf_<name>_total`.
+    /// Kernel counters by name, rendered as `egress_bpf_<name>_total`; names ending in
+    /// `_entries` are gauges, rendered as `egress_bpf_<name>`.
     pub kernel_counters: Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
 }
 
@@ -140,6 +141,11 @@ fn config_dump(table: &ServiceTable) -> Response<Full<Bytes>> {
 fn prometheus(state: &AdminState) -> Response<Full<Bytes>> {
     let mut out = String::with_capacity(4096);
     for (name, value) in (state.kernel_counters)() {
+        if name.ends_with("_entries") {
+            let _ = writeln!(out, "# TYPE egress_bpf_{name} gauge");
+            let _ = writeln!(out, "egress_bpf_{name} {value}");
+            continue;
+        }
         let _ = writeln!(out, "# TYPE egress_bpf_{name}_total counter");
         let _ = writeln!(out, "egress_bpf_{name}_total {value}");
     }

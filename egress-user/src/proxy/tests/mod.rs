@@ -3,6 +3,8 @@
 mod authz;
 mod http;
 mod splice;
+mod tls;
+mod tls_pki;
 
 use std::{
     collections::HashMap,
@@ -309,6 +311,7 @@ impl Dataplane {
         let local = socket.local_addr().expect("client addr");
         let origin = Origin {
             cgroup_id,
+            identity_id: 0,
             dst_addr: self.dst.ip().octets(),
             dst_port: self.dst.port(),
             family: FAMILY_INET,

@@ -1,0 +1,174 @@
+//! The kernel verdict cache (design §6): an L4-decidable deny learnt at the waypoint refuses the
+//! identity's next connect() in the kernel (EPERM: no SYN, no waypoint), per identity, service
+//! and port; a policy change makes it stale at once; an L7-conditional deny is never cached.
+use std::net::{IpAddr, Ipv4Addr};
+
+use egress_tests::*;
+
+const SE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 77, 0, 4));
+const RESOLVE: &str = "httpbin.test:80:127.77.0.4";
+const URL: &str = "http://httpbin.test/get";
+
+const DENY_EVIL: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-evil, namespace: default}
+spec:
+  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: httpbin}]
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/evil]}}]}]
+";
+
+const SLEEP_GET_ONLY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: sleep-get, namespace: default}
+spec:
+  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: httpbin}]
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]
+    to: [{operation: {methods: [GET]}}]
+";
+
+fn curl_twice() -> String {
+    let one = format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}\\n' --connect-timeout 5 --max-time 10 --resolve {RESOLVE} {URL}; echo \"exit=$?\""
+    );
+    format!("{one}; {one}")
+}
+
+#[test]
+fn an_l4_decidable_deny_is_refused_in_the_kernel_from_the_second_connect() {
+    if !require_privileges() {
+        return;
+    }
+    let upstream = Upstream::http();
+    let se = yaml::static_service_entry("httpbin", "httpbin.test", SE_IP, 80, upstream.addr());
+    let dp = Dataplane::builder()
+        .service_entry(&se)
+        .config(DENY_EVIL)
+        .start();
+
+    let out = dp
+        .exec("default", "evil")
+        .run("sh", &["-c", &curl_twice()])
+        .expect_success("two curls as default/evil");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    // The first connect may already be refused (the deny is precomputed for known identities);
+    // the second one must be.
+    assert_eq!(lines.len(), 4, "{out:?}");
+    assert!(
+        lines[..2] == ["403", "exit=0"] || lines[..2] == ["000", "exit=7"],
+        "first attempt: 403 from the waypoint or refused by the kernel: {out:?}"
+    );
+    assert_eq!(
+        &lines[2..],
+        ["000", "exit=7"],
+        "second attempt refused in connect(): {out:?}"
+    );
+    assert!(
+        out.stderr.contains("Operation not permitted") || out.stderr.contains("Couldn't connect"),
+        "{out:?}"
+    );
+    let refused = dp.bpf_counter("refused_verdict_cache");
+    assert!(refused >= 1, "the kernel counted the cached refusal");
+    assert!(upstream.hits().is_empty(), "nothing reached the upstream");
+
+    // A new process of the same identity (a new exec cgroup under the same service account):
+    // refused at once, and the waypoint never sees it.
+    let redirected = dp.bpf_counter("redirected_ipv4");
+    let log_lines = dp.access_log_lines().len();
+    let again = dp
+        .exec("default", "evil")
+        .curl(&["-sS", "--resolve", RESOLVE, URL]);
+    assert_eq!(again.code, Some(7), "{again:?}");
+    assert_eq!(dp.bpf_counter("refused_verdict_cache"), refused + 1);
+    assert_eq!(
+        dp.bpf_counter("redirected_ipv4"),
+        redirected,
+        "not redirected: no SYN sent"
+    );
+    assert_eq!(
+        dp.access_log_lines().len(),
+        log_lines,
+        "the waypoint accepted nothing"
+    );
+
+    let status = dp.status().expect_success("egress status");
+    assert!(
+        status.stdout.contains("DENY") && status.stdout.contains("(current)"),
+        "egress status decodes the cached deny: {status:?}"
+    );
+
+    // Other identities are not affected.
+    let sleep = dp.exec("default", "sleep").curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        RESOLVE,
+        URL,
+    ]);
+    assert_eq!(sleep.stdout, "200", "{sleep:?}");
+
+    // A policy change that allows it: the next connect succeeds at once.
+    let hangups = dp.log_count("reason=\"SIGHUP\"");
+    dp.write_config(&[&se]);
+    dp.sighup();
+    dp.wait_for_log("reason=\"SIGHUP\"", hangups + 1);
+    let allowed = dp.exec("default", "evil").curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        RESOLVE,
+        URL,
+    ]);
+    assert_eq!(
+        allowed.stdout, "200",
+        "stale verdict ignored after the policy change: {allowed:?}"
+    );
+}
+
+#[test]
+fn a_deny_that_depends_on_the_method_is_never_cached() {
+    if !require_privileges() {
+        return;
+    }
+    let upstream = Upstream::http();
+    let se = yaml::static_service_entry("httpbin", "httpbin.test", SE_IP, 80, upstream.addr());
+    let dp = Dataplane::builder()
+        .service_entry(&se)
+        .config(SLEEP_GET_ONLY)
+        .start();
+    for _ in 0..2 {
+        let post = dp.exec("default", "sleep").curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "--resolve",
+            RESOLVE,
+            URL,
+        ]);
+        assert_eq!(post.stdout, "403", "{post:?}");
+        let get = dp.exec("default", "sleep").curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--resolve",
+            RESOLVE,
+            URL,
+        ]);
+        assert_eq!(get.stdout, "200", "the identity still connects: {get:?}");
+    }
+    assert_eq!(dp.bpf_counter("refused_verdict_cache"), 0);
+    assert_eq!(upstream.hits().len(), 2, "both GETs forwarded");
+}
