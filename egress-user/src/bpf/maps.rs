@@ -93,33 +93,17 @@ impl Maps {
         registry_only: bool,
         allowed: &[IpNet],
     ) -> Result<(), BpfError> {
-        let name = names::MAP_ALLOWED4;
-        {
-            let mut trie = lock(&self.allowed4);
-            let want: Vec<Key<AllowKey4>> = allowed
-                .iter()
-                .filter_map(|net| match net.addr {
-                    IpAddr::V4(a) => Some(Key::new(
-                        u32::from(net.prefix_len),
-                        AllowKey4 { addr: a.octets() },
-                    )),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
-            for key in &want {
-                trie.insert(key, 1, 0).map_err(BpfError::map(name))?;
-            }
-            let wanted: HashSet<(u32, AllowKey4)> =
-                want.iter().map(|k| (k.prefix_len(), k.data())).collect();
-            let stale: Vec<Key<AllowKey4>> = trie
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
-                .collect();
-            for key in stale {
-                trie.remove(&key).map_err(BpfError::map(name))?;
-            }
-        }
+        let want: Vec<(Key<AllowKey4>, u32)> = allowed
+            .iter()
+            .filter_map(|net| match net.addr {
+                IpAddr::V4(a) => Some((
+                    Key::new(u32::from(net.prefix_len), AllowKey4 { addr: a.octets() }),
+                    1,
+                )),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        sync_trie(names::MAP_ALLOWED4, &mut lock(&self.allowed4), &want)?;
         self.write_config(|c| {
             if registry_only {
                 c.flags |= CONFIG_F_REGISTRY_ONLY;
@@ -285,13 +269,15 @@ pub(super) fn read_counters(stats: &PerCpuArray<MapData, u64>) -> Vec<(&'static 
         .collect()
 }
 
-fn sync_trie<K>(
+/// Makes an LPM trie hold exactly `want`: new and changed entries first, then stale ones removed.
+fn sync_trie<K, V>(
     name: &'static str,
-    trie: &mut LpmTrie<MapData, K, ServiceValue>,
-    want: &[(Key<K>, ServiceValue)],
+    trie: &mut LpmTrie<MapData, K, V>,
+    want: &[(Key<K>, V)],
 ) -> Result<(), BpfError>
 where
     K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
 {
     for (key, value) in want {
         trie.insert(key, *value, 0).map_err(BpfError::map(name))?;
