@@ -36,7 +36,7 @@ pub const MAP_CONFIG: &str = "EG_CONFIG_V1";
 pub const MAP_STATS: &str = "EG_STATS_V1";
 
 /// Hash: cgroup id -> identity anchor (a cgroup that carries an identity).
-pub const MAP_IDENTITIES: &str = "EG_IDENTITIES_V1";
+pub const MAP_IDENTITIES: &str = "EG_IDENTITY_V1";
 /// LRU hash: (identity anchor, service, port) -> cached L4-decidable verdict + generation.
 pub const MAP_VERDICTS: &str = "EG_VERDICTS_V1";
 

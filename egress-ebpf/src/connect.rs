@@ -22,7 +22,7 @@ use egress_common::{
 };
 
 use crate::maps::{
-    EG_ALLOWED4_V1, EG_IDENTITIES_V1, EG_ORIGINS_V1, EG_SERVICES4_V1, EG_SERVICES6_V1,
+    EG_ALLOWED4_V1, EG_IDENTITY_V1, EG_ORIGINS_V1, EG_SERVICES4_V1, EG_SERVICES6_V1,
     EG_VERDICTS_V1, config, count,
 };
 
@@ -65,7 +65,7 @@ fn identity_anchor() -> (u64, bool) {
             break;
         }
         // SAFETY: value copied out at once.
-        if let Some(found) = unsafe { EG_IDENTITIES_V1.get(id) } {
+        if let Some(found) = unsafe { EG_IDENTITY_V1.get(id) } {
             anchor = (id, found.flags & IDENTITY_F_CACHEABLE != 0);
         }
     }

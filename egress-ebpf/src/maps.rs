@@ -27,7 +27,7 @@ pub static EG_PEERS_V1: LruHashMap<PeerKey, Origin, { ORIGINS_MAX as usize }> = 
 pub static EG_CONFIG_V1: Array<Config, 1> = Array::new();
 
 #[btf_map]
-pub static EG_IDENTITIES_V1: HashMap<u64, IdentityAnchor, { IDENTITIES_MAX as usize }> =
+pub static EG_IDENTITY_V1: HashMap<u64, IdentityAnchor, { IDENTITIES_MAX as usize }> =
     HashMap::new();
 
 #[btf_map]
