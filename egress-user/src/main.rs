@@ -107,6 +107,14 @@ struct RunArgs {
     /// IPv4 nameservers of /etc/resolv.conf.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     allow_cidr: Vec<IpNet>,
+    /// Cache L4-decidable denies in the kernel, so the next connect of a denied identity is
+    /// refused with EPERM before it reaches the waypoint. `off` sends every connect to the
+    /// waypoint (for comparison).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    verdict_cache: String,
+    /// Entries of the kernel verdict cache (an LRU: eviction only costs speed).
+    #[arg(long, value_name = "N", default_value_t = egress_common::VERDICTS_MAX)]
+    verdict_cache_size: u32,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -285,6 +293,8 @@ fn run(args: RunArgs) -> ExitCode {
         root_namespace: args.root_namespace,
         registry_only: args.outbound_policy == "registry-only",
         allowed_cidrs: (!args.allow_cidr.is_empty()).then_some(args.allow_cidr),
+        verdict_cache: args.verdict_cache == "on",
+        verdict_cache_size: Some(args.verdict_cache_size),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

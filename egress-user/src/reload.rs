@@ -74,6 +74,8 @@ pub struct Reconciler {
     configs: Vec<PathBuf>,
     /// Identity anchors registered in the kernel.
     anchors: Vec<Anchor>,
+    /// Whether L4-decidable denies are written to the kernel at all.
+    verdict_cache: bool,
     identities: Arc<CgroupIdentities>,
     root_namespace: String,
     generation: u64,
@@ -95,11 +97,13 @@ impl Reconciler {
         config: ConfigSet,
         capture: Arc<Capture>,
         identities: Arc<CgroupIdentities>,
+        verdict_cache: bool,
     ) -> Result<Self, RunError> {
         let fingerprint = Fingerprint::of(&configs);
         let mut this = Self {
             configs,
             anchors: Vec::new(),
+            verdict_cache,
             identities,
             root_namespace: root_namespace.to_owned(),
             // Unique across restarts: verdicts pinned by an earlier run are never current.
@@ -250,7 +254,11 @@ impl Reconciler {
                     .cloned()
                     .collect()
             };
-            let denies = verdicts::precompute(&table, &fresh);
+            let denies = if self.verdict_cache {
+                verdicts::precompute(&table, &fresh)
+            } else {
+                Vec::new()
+            };
             for d in &denies {
                 self.capture
                     .cache_deny(d.identity_id, d.service_id, d.port, table.generation)?;

@@ -53,6 +53,11 @@ pub struct RunOptions {
     pub registry_only: bool,
     /// What REGISTRY_ONLY still lets through; `None` = the defaults ([`default_allowed`]).
     pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// Cache L4-decidable denies in the kernel (design §6). Off: every connect reaches the
+    /// waypoint (for comparison and debugging).
+    pub verdict_cache: bool,
+    /// Entries of the kernel verdict cache (LRU); `None` = the built-in size.
+    pub verdict_cache_size: Option<u32>,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -157,7 +162,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let admin = bind("admin", opts.admin).await?;
     let access_log = open_access_log(&opts.access_log)?;
 
-    let capture = Arc::new(Capture::install(&opts.cgroup, &opts.bpffs)?);
+    let capture = Arc::new(Capture::install(
+        &opts.cgroup,
+        &opts.bpffs,
+        opts.verdict_cache_size,
+    )?);
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
     let allowed = opts.allowed_cidrs.clone().unwrap_or_else(default_allowed);
     capture.set_outbound_policy(opts.registry_only, &allowed)?;
@@ -175,19 +184,30 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         config,
         capture.clone(),
         identities.clone(),
+        opts.verdict_cache,
     )
     .await?;
     let services = reconciler.services();
 
     let origins: Arc<dyn OriginSource> = capture.clone();
-    let waypoint = Waypoint::with_verdict_cache(
-        services.clone(),
-        origins,
-        identities,
-        access_log,
-        WaypointConfig::default(),
-        capture.clone(),
-    );
+    let waypoint = if opts.verdict_cache {
+        Waypoint::with_verdict_cache(
+            services.clone(),
+            origins,
+            identities,
+            access_log,
+            WaypointConfig::default(),
+            capture.clone(),
+        )
+    } else {
+        Waypoint::new(
+            services.clone(),
+            origins,
+            identities,
+            access_log,
+            WaypointConfig::default(),
+        )
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let counters_capture = capture.clone();
     let admin_state = Arc::new(AdminState {

@@ -172,3 +172,66 @@ fn a_deny_that_depends_on_the_method_is_never_cached() {
     assert_eq!(dp.bpf_counter("refused_verdict_cache"), 0);
     assert_eq!(upstream.hits().len(), 2, "both GETs forwarded");
 }
+
+#[test]
+fn an_overfilled_verdict_cache_only_costs_speed() {
+    if !require_privileges() {
+        return;
+    }
+    let upstream = Upstream::http();
+    let se = yaml::static_service_entry("httpbin", "httpbin.test", SE_IP, 80, upstream.addr());
+    let policy = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-evil, namespace: default}
+spec:
+  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: httpbin}]
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/evil-0, cluster.local/ns/default/sa/evil-1, cluster.local/ns/default/sa/evil-2, cluster.local/ns/default/sa/evil-3]}}]
+";
+    // Room for two verdicts, four denied identities: entries are evicted all the time.
+    let dp = Dataplane::builder()
+        .service_entry(&se)
+        .config(policy)
+        .args(&["--verdict-cache-size", "2"])
+        .start();
+    for round in 0..3 {
+        for i in 0..4 {
+            let sa = format!("evil-{i}");
+            let out = dp.exec("default", &sa).run("sh", &["-c", &curl_twice()]);
+            for pair in out.stdout.lines().collect::<Vec<_>>().chunks(2) {
+                assert!(
+                    pair == ["403", "exit=0"] || pair == ["000", "exit=7"],
+                    "round {round}, {sa}: denied by the waypoint or the kernel, never let through: {out:?}"
+                );
+            }
+        }
+        let sleep = dp.exec("default", "sleep").curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--resolve",
+            RESOLVE,
+            URL,
+        ]);
+        assert_eq!(
+            sleep.stdout, "200",
+            "the allowed identity is never refused: {sleep:?}"
+        );
+    }
+    assert_eq!(
+        upstream.hits().len(),
+        3,
+        "only the allowed requests reached the upstream"
+    );
+    assert!(
+        dp.bpf_counter("refused_verdict_cache") >= 1,
+        "the cache still works"
+    );
+    assert!(
+        dp.metrics().contains("egress_bpf_verdict_cache_entries "),
+        "the entry count is exported"
+    );
+}

@@ -42,7 +42,11 @@ impl Capture {
     /// Attaches the kernel programs to `cgroup`, with maps and links pinned under `pin_dir`.
     /// Maps pinned by an earlier run are reused (their contents survive a restart); links pinned
     /// by an earlier run are replaced.
-    pub fn install(cgroup_dir: &Path, pin_dir: &Path) -> Result<Self, BpfError> {
+    pub fn install(
+        cgroup_dir: &Path,
+        pin_dir: &Path,
+        verdict_cache_size: Option<u32>,
+    ) -> Result<Self, BpfError> {
         cgroup::ensure_bpffs(pin_dir)?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir).map_err(|source| BpfError::Pin {
@@ -58,6 +62,10 @@ impl Capture {
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
+        }
+        if let Some(size) = verdict_cache_size {
+            // Applies when the map is created; a pinned one keeps its size.
+            loader.map_max_entries(names::MAP_VERDICTS, size.max(1));
         }
         let mut ebpf = loader.load(OBJECT).map_err(|source| BpfError::Load {
             pin_dir: pin_dir.to_owned(),
