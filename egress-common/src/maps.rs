@@ -49,6 +49,9 @@ pub struct ServiceValue {
 
 /// The ServiceEntry port is spoken as HTTP by the waypoint (otherwise it is spliced).
 pub const SERVICE_F_HTTP: u32 = 1;
+/// Several ServiceEntries share this address and port (only the Host header tells them apart):
+/// no verdict is ever cached for it.
+pub const SERVICE_F_SHARED: u32 = 2;
 
 /// Where a redirected connection was headed and who opened it, as the kernel saw it in connect().
 #[repr(C)]

@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use egress_common::{
     AllowKey4, CONFIG_F_REGISTRY_ONLY, Config, FAMILY_INET, FAMILY_INET6, IDENTITY_F_CACHEABLE,
-    MAX_CGROUP_LEVEL, Origin, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6, ServiceValue,
-    VERDICT_DENY, VerdictKey, stats,
+    MAX_CGROUP_LEVEL, Origin, SERVICE_F_SHARED, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6,
+    ServiceValue, VERDICT_DENY, VerdictKey, stats,
 };
 
 use crate::maps::{
@@ -155,7 +155,8 @@ fn decide4(
     }
     let port_host = u16::from_be_bytes(port);
     let (identity_id, cacheable) = identity_anchor();
-    if cacheable && cached_deny(&config, identity_id, service.service_id, port_host) {
+    let shared = service.flags & SERVICE_F_SHARED != 0;
+    if cacheable && !shared && cached_deny(&config, identity_id, service.service_id, port_host) {
         // An L4-decidable deny learnt earlier: refused before a packet is sent or the waypoint
         // wakes up.
         count(stats::REFUSED_VERDICT);

@@ -47,7 +47,8 @@ pub fn precompute(table: &ServiceTable, anchors: &[Anchor]) -> Vec<CachedDeny> {
         let Some(principal) = &anchor.principal else {
             continue;
         };
-        for service in table.iter() {
+        // A shared address cannot be attributed to one ServiceEntry at L4.
+        for service in table.iter().filter(|s| !table.is_shared(s.id)) {
             // With the HTTP part unknown, an L4-decidable verdict is the same for every request:
             // any request stands for all of them.
             let http = service.protocol.is_http().then_some(HttpAttributes {

@@ -235,3 +235,62 @@ spec:
         "the entry count is exported"
     );
 }
+
+#[test]
+fn two_service_entries_on_one_address_never_cache_a_deny_for_the_address() {
+    if !require_privileges() {
+        return;
+    }
+    let up_a = Upstream::http();
+    let up_b = Upstream::http();
+    let shared = IpAddr::V4(Ipv4Addr::new(127, 77, 0, 6));
+    let se_a = yaml::static_service_entry("a", "a.test", shared, 80, up_a.addr());
+    let se_b = yaml::static_service_entry("b", "b.test", shared, 80, up_b.addr());
+    // evil may not use a.test at all (an L4-decidable deny, were the address a's alone).
+    let policy = DENY_EVIL.replace("name: httpbin", "name: a");
+    let dp = Dataplane::builder()
+        .service_entry(&se_a)
+        .service_entry(&se_b)
+        .config(&policy)
+        .start();
+    let get = |sa: &str, host: &str| {
+        let resolve = format!("{host}:80:127.77.0.6");
+        let url = format!("http://{host}/shared");
+        dp.exec("default", sa)
+            .curl(&[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--resolve",
+                &resolve,
+                &url,
+            ])
+            .stdout
+    };
+    for round in 0..3 {
+        assert_eq!(
+            get("evil", "a.test"),
+            "403",
+            "round {round}: a.test denies evil"
+        );
+        assert_eq!(
+            get("evil", "b.test"),
+            "200",
+            "round {round}: b.test is never refused"
+        );
+        assert_eq!(get("sleep", "a.test"), "200", "round {round}");
+    }
+    assert_eq!(
+        dp.bpf_counter("refused_verdict_cache"),
+        0,
+        "nothing refused in the kernel"
+    );
+    assert_eq!(
+        up_a.hits().len(),
+        3,
+        "Host a.test went to a's endpoint (sleep only)"
+    );
+    assert_eq!(up_b.hits().len(), 3, "Host b.test went to b's endpoint");
+}

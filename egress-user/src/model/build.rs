@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use egress_common::{SERVICE_F_HTTP, ServiceValue};
+use egress_common::{SERVICE_F_HTTP, SERVICE_F_SHARED, ServiceValue};
 
 use super::{Service, ServiceTable, Upstream};
 use crate::{
@@ -113,7 +113,9 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
     let mut services = Vec::new();
     let mut routes = Vec::new();
     let mut warnings = Vec::new();
-    let mut claimed: HashMap<(IpNet, u16), String> = HashMap::new();
+    // (address, port) -> the services that claim it, in config order (the first is the one the
+    // kernel names; HTTP requests then choose among them by Host).
+    let mut claimed: HashMap<(IpNet, u16), Vec<u32>> = HashMap::new();
 
     for se in &config.service_entries {
         let per_host = matches!(se.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
@@ -168,28 +170,62 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
                     },
                 };
                 for net in &addresses {
-                    let owner = format!("{}/{}", se.namespace, se.name);
-                    if let Some(first) = claimed.get(&(*net, port.number)) {
-                        warnings.push(format!(
-                            "{net}:{} is claimed by ServiceEntry {first} and {owner}; {first} keeps it",
-                            port.number
-                        ));
-                        continue;
+                    let owners = claimed.entry((*net, port.number)).or_default();
+                    owners.push(id);
+                    if owners.len() == 1 {
+                        routes.push(ServiceRoute {
+                            net: *net,
+                            port: port.number,
+                            value,
+                        });
                     }
-                    claimed.insert((*net, port.number), owner);
-                    routes.push(ServiceRoute {
-                        net: *net,
-                        port: port.number,
-                        value,
-                    });
                 }
                 services.push(service);
             }
         }
     }
+    // An address shared by several ServiceEntries: the kernel cannot tell them apart (only the
+    // Host header can), so no verdict for it may be cached, and the route says so.
+    let mut siblings: HashMap<u32, Vec<u32>> = HashMap::new();
+    for ((net, port), owners) in &claimed {
+        if owners.len() < 2 {
+            continue;
+        }
+        for owner in owners {
+            let list = siblings.entry(*owner).or_default();
+            for other in owners {
+                if !list.contains(other) {
+                    list.push(*other);
+                }
+            }
+        }
+        let names: Vec<String> = owners
+            .iter()
+            .map(|id| {
+                let s: &Service = &services[*id as usize];
+                format!("{}/{}", s.namespace, s.name)
+            })
+            .collect();
+        warnings.push(format!(
+            "{net}:{port} is shared by ServiceEntries {}: HTTP requests choose by Host, other protocols go to {}, and no deny is cached in the kernel for it",
+            names.join(", "),
+            names[0]
+        ));
+        for route in routes
+            .iter_mut()
+            .filter(|r| r.net == *net && r.port == *port)
+        {
+            route.value.flags |= SERVICE_F_SHARED;
+        }
+    }
+    for list in siblings.values_mut() {
+        list.sort_unstable();
+    }
     let tls = super::select_tls(&services, &config.destination_rules);
     Built {
-        table: ServiceTable::new(services).with_tls(tls),
+        table: ServiceTable::new(services)
+            .with_tls(tls)
+            .with_siblings(siblings),
         routes,
         warnings,
     }
@@ -307,15 +343,26 @@ mod tests {
     }
 
     #[test]
-    fn an_address_claimed_twice_keeps_the_first_owner() {
+    fn an_address_claimed_twice_is_shared_and_never_cached() {
         let mut second = se(Resolution::None, &["127.9.0.1"], vec![]);
         second.name = "second".into();
+        second.hosts = vec!["second.test".into()];
         let built = build(
             &set(vec![se(Resolution::None, &["127.9.0.1"], vec![]), second]),
             &DnsAnswers::new(),
         );
         assert_eq!(built.routes.len(), 1);
         assert_eq!(built.routes[0].value.service_id, 0);
-        assert!(built.warnings[0].contains("default/httpbin keeps it"));
+        assert_ne!(built.routes[0].value.flags & SERVICE_F_SHARED, 0);
+        assert!(built.table.is_shared(0) && built.table.is_shared(1));
+        assert_eq!(
+            built.table.by_host(0, "SECOND.test:80").map(|s| s.id),
+            Some(1),
+            "Host picks the sibling"
+        );
+        assert_eq!(built.table.by_host(0, "unknown.test").map(|s| s.id), None);
+        assert!(
+            built.warnings[0].contains("shared by ServiceEntries default/httpbin, default/second")
+        );
     }
 }

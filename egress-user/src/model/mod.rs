@@ -73,6 +73,9 @@ pub struct ServiceTable {
     /// The DestinationRule TLS each service's upstream connections use, indexed by id (`None`:
     /// plain TCP). Beside the services rather than in them so a service stays plain data.
     tls: Vec<Option<UpstreamTls>>,
+    /// Service id -> every service (itself included) claiming one of its addresses on its port,
+    /// for the ids whose address is shared.
+    siblings: std::collections::HashMap<u32, Vec<u32>>,
     /// AuthorizationPolicies of this generation.
     pub policies: Arc<PolicySet>,
     /// Bumped on every change of config or identity; the kernel verdict cache keys on it.
@@ -86,9 +89,46 @@ impl ServiceTable {
         Self {
             tls: vec![None; services.len()],
             services: services.into_iter().map(Arc::new).collect(),
+            siblings: std::collections::HashMap::new(),
             policies: Arc::default(),
             generation: 0,
         }
+    }
+
+    /// The same table with the services that share addresses (from `build`).
+    pub fn with_siblings(mut self, siblings: std::collections::HashMap<u32, Vec<u32>>) -> Self {
+        self.siblings = siblings;
+        self
+    }
+
+    /// Whether service `id` shares an address and port with another ServiceEntry: the kernel's
+    /// service id then does not say which one a connection is for.
+    pub fn is_shared(&self, id: u32) -> bool {
+        self.siblings.contains_key(&id)
+    }
+
+    /// Among the services sharing service `id`'s address, the one whose hosts include `host`
+    /// (case-insensitive; port and trailing dot ignored).
+    pub fn by_host(&self, id: u32, host: &str) -> Option<&Arc<Service>> {
+        let host = match host.strip_prefix('[') {
+            // An IPv6 literal: `[addr]` or `[addr]:port`.
+            Some(rest) => rest.split(']').next().unwrap_or(rest),
+            None => match host.rsplit_once(':') {
+                Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                    h
+                }
+                _ => host,
+            },
+        };
+        let host = host.trim_end_matches('.');
+        self.siblings.get(&id)?.iter().find_map(|sibling| {
+            let service = self.get(*sibling)?;
+            service
+                .hosts
+                .iter()
+                .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(host))
+                .then_some(service)
+        })
     }
 
     /// The same table with these policies and generation.

@@ -147,6 +147,18 @@ async fn forward(
             Some(current) if same_service(current, &exchange.inbound.service) => current.clone(),
             _ => return exchange.local(CLUSTER_NOT_FOUND),
         };
+        // Several ServiceEntries on this address: the Host header says which one (as Envoy
+        // picks a virtual host); one that names none of them stays with the kernel's.
+        let service = match exchange.entry.authority.as_deref() {
+            Some(host) if table.is_shared(service.id) => match table.by_host(service.id, host) {
+                Some(sibling) => {
+                    exchange.entry.upstream_cluster = Some(sibling.cluster_name());
+                    sibling.clone()
+                }
+                None => service,
+            },
+            _ => service,
+        };
         // What is matched is what is forwarded: the normalized path, the authority sent as
         // `Host`, the headers left once the hop-by-hop ones are gone.
         let request = authz::HttpRequest {

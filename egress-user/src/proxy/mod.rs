@@ -293,8 +293,12 @@ impl Waypoint {
             debug!(%error, "setting TCP_NODELAY on the client connection failed");
         }
         let original_dst = SocketAddr::new(IpAddr::from(origin.dst_addr), origin.dst_port);
+        let shared = table.is_shared(service.id);
         let mut inbound = Inbound::new(peer, original_dst, service, principal);
-        inbound.learner = self.learner(&origin, inbound.principal.as_ref());
+        // A deny for a shared address belongs to one of its ServiceEntries, not to the address.
+        if !shared {
+            inbound.learner = self.learner(&origin, inbound.principal.as_ref());
+        }
         let inbound = Arc::new(inbound);
         debug!(
             %original_dst,
