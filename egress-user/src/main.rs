@@ -101,8 +101,10 @@ struct RunArgs {
     root_namespace: String,
     /// Istio's outboundTrafficPolicy.mode. registry-only refuses, in the kernel (EPERM), connects
     /// from the captured cgroup to anything that is no ServiceEntry address, except --allow-cidr.
-    #[arg(long, value_name = "MODE", default_value = "allow-any", value_parser = ["allow-any", "registry-only"])]
-    outbound_policy: String,
+    /// Default: what the mesh config says (an `istio` ConfigMap among the --config files, key
+    /// data.mesh), else allow-any.
+    #[arg(long, value_name = "MODE", value_parser = ["allow-any", "registry-only"])]
+    outbound_policy: Option<String>,
     /// A CIDR that registry-only still lets through (repeatable). Default: 127.0.0.0/8 and the
     /// IPv4 nameservers of /etc/resolv.conf.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
@@ -291,7 +293,7 @@ fn run(args: RunArgs) -> ExitCode {
         },
         trust_domain: args.trust_domain,
         root_namespace: args.root_namespace,
-        registry_only: args.outbound_policy == "registry-only",
+        registry_only: args.outbound_policy.map(|p| p == "registry-only"),
         allowed_cidrs: (!args.allow_cidr.is_empty()).then_some(args.allow_cidr),
         verdict_cache: args.verdict_cache == "on",
         verdict_cache_size: Some(args.verdict_cache_size),

@@ -69,6 +69,14 @@ fn walk(path: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, Option<SystemTim
     }
 }
 
+/// REGISTRY_ONLY settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    /// `Some` when `--outbound-policy` was given: it wins over the mesh config.
+    pub registry_only: Option<bool>,
+    pub allowed: Vec<crate::config::IpNet>,
+}
+
 /// Owns the current config and DNS answers, and publishes service tables built from them.
 pub struct Reconciler {
     configs: Vec<PathBuf>,
@@ -76,6 +84,9 @@ pub struct Reconciler {
     anchors: Vec<Anchor>,
     /// Whether L4-decidable denies are written to the kernel at all.
     verdict_cache: bool,
+    outbound: Outbound,
+    /// REGISTRY_ONLY as last applied to the kernel.
+    registry_only: Option<bool>,
     identities: Arc<CgroupIdentities>,
     root_namespace: String,
     generation: u64,
@@ -98,12 +109,15 @@ impl Reconciler {
         capture: Arc<Capture>,
         identities: Arc<CgroupIdentities>,
         verdict_cache: bool,
+        outbound: Outbound,
     ) -> Result<Self, RunError> {
         let fingerprint = Fingerprint::of(&configs);
         let mut this = Self {
             configs,
             anchors: Vec::new(),
             verdict_cache,
+            outbound,
+            registry_only: None,
             identities,
             root_namespace: root_namespace.to_owned(),
             // Unique across restarts: verdicts pinned by an earlier run are never current.
@@ -119,6 +133,7 @@ impl Reconciler {
             answers: DnsAnswers::new(),
             next_dns: Duration::MAX,
         };
+        this.apply_outbound()?;
         this.resolve(true).await?;
         this.apply_identities();
         let table = this.build(&this.policies())?;
@@ -166,6 +181,33 @@ impl Reconciler {
         }
         self.answers.retain(|host, _| self.hosts.contains(host));
         self.next_dns = if all { next } else { self.next_dns.min(next) };
+        Ok(())
+    }
+
+    /// REGISTRY_ONLY from the command line, else from the mesh config, else ALLOW_ANY.
+    fn apply_outbound(&mut self) -> Result<(), RunError> {
+        let registry_only = self
+            .outbound
+            .registry_only
+            .or(self.config.mesh.as_ref().map(|m| m.registry_only))
+            .unwrap_or(false);
+        if self.registry_only == Some(registry_only) {
+            return Ok(());
+        }
+        self.capture
+            .set_outbound_policy(registry_only, &self.outbound.allowed)?;
+        self.registry_only = Some(registry_only);
+        if registry_only {
+            let allowed: Vec<String> = self
+                .outbound
+                .allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            info!(allowed = %allowed.join(","), "REGISTRY_ONLY: other destinations are refused in the kernel");
+        } else {
+            info!("ALLOW_ANY: destinations that are no ServiceEntry are not touched");
+        }
         Ok(())
     }
 
@@ -317,6 +359,9 @@ impl Reconciler {
                     return;
                 }
                 self.config = config;
+                if let Err(error) = self.apply_outbound() {
+                    error!(%error, "applying the outbound traffic policy failed");
+                }
                 self.apply_identities();
                 if let Err(error) = self.resolve(false).await {
                     error!(%error, "DNS setup for the new configuration failed");

@@ -23,7 +23,7 @@ use crate::{
     identity::CgroupIdentities,
     model::OriginSource,
     proxy::{Waypoint, WaypointConfig},
-    reload::Reconciler,
+    reload::{Outbound, Reconciler},
     telemetry::{AccessLog, AdminState, serve_admin},
 };
 
@@ -49,8 +49,9 @@ pub struct RunOptions {
     pub trust_domain: String,
     /// Istio's root namespace: its policies targeting GatewayClass istio-waypoint apply to all.
     pub root_namespace: String,
-    /// REGISTRY_ONLY: refuse non-ServiceEntry destinations in the kernel.
-    pub registry_only: bool,
+    /// REGISTRY_ONLY: refuse non-ServiceEntry destinations in the kernel. `None`: as the mesh
+    /// config (the `istio` ConfigMap) says, else ALLOW_ANY.
+    pub registry_only: Option<bool>,
     /// What REGISTRY_ONLY still lets through; `None` = the defaults ([`default_allowed`]).
     pub allowed_cidrs: Option<Vec<IpNet>>,
     /// Cache L4-decidable denies in the kernel (design §6). Off: every connect reaches the
@@ -168,12 +169,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         opts.verdict_cache_size,
     )?);
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
-    let allowed = opts.allowed_cidrs.clone().unwrap_or_else(default_allowed);
-    capture.set_outbound_policy(opts.registry_only, &allowed)?;
-    if opts.registry_only {
-        let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-        info!(allowed = %allowed.join(","), "REGISTRY_ONLY: other destinations are refused in the kernel");
-    }
 
     // SIGHUP reloads; install the handler before anything could send one.
     let hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
@@ -185,6 +180,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         capture.clone(),
         identities.clone(),
         opts.verdict_cache,
+        Outbound {
+            registry_only: opts.registry_only,
+            allowed: opts.allowed_cidrs.clone().unwrap_or_else(default_allowed),
+        },
     )
     .await?;
     let services = reconciler.services();

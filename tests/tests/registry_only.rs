@@ -84,3 +84,58 @@ fn registry_only_refuses_non_service_entry_destinations_in_the_kernel() {
         "processes outside the cgroup are unaffected: {outside:?}"
     );
 }
+
+#[test]
+fn the_mesh_config_form_turns_registry_only_on_and_off() {
+    if !require_privileges() {
+        return;
+    }
+    let upstream = Upstream::http();
+    let other = Upstream::http_on(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    let se_ip = IpAddr::V4(Ipv4Addr::new(127, 77, 0, 7));
+    let se = yaml::static_service_entry("httpbin", "httpbin.test", se_ip, 80, upstream.addr());
+    // Istio's own form: the `istio` ConfigMap's MeshConfig.
+    let mesh = |mode: &str| {
+        format!(
+            "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    outboundTrafficPolicy:
+      mode: {mode}
+"
+        )
+    };
+    let dp = Dataplane::builder()
+        .service_entry(&se)
+        .config(&mesh("REGISTRY_ONLY"))
+        .args(&["--allow-cidr", "127.0.0.1/32"])
+        .start();
+    let reach = |dp: &Dataplane| {
+        dp.exec("default", "sleep").curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &other.url("/mesh"),
+        ])
+    };
+    let refused = reach(&dp);
+    assert_eq!(
+        refused.code,
+        Some(7),
+        "REGISTRY_ONLY from the mesh config: {refused:?}"
+    );
+
+    let hangups = dp.log_count("reason=\"SIGHUP\"");
+    dp.write_config(&[&se, &mesh("ALLOW_ANY")]);
+    dp.sighup();
+    dp.wait_for_log("reason=\"SIGHUP\"", hangups + 1);
+    let allowed = reach(&dp);
+    assert_eq!(
+        allowed.stdout, "200",
+        "ALLOW_ANY after the reload: {allowed:?}"
+    );
+}

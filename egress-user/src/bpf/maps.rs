@@ -75,10 +75,14 @@ impl Maps {
             services4: Mutex::new(typed(names::MAP_SERVICES4, take(names::MAP_SERVICES4)?)?),
             services6: Mutex::new(typed(names::MAP_SERVICES6, take(names::MAP_SERVICES6)?)?),
             peers: Mutex::new(typed(names::MAP_PEERS, take(names::MAP_PEERS)?)?),
-            config: Mutex::new((
-                typed(names::MAP_CONFIG, take(names::MAP_CONFIG)?)?,
-                Config::default(),
-            )),
+            config: Mutex::new({
+                let map: Array<MapData, Config> =
+                    typed(names::MAP_CONFIG, take(names::MAP_CONFIG)?)?;
+                // Start from what is pinned, so a restart keeps REGISTRY_ONLY (and the rest) in
+                // force until the new run has decided otherwise.
+                let current = map.get(&0, 0).unwrap_or_default();
+                (map, current)
+            }),
             stats: typed(names::MAP_STATS, take(names::MAP_STATS)?)?,
             identities: Mutex::new(typed(names::MAP_IDENTITIES, take(names::MAP_IDENTITIES)?)?),
             verdicts: Mutex::new(typed(names::MAP_VERDICTS, take(names::MAP_VERDICTS)?)?),

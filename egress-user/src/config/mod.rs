@@ -16,6 +16,7 @@ mod documents;
 mod endpoint;
 mod error;
 mod load;
+mod mesh;
 mod names;
 mod node;
 mod object;

@@ -95,6 +95,21 @@ pub(crate) fn add_object(
         .into_iter()
         .find(|g| g.name == group)
     else {
+        // Istio's mesh config: the `istio` ConfigMap whose `data.mesh` holds MeshConfig YAML.
+        if api_version == "v1"
+            && kind == "ConfigMap"
+            && root
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.value.as_str())
+                == Some("istio")
+            && let Some(mesh) = root.get("data").and_then(|d| d.get("mesh"))
+        {
+            if let Some(text) = mesh.str(issues) {
+                set.mesh = super::mesh::parse(text, &mesh.path, source.clone(), issues);
+            }
+            return;
+        }
         // Not an Istio object we act on (a Deployment, a Telemetry, ...): note it and go on.
         let name = root
             .get("metadata")

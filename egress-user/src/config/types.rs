@@ -189,6 +189,14 @@ pub struct WorkloadIdentity {
     pub service_account: String,
 }
 
+/// What the dataplane reads of Istio's MeshConfig (the `istio` ConfigMap's `data.mesh`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshConfig {
+    pub source: Source,
+    /// `outboundTrafficPolicy.mode: REGISTRY_ONLY`.
+    pub registry_only: bool,
+}
+
 /// Everything read from the configured paths, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigSet {
@@ -196,6 +204,8 @@ pub struct ConfigSet {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub workload_identities: Vec<WorkloadIdentity>,
     pub destination_rules: Vec<DestinationRule>,
+    /// Istio's mesh config, when one of the files holds the `istio` ConfigMap.
+    pub mesh: Option<MeshConfig>,
     pub skipped: Vec<Skipped>,
 }
 
