@@ -1,8 +1,9 @@
-//! Developer tasks for the egress dataplane: `cargo xtask prereqs | build | run | test`.
+//! Developer tasks for the egress dataplane: `cargo xtask prereqs | build | run | test | bench`.
 //!
 //! The alias lives in `.cargo/config.toml`. Every task that needs the BPF toolchain installs it
 //! first (see `prereqs`), so a fresh machine with stable Rust, rustup and a C compiler needs nothing
 //! by hand.
+mod bench;
 mod cmd;
 mod prereqs;
 mod tasks;
@@ -26,7 +27,8 @@ use clap::{Parser, Subcommand};
         sudo -E cargo xtask run             capture with the configs in examples/\n  \
         cargo xtask run -- --access-log /tmp/access.log\n  \
         cargo xtask test                    fmt, clippy, unit tests, build, privileged e2e tests\n  \
-        cargo xtask test --e2e-only -- capture --nocapture"
+        cargo xtask test --e2e-only -- capture --nocapture\n  \
+        sudo -E cargo xtask bench --quick   connect->deny latency, kernel cache vs waypoint"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -70,6 +72,21 @@ enum Task {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
+    /// Build, then measure connect→deny latency: the kernel verdict cache (`--verdict-cache on`,
+    /// EPERM from connect) against the waypoint deciding every connect (`--verdict-cache off`).
+    /// Needs root. Prints a markdown table and writes DIR/connect-deny.json and DIR/summary.md
+    /// (see docs/benchmarks.md).
+    Bench {
+        /// 2000 connects per scenario instead of 20000.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go (relative paths are relative to the workspace root).
+        #[arg(long, value_name = "DIR", default_value = "target/bench")]
+        out: PathBuf,
+        /// Build egress with the release profile (the waypoint's figure depends on it).
+        #[arg(long)]
+        release: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -106,6 +123,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 unit: !e2e_only,
                 e2e: !unit_only,
                 e2e_args: args,
+            },
+        ),
+        Task::Bench {
+            quick,
+            out,
+            release,
+        } => bench::bench(
+            &ws,
+            &bench::BenchOptions {
+                quick,
+                out,
+                release,
             },
         ),
     }
