@@ -29,6 +29,12 @@ fn waypoint_upstream_connects_are_exempt() {
         "the kernel counted the waypoint's exempt connect"
     );
     assert!(dp.bpf_counter("redirected_ipv4") > 0);
+    let metrics = dp.metrics();
+    assert!(
+        metrics.contains("istio_requests_total{reporter=\"waypoint\",source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"")
+            && metrics.contains("istio_request_duration_milliseconds_count{reporter=\"waypoint\""),
+        "Istio's request metrics: {metrics}"
+    );
     let status = dp.status().expect_success("egress status");
     let exempt = status.stdout.lines().find_map(|line| {
         let mut words = line.split_whitespace();

@@ -36,7 +36,10 @@ use super::{
 use crate::{
     model::Service,
     policy::normalize_request_target,
-    telemetry::{AccessLog, AccessLogEntry, Metrics, metrics::REPORTER, metrics::REQUESTS_TOTAL},
+    telemetry::{
+        AccessLog, AccessLogEntry, Metrics, metrics::REPORTER, metrics::REQUEST_DURATION,
+        metrics::REQUESTS_TOTAL,
+    },
     tls::UpstreamTls,
 };
 
@@ -96,7 +99,7 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
     entry.response_flags = Some("DPE".into());
     entry.response_code_details = Some(details.into());
     waypoint.access_log.log(&entry);
-    record_request(&inbound, code.as_u16(), "DPE");
+    record_request(&inbound, code.as_u16(), "DPE", std::time::Duration::ZERO);
 }
 
 /// One request: checks, authorization, endpoint choice, forward, response. Never fails: every
@@ -371,23 +374,26 @@ impl Exchange {
         self.entry.bytes_received = self.received.load(Ordering::Relaxed);
         self.log.log(&self.entry);
         let flags = self.entry.response_flags.as_deref().unwrap_or("-");
-        record_request(&self.inbound, self.entry.response_code, flags);
+        record_request(
+            &self.inbound,
+            self.entry.response_code,
+            flags,
+            self.entry.duration,
+        );
     }
 }
 
-fn record_request(inbound: &Inbound, code: u16, flags: &str) {
+fn record_request(inbound: &Inbound, code: u16, flags: &str, duration: std::time::Duration) {
     let code = code.to_string();
-    Metrics::global().add(
-        REQUESTS_TOTAL,
-        &[
-            ("reporter", REPORTER),
-            ("source_principal", inbound.source_principal()),
-            ("destination_service", inbound.destination_service()),
-            ("response_code", &code),
-            ("response_flags", flags),
-        ],
-        1,
-    );
+    let labels = [
+        ("reporter", REPORTER),
+        ("source_principal", inbound.source_principal()),
+        ("destination_service", inbound.destination_service()),
+        ("response_code", &code),
+        ("response_flags", flags),
+    ];
+    Metrics::global().add(REQUESTS_TOTAL, &labels, 1);
+    Metrics::global().observe(REQUEST_DURATION, &labels, duration.as_secs_f64() * 1000.0);
 }
 
 fn protocol(version: Version) -> &'static str {
