@@ -415,6 +415,14 @@ impl Workload<'_> {
         self.run("curl", &args)
     }
 
+    /// `curl -sS -o /dev/null -w %{http_code} ARGS...`: stdout is the status code (`000` when
+    /// no response came, e.g. a connect refused in the kernel).
+    pub fn http_code(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-sS", "-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        self.curl(&all)
+    }
+
     /// `PROGRAM ARGS...` in the workload's cgroup: `egress exec ... -- PROGRAM ARGS...`.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
         let dp = self.dataplane;

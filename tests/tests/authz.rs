@@ -188,12 +188,7 @@ fn policy_reloads_under_load_fail_only_what_the_policy_denies() {
     let sleep_only = sleep_only_policy();
     let admin_status = |dp: &Dataplane| {
         dp.exec("default", "admin")
-            .curl(&[
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
+            .http_code(&[
                 "-X",
                 "POST",
                 "--resolve",
@@ -282,15 +277,8 @@ fn policy_reloads_under_load_fail_only_what_the_policy_denies() {
     dp.sighup();
     dp.wait_for_log("configuration rejected", rejected_before + 1);
     assert!(denied(admin_status(&dp)), "still the sleep-only policy");
-    let get = dp.exec("default", "sleep").curl(&[
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--resolve",
-        RESOLVE,
-        url,
-    ]);
+    let get = dp
+        .exec("default", "sleep")
+        .http_code(&["--resolve", RESOLVE, url]);
     assert_eq!(get.stdout, "200");
 }

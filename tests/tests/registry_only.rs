@@ -46,26 +46,16 @@ fn registry_only_refuses_non_service_entry_destinations_in_the_kernel() {
     );
     assert!(dp.bpf_counter("refused_registry_only") >= 1);
 
-    let se = dp.exec("default", "sleep").curl(&[
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+    let se = dp.exec("default", "sleep").http_code(&[
         "--resolve",
         "httpbin.test:80:127.77.0.5",
         "http://httpbin.test/get",
     ]);
     assert_eq!(se.stdout, "200", "ServiceEntry traffic works: {se:?}");
 
-    let allowed = dp.exec("default", "sleep").curl(&[
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &upstream.url("/allowed-cidr"),
-    ]);
+    let allowed = dp
+        .exec("default", "sleep")
+        .http_code(&[&upstream.url("/allowed-cidr")]);
     assert_eq!(
         allowed.stdout, "200",
         "an allowed CIDR is reachable: {allowed:?}"
@@ -113,14 +103,8 @@ data:
         .args(&["--allow-cidr", "127.0.0.1/32"])
         .start();
     let reach = |dp: &Dataplane| {
-        dp.exec("default", "sleep").curl(&[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &other.url("/mesh"),
-        ])
+        dp.exec("default", "sleep")
+            .http_code(&[&other.url("/mesh")])
     };
     let refused = reach(&dp);
     assert_eq!(

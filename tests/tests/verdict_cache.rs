@@ -99,16 +99,9 @@ fn an_l4_decidable_deny_is_refused_in_the_kernel_from_the_second_connect() {
     );
 
     // Other identities are not affected.
-    let sleep = dp.exec("default", "sleep").curl(&[
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--resolve",
-        RESOLVE,
-        URL,
-    ]);
+    let sleep = dp
+        .exec("default", "sleep")
+        .http_code(&["--resolve", RESOLVE, URL]);
     assert_eq!(sleep.stdout, "200", "{sleep:?}");
 
     // A policy change that allows it: the next connect succeeds at once.
@@ -116,16 +109,9 @@ fn an_l4_decidable_deny_is_refused_in_the_kernel_from_the_second_connect() {
     dp.write_config(&[&se]);
     dp.sighup();
     dp.wait_for_log("reason=\"SIGHUP\"", hangups + 1);
-    let allowed = dp.exec("default", "evil").curl(&[
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--resolve",
-        RESOLVE,
-        URL,
-    ]);
+    let allowed = dp
+        .exec("default", "evil")
+        .http_code(&["--resolve", RESOLVE, URL]);
     assert_eq!(
         allowed.stdout, "200",
         "stale verdict ignored after the policy change: {allowed:?}"
@@ -144,29 +130,13 @@ fn a_deny_that_depends_on_the_method_is_never_cached() {
         .config(SLEEP_GET_ONLY)
         .start();
     for _ in 0..2 {
-        let post = dp.exec("default", "sleep").curl(&[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-            "--resolve",
-            RESOLVE,
-            URL,
-        ]);
+        let post =
+            dp.exec("default", "sleep")
+                .http_code(&["-X", "POST", "--resolve", RESOLVE, URL]);
         assert_eq!(post.stdout, "403", "{post:?}");
-        let get = dp.exec("default", "sleep").curl(&[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--resolve",
-            RESOLVE,
-            URL,
-        ]);
+        let get = dp
+            .exec("default", "sleep")
+            .http_code(&["--resolve", RESOLVE, URL]);
         assert_eq!(get.stdout, "200", "the identity still connects: {get:?}");
     }
     assert_eq!(dp.bpf_counter("refused_verdict_cache"), 0);
@@ -206,16 +176,9 @@ spec:
                 );
             }
         }
-        let sleep = dp.exec("default", "sleep").curl(&[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--resolve",
-            RESOLVE,
-            URL,
-        ]);
+        let sleep = dp
+            .exec("default", "sleep")
+            .http_code(&["--resolve", RESOLVE, URL]);
         assert_eq!(
             sleep.stdout, "200",
             "the allowed identity is never refused: {sleep:?}"
@@ -257,16 +220,7 @@ fn two_service_entries_on_one_address_never_cache_a_deny_for_the_address() {
         let resolve = format!("{host}:80:127.77.0.6");
         let url = format!("http://{host}/shared");
         dp.exec("default", sa)
-            .curl(&[
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--resolve",
-                &resolve,
-                &url,
-            ])
+            .http_code(&["--resolve", &resolve, &url])
             .stdout
     };
     for round in 0..3 {
