@@ -31,8 +31,10 @@ fn waypoint_upstream_connects_are_exempt() {
     assert!(dp.bpf_counter("redirected_ipv4") > 0);
     let metrics = dp.metrics();
     assert!(
-        metrics.contains("istio_requests_total{reporter=\"waypoint\",source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"")
-            && metrics.contains("istio_request_duration_milliseconds_count{reporter=\"waypoint\""),
+        metrics.lines().any(
+            |l| l.starts_with("istio_requests_total{reporter=\"waypoint\",")
+                && l.contains(",source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\",")
+        ) && metrics.contains("istio_request_duration_milliseconds_count{reporter=\"waypoint\","),
         "Istio's request metrics: {metrics}"
     );
     let status = dp.status().expect_success("egress status");

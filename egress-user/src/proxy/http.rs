@@ -37,8 +37,8 @@ use crate::{
     model::Service,
     policy::normalize_request_target,
     telemetry::{
-        AccessLog, AccessLogEntry, Metrics, metrics::REPORTER, metrics::REQUEST_DURATION,
-        metrics::REQUESTS_TOTAL,
+        AccessLog, AccessLogEntry, Metrics,
+        metrics::{Labels, RequestOutcome},
     },
     tls::UpstreamTls,
 };
@@ -99,7 +99,16 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
     entry.response_flags = Some("DPE".into());
     entry.response_code_details = Some(details.into());
     waypoint.access_log.log(&entry);
-    record_request(&inbound, code.as_u16(), "DPE", std::time::Duration::ZERO);
+    Metrics::global().record_request(
+        &inbound.request_labels(&inbound.service),
+        &RequestOutcome {
+            code: code.as_u16(),
+            flags: "DPE",
+            duration: std::time::Duration::ZERO,
+            request_bytes: 0,
+            response_bytes: 0,
+        },
+    );
 }
 
 /// One request: checks, authorization, endpoint choice, forward, response. Never fails: every
@@ -156,6 +165,7 @@ async fn forward(
             Some(host) if table.is_shared(service.id) => match table.by_host(service.id, host) {
                 Some(sibling) => {
                     exchange.entry.upstream_cluster = Some(sibling.cluster_name());
+                    exchange.labels = exchange.inbound.request_labels(sibling);
                     sibling.clone()
                 }
                 None => service,
@@ -271,6 +281,8 @@ async fn forward(
 struct Exchange {
     log: AccessLog,
     inbound: Arc<Inbound>,
+    /// Istio's standard labels of this request's metrics.
+    labels: Labels,
     entry: AccessLogEntry,
     started: Instant,
     activity: Arc<Activity>,
@@ -295,6 +307,7 @@ impl Exchange {
         entry.request_id = text("x-request-id");
         Self {
             log,
+            labels: inbound.request_labels(&inbound.service),
             inbound,
             entry,
             started: Instant::now(),
@@ -373,27 +386,17 @@ impl Exchange {
         self.entry.duration = self.started.elapsed();
         self.entry.bytes_received = self.received.load(Ordering::Relaxed);
         self.log.log(&self.entry);
-        let flags = self.entry.response_flags.as_deref().unwrap_or("-");
-        record_request(
-            &self.inbound,
-            self.entry.response_code,
-            flags,
-            self.entry.duration,
+        Metrics::global().record_request(
+            &self.labels,
+            &RequestOutcome {
+                code: self.entry.response_code,
+                flags: self.entry.response_flags.as_deref().unwrap_or("-"),
+                duration: self.entry.duration,
+                request_bytes: self.entry.bytes_received,
+                response_bytes: self.entry.bytes_sent,
+            },
         );
     }
-}
-
-fn record_request(inbound: &Inbound, code: u16, flags: &str, duration: std::time::Duration) {
-    let code = code.to_string();
-    let labels = [
-        ("reporter", REPORTER),
-        ("source_principal", inbound.source_principal()),
-        ("destination_service", inbound.destination_service()),
-        ("response_code", &code),
-        ("response_flags", flags),
-    ];
-    Metrics::global().add(REQUESTS_TOTAL, &labels, 1);
-    Metrics::global().observe(REQUEST_DURATION, &labels, duration.as_secs_f64() * 1000.0);
 }
 
 fn protocol(version: Version) -> &'static str {

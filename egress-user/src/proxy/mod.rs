@@ -37,7 +37,7 @@ use crate::{
     model::{IdentitySource, OriginSource, Service, ServiceTable},
     telemetry::{
         self, AccessLog, AccessLogEntry, Metrics,
-        metrics::{REPORTER, TCP_CLOSED_TOTAL, TCP_OPENED_TOTAL},
+        metrics::{ConnectionLabels, Labels, SourceWorkload, TCP_CLOSED_TOTAL, TCP_OPENED_TOTAL},
     },
     verdicts::{Learner, VerdictSink},
 };
@@ -111,6 +111,10 @@ struct Inbound {
     cluster: String,
     /// Set when a deny of this connection may be cached for its identity anchor.
     learner: Option<Learner>,
+    /// Istio's standard labels of the connection's TCP metrics, rendered once at accept.
+    tcp_labels: Labels,
+    /// The labels of its requests (HTTP ports only), rendered once at accept.
+    request_labels: Option<Labels>,
 }
 
 impl Inbound {
@@ -120,14 +124,25 @@ impl Inbound {
         service: Arc<Service>,
         principal: Option<Principal>,
     ) -> Self {
+        let spiffe = principal.as_ref().map(|p| format!("spiffe://{p}"));
+        // Labels are rendered here, once per connection, so that recording a request or a
+        // connection on the hot path only clones them.
+        let source = Self::source_workload(principal.as_ref(), spiffe.as_deref());
+        let tcp_labels = Self::standard_labels(source, &service, "tcp");
+        let request_labels = service
+            .protocol
+            .is_http()
+            .then(|| Self::standard_labels(source, &service, "http"));
         Self {
             peer,
             original_dst,
             cluster: service.cluster_name(),
             service,
-            spiffe: principal.as_ref().map(|p| format!("spiffe://{p}")),
+            spiffe,
             principal,
             learner: None,
+            tcp_labels,
+            request_labels,
         }
     }
 
@@ -143,26 +158,60 @@ impl Inbound {
         }
     }
 
-    /// Istio's `source_principal` label: the SPIFFE URI, or `unknown`.
-    fn source_principal(&self) -> &str {
-        self.spiffe.as_deref().unwrap_or("unknown")
+    /// Istio's standard labels for the connection's TCP metrics (`request_protocol="tcp"`,
+    /// also on HTTP ports, as ztunnel reports every connection).
+    fn tcp_labels(&self) -> Labels {
+        self.tcp_labels.clone()
     }
 
-    /// Istio's `destination_service` label: the ServiceEntry's first host.
-    fn destination_service(&self) -> &str {
-        self.service
-            .hosts
-            .first()
-            .map(String::as_str)
-            .unwrap_or("unknown")
+    /// Istio's standard labels for a request on this connection to `service`: the
+    /// connection's own service (rendered at accept), or — when the Host header picked another
+    /// ServiceEntry on a shared address — that one's, rendered now.
+    fn request_labels(&self, service: &Service) -> Labels {
+        match &self.request_labels {
+            Some(labels) if service.id == self.service.id => labels.clone(),
+            _ => {
+                let source = Self::source_workload(self.principal.as_ref(), self.spiffe.as_deref());
+                Self::standard_labels(source, service, "http")
+            }
+        }
     }
 
-    fn tcp_labels(&self) -> [(&'static str, &str); 3] {
-        [
-            ("reporter", REPORTER),
-            ("source_principal", self.source_principal()),
-            ("destination_service", self.destination_service()),
-        ]
+    /// The caller as Istio's `source_*` labels see it. In host mode a workload is known only by
+    /// its principal: the workload name is its service account (the cgroup `ns/NS/sa/SA` is the
+    /// workload), its namespace the principal's.
+    fn source_workload<'a>(
+        principal: Option<&'a Principal>,
+        spiffe: Option<&'a str>,
+    ) -> Option<SourceWorkload<'a>> {
+        Some(SourceWorkload {
+            namespace: &principal?.namespace,
+            workload: &principal?.service_account,
+            principal: spiffe?,
+        })
+    }
+
+    /// Istio's connection labels for traffic to `service`: `destination_service` (and `_name`) is
+    /// the ServiceEntry's first host — istiod builds one service per host and names it after the
+    /// host — and `destination_service_namespace` the ServiceEntry's namespace.
+    fn standard_labels(
+        source: Option<SourceWorkload<'_>>,
+        service: &Service,
+        protocol: &str,
+    ) -> Labels {
+        let labels = ConnectionLabels {
+            source,
+            service_host: service.hosts.first().map_or("unknown", String::as_str),
+            service_namespace: &service.namespace,
+            request_protocol: protocol,
+        };
+        if protocol == "tcp" {
+            // Envoy and ztunnel label TCP metrics with the flags known when the connection opened
+            // (none), and keep that label set for its close and bytes.
+            labels.render(&[("response_flags", "-")])
+        } else {
+            labels.render(&[])
+        }
     }
 }
 

@@ -169,7 +169,7 @@ mod tests {
     use crate::{
         config::Protocol,
         model::{Service, Upstream},
-        telemetry::metrics::{REPORTER, REQUESTS_TOTAL},
+        telemetry::metrics::{Labels, REPORTER, RequestOutcome},
     };
 
     async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
@@ -240,13 +240,18 @@ mod tests {
             8080
         );
 
-        Metrics::global().add(
-            REQUESTS_TOTAL,
-            &[
+        Metrics::global().record_request(
+            &Labels::new(&[
                 ("reporter", REPORTER),
                 ("source_principal", "admin-unit-test"),
-            ],
-            1,
+            ]),
+            &RequestOutcome {
+                code: 200,
+                flags: "-",
+                duration: Duration::from_millis(3),
+                request_bytes: 0,
+                response_bytes: 10,
+            },
         );
         let (status, body) = get(addr, "/stats/prometheus").await;
         assert_eq!(status, StatusCode::OK);
@@ -256,7 +261,8 @@ mod tests {
         );
         assert!(
             body.contains(
-                "istio_requests_total{reporter=\"waypoint\",source_principal=\"admin-unit-test\"} 1\n"
+                "istio_requests_total{reporter=\"waypoint\",source_principal=\"admin-unit-test\",\
+                 response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"} 1\n"
             ),
             "{body}"
         );

@@ -515,20 +515,37 @@ async fn admin_reports_readiness_and_request_counters() {
         metrics.contains("egress_bpf_peer_recorded_total 3\n"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(
-            "istio_requests_total{reporter=\"waypoint\",source_principal=\"spiffe://cluster.local/ns/app/sa/web\",\
-             destination_service=\"metrics.example\",response_code=\"200\",response_flags=\"-\"} 1\n"
-        ),
-        "{metrics}"
+    // Istio's standard labels, as its waypoint reports a ServiceEntry destination.
+    let connection = "reporter=\"waypoint\",source_workload=\"web\",\
+        source_canonical_service=\"web\",source_canonical_revision=\"latest\",\
+        source_workload_namespace=\"app\",\
+        source_principal=\"spiffe://cluster.local/ns/app/sa/web\",source_app=\"unknown\",\
+        source_version=\"unknown\",source_cluster=\"unknown\",\
+        destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
+        destination_principal=\"unknown\",destination_app=\"unknown\",\
+        destination_version=\"unknown\",destination_service=\"metrics.example\",\
+        destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\",\
+        destination_service_name=\"metrics.example\",destination_service_namespace=\"egress\",\
+        destination_cluster=\"unknown\"";
+    let request = format!(
+        "{connection},request_protocol=\"http\",connection_security_policy=\"none\",\
+         response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\""
     );
-    assert!(
-        metrics.contains(
-            "istio_tcp_connections_opened_total{reporter=\"waypoint\",source_principal=\"spiffe://cluster.local/ns/app/sa/web\",\
-             destination_service=\"metrics.example\"} 1\n"
+    for line in [
+        format!("istio_requests_total{{{request}}} 1"),
+        format!("istio_request_duration_milliseconds_count{{{request}}} 1"),
+        format!("istio_request_bytes_count{{{request}}} 1"),
+        format!("istio_response_bytes_count{{{request}}} 1"),
+        format!(
+            "istio_tcp_connections_opened_total{{{connection},request_protocol=\"tcp\",\
+             response_flags=\"-\",connection_security_policy=\"none\"}} 1"
         ),
-        "{metrics}"
-    );
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
