@@ -12,6 +12,7 @@ use egress::{
     config::{self, IpNet},
     exec, explain,
     identity::{DEFAULT_TRUST_DOMAIN, Principal},
+    proxy::CaptureMode,
     run::{AccessLogTarget, RunOptions},
 };
 
@@ -117,6 +118,20 @@ struct RunArgs {
     /// Entries of the kernel verdict cache (an LRU: eviction only costs speed).
     #[arg(long, value_name = "N", default_value_t = egress_common::VERDICTS_MAX)]
     verdict_cache_size: u32,
+    /// How connections reach the waypoint. ebpf: the kernel programs redirect the captured
+    /// cgroup's connects and attest who made each one. iptables: nothing is attached; you add
+    /// nat OUTPUT rules that REDIRECT ServiceEntry addresses to --listen (exempting this
+    /// process's cgroup <cgroup>/egress-waypoint), the destination comes from SO_ORIGINAL_DST and
+    /// the identity from --capture-identity (for comparisons: `cargo xtask bench` uses it).
+    #[arg(long, value_name = "MODE", default_value = "ebpf", value_parser = ["ebpf", "iptables"])]
+    capture: String,
+    /// With --capture iptables: the identity of every connection, NAMESPACE/SERVICE_ACCOUNT
+    /// (as a sidecar has one). Default: callers without identity.
+    #[arg(long, value_name = "NS/SA", value_parser = parse_identity)]
+    capture_identity: Option<(String, String)>,
+    /// Threads serving the waypoint (Envoy's --concurrency). Default: one per CPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -281,6 +296,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    let trust_domain = args.trust_domain;
     let opts = RunOptions {
         configs: args.configs,
         cgroup,
@@ -291,17 +307,30 @@ fn run(args: RunArgs) -> ExitCode {
             path: (args.access_log != "-").then(|| PathBuf::from(&args.access_log)),
             json: args.access_log_format == "json",
         },
-        trust_domain: args.trust_domain,
+        trust_domain: trust_domain.clone(),
         root_namespace: args.root_namespace,
         registry_only: args.outbound_policy.map(|p| p == "registry-only"),
         allowed_cidrs: (!args.allow_cidr.is_empty()).then_some(args.allow_cidr),
         verdict_cache: args.verdict_cache == "on",
         verdict_cache_size: Some(args.verdict_cache_size),
+        capture: match (args.capture.as_str(), &args.capture_identity) {
+            ("iptables", identity) => CaptureMode::Iptables {
+                principal: identity
+                    .as_ref()
+                    .map(|(ns, sa)| Principal::new(&trust_domain, ns, sa)),
+            },
+            (_, Some(_)) => {
+                eprintln!("error: --capture-identity applies only to --capture iptables");
+                return ExitCode::from(2);
+            }
+            _ => CaptureMode::Ebpf,
+        },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(usize::from(workers));
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
@@ -314,6 +343,18 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// `NAMESPACE/SERVICE_ACCOUNT`.
+fn parse_identity(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
+            Ok((ns.to_owned(), sa.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?} is not NAMESPACE/SERVICE_ACCOUNT (e.g. default/sleep)"
+        )),
     }
 }
 

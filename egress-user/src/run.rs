@@ -22,7 +22,7 @@ use crate::{
     dns::DnsError,
     identity::CgroupIdentities,
     model::OriginSource,
-    proxy::{Waypoint, WaypointConfig},
+    proxy::{CaptureMode, Waypoint, WaypointConfig},
     reload::{Outbound, Reconciler},
     telemetry::{AccessLog, AdminState, serve_admin},
 };
@@ -59,6 +59,9 @@ pub struct RunOptions {
     pub verdict_cache: bool,
     /// Entries of the kernel verdict cache (LRU); `None` = the built-in size.
     pub verdict_cache_size: Option<u32>,
+    /// How connections reach the waypoint. With iptables capture no program is attached and
+    /// the kernel verdict cache and REGISTRY_ONLY have no effect.
+    pub capture: CaptureMode,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -163,10 +166,27 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let admin = bind("admin", opts.admin).await?;
     let access_log = open_access_log(&opts.access_log)?;
 
+    let ebpf = opts.capture == CaptureMode::Ebpf;
+    if !ebpf {
+        if opts.registry_only == Some(true) {
+            warn!(
+                "iptables capture: REGISTRY_ONLY needs the kernel programs, which are not \
+                 attached; only the REDIRECTed ServiceEntry addresses are controlled"
+            );
+        }
+        info!(
+            listen = %opts.listen,
+            "iptables capture: connections REDIRECTed to the listener are proxied by their \
+             SO_ORIGINAL_DST, every deny is decided by the waypoint (no kernel verdict cache); \
+             exempt this process (cgroup {}) from the REDIRECT rules",
+            waypoint_cgroup.display()
+        );
+    }
     let capture = Arc::new(Capture::install(
         &opts.cgroup,
         &opts.bpffs,
         opts.verdict_cache_size,
+        ebpf,
     )?);
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
 
@@ -189,13 +209,17 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let services = reconciler.services();
 
     let origins: Arc<dyn OriginSource> = capture.clone();
-    let waypoint = if opts.verdict_cache {
+    let waypoint_config = WaypointConfig {
+        capture: opts.capture.clone(),
+        ..WaypointConfig::default()
+    };
+    let waypoint = if opts.verdict_cache && ebpf {
         Waypoint::with_verdict_cache(
             services.clone(),
             origins,
             identities,
             access_log,
-            WaypointConfig::default(),
+            waypoint_config,
             capture.clone(),
         )
     } else {
@@ -204,7 +228,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             origins,
             identities,
             access_log,
-            WaypointConfig::default(),
+            waypoint_config,
         )
     };
     let ready = Arc::new(AtomicBool::new(false));

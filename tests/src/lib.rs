@@ -24,6 +24,7 @@
 mod dataplane;
 mod environment;
 mod http;
+pub mod iptables;
 mod process;
 mod tls;
 mod upstream;

@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
     ("bpftool", Some("bpftool")),
     ("curl", Some("curl")),
     ("iproute2", Some("ip")),
+    // The e2e test of `egress run --capture iptables` adds nat REDIRECT rules.
+    ("iptables", Some("iptables")),
     // For the libbpf cross-check test (libbpf-sys builds libbpf from source against libelf).
     ("libelf-dev", None),
     ("pkg-config", Some("pkg-config")),
@@ -27,7 +29,7 @@ const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
 
 pub fn install() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    debian_packages()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     rust_components()?;
     let sysroot = nightly()?;
     bpf_linker(&sysroot)?;
@@ -39,9 +41,11 @@ pub fn install() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let installed = dpkg_installed(DEBIAN_PACKAGES.iter().map(|(name, _)| *name));
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs with apt-get those of `packages` (name, command proving it is there) that are
+/// missing.
+pub fn debian_packages(packages: &[(&str, Option<&str>)]) -> anyhow::Result<()> {
+    let installed = dpkg_installed(packages.iter().map(|(name, _)| *name));
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(name, command)| {
             !installed.iter().any(|i| i == name) && !command.is_some_and(on_path)

@@ -42,10 +42,14 @@ impl Capture {
     /// Attaches the kernel programs to `cgroup`, with maps and links pinned under `pin_dir`.
     /// Maps pinned by an earlier run are reused (their contents survive a restart); links pinned
     /// by an earlier run are replaced.
+    ///
+    /// With `attach_programs` false the maps are loaded and pinned but no program is attached
+    /// (capture by iptables); links an earlier run pinned there are then an error, not replaced.
     pub fn install(
         cgroup_dir: &Path,
         pin_dir: &Path,
         verdict_cache_size: Option<u32>,
+        attach_programs: bool,
     ) -> Result<Self, BpfError> {
         cgroup::ensure_bpffs(pin_dir)?;
         let links_dir = pin_dir.join(LINKS_DIR);
@@ -71,6 +75,22 @@ impl Capture {
             pin_dir: pin_dir.to_owned(),
             source: Box::new(source),
         })?;
+
+        if !attach_programs {
+            let pinned = fs::read_dir(&links_dir)
+                .map(|entries| entries.flatten().next().is_some())
+                .unwrap_or(false);
+            if pinned {
+                return Err(BpfError::LinksPinned(pin_dir.to_owned()));
+            }
+            let maps = Maps::take(&mut ebpf)?;
+            info!(pins = %pin_dir.display(), "maps loaded; no program attached (iptables capture)");
+            return Ok(Self {
+                maps,
+                pin_dir: pin_dir.to_owned(),
+                cgroup: cgroup_dir.to_owned(),
+            });
+        }
 
         let cgroup_file = File::open(cgroup_dir).map_err(|source| BpfError::OpenCgroup {
             path: cgroup_dir.to_owned(),

@@ -73,6 +73,10 @@ pub enum BpfError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error(
+        "capture links of an earlier run are pinned under {0}: they would redirect connects to a waypoint that no longer expects them; run `egress uninstall --bpffs {0}` first"
+    )]
+    LinksPinned(PathBuf),
     #[error("removing pins under {path}")]
     Cleanup {
         path: PathBuf,

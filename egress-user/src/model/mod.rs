@@ -76,6 +76,9 @@ pub struct ServiceTable {
     /// Service id -> every service (itself included) claiming one of its addresses on its port,
     /// for the ids whose address is shared.
     siblings: std::collections::HashMap<u32, Vec<u32>>,
+    /// Where connections arriving without a kernel origin record (iptables capture) find their
+    /// service: the same (address, port) → service routes the kernel's LPM trie holds.
+    routes: Routes,
     /// AuthorizationPolicies of this generation.
     pub policies: Arc<PolicySet>,
     /// Bumped on every change of config or identity; the kernel verdict cache keys on it.
@@ -88,6 +91,7 @@ impl ServiceTable {
         debug_assert!(services.iter().enumerate().all(|(i, s)| s.id as usize == i));
         Self {
             tls: vec![None; services.len()],
+            routes: Routes::new(&services),
             services: services.into_iter().map(Arc::new).collect(),
             siblings: std::collections::HashMap::new(),
             policies: Arc::default(),
@@ -150,6 +154,13 @@ impl ServiceTable {
         self.tls.get(id as usize).and_then(Option::as_ref)
     }
 
+    /// The service a connection to `dst` is for, as the kernel's service map would answer:
+    /// the longest matching address or CIDR on that port, the first ServiceEntry claiming it
+    /// when several do. IPv4-mapped IPv6 destinations match as IPv4.
+    pub fn route(&self, dst: SocketAddr) -> Option<u32> {
+        self.routes.lookup(dst)
+    }
+
     pub fn get(&self, id: u32) -> Option<&Arc<Service>> {
         self.services.get(id as usize)
     }
@@ -164,6 +175,73 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+}
+
+/// (address, port) → service id, for userspace lookups of a destination.
+#[derive(Clone, Debug, Default)]
+struct Routes {
+    /// Single addresses (/32, /128): one hash lookup, whatever the number of ServiceEntries.
+    hosts: std::collections::HashMap<(IpAddr, u16), u32>,
+    /// Shorter prefixes, longest first.
+    nets: Vec<(IpNet, u16, u32)>,
+}
+
+impl Routes {
+    fn new(services: &[Service]) -> Self {
+        let mut routes = Self::default();
+        for service in services {
+            for net in &service.addresses {
+                let full = if net.addr.is_ipv4() { 32 } else { 128 };
+                if net.prefix_len >= full {
+                    routes
+                        .hosts
+                        .entry((net.addr, service.port))
+                        .or_insert(service.id);
+                } else if !routes
+                    .nets
+                    .iter()
+                    .any(|(n, port, _)| n == net && *port == service.port)
+                {
+                    routes.nets.push((*net, service.port, service.id));
+                }
+            }
+        }
+        // Stable: among equal prefixes the first claimant stays first.
+        routes
+            .nets
+            .sort_by_key(|(net, _, _)| std::cmp::Reverse(net.prefix_len));
+        routes
+    }
+
+    fn lookup(&self, dst: SocketAddr) -> Option<u32> {
+        let ip = match dst.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if let Some(id) = self.hosts.get(&(ip, dst.port())) {
+            return Some(*id);
+        }
+        self.nets
+            .iter()
+            .find(|(net, port, _)| *port == dst.port() && contains(net, ip))
+            .map(|(_, _, id)| *id)
+    }
+}
+
+fn contains(net: &IpNet, ip: IpAddr) -> bool {
+    fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
+        let (bytes, bits) = (usize::from(len / 8), len % 8);
+        a[..bytes] == b[..bytes]
+            && (bits == 0 || {
+                let mask = 0xffu8 << (8 - bits);
+                a[bytes] & mask == b[bytes] & mask
+            })
+    }
+    match (net.addr, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), net.prefix_len),
+        (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), net.prefix_len),
+        _ => false,
     }
 }
 
@@ -183,3 +261,72 @@ mod build;
 mod destination;
 pub use build::{Built, DnsAnswers, build, dns_hosts};
 pub use destination::{select_destination_rule, select_tls};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(id: u32, addresses: &[&str], port: u16) -> Service {
+        Service {
+            id,
+            namespace: "default".into(),
+            name: format!("se-{id}"),
+            hosts: vec![format!("host-{id}.test")],
+            addresses: addresses
+                .iter()
+                .map(|a| {
+                    let (addr, len) = a.split_once('/').unwrap_or((a, ""));
+                    let addr: IpAddr = addr.parse().unwrap();
+                    let full = if addr.is_ipv4() { 32 } else { 128 };
+                    IpNet {
+                        addr,
+                        prefix_len: len.parse().unwrap_or(full),
+                    }
+                })
+                .collect(),
+            port,
+            port_name: "http".into(),
+            protocol: Protocol::Http,
+            upstream_port: port,
+            upstream: Upstream::OriginalDst,
+        }
+    }
+
+    fn dst(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn routes_answer_as_the_kernel_service_map() {
+        let table = ServiceTable::new(vec![
+            service(0, &["10.0.0.0/8"], 80),
+            service(1, &["10.1.0.0/16", "192.0.2.7"], 80),
+            service(2, &["192.0.2.7"], 80),
+            service(3, &["192.0.2.7"], 443),
+            service(4, &["2001:db8::1"], 80),
+        ]);
+        // Longest prefix wins; the port must match.
+        assert_eq!(table.route(dst("10.1.2.3:80")), Some(1));
+        assert_eq!(table.route(dst("10.2.2.3:80")), Some(0));
+        assert_eq!(table.route(dst("10.2.2.3:81")), None);
+        // The first ServiceEntry claiming a shared address owns its route, as in the kernel.
+        assert_eq!(table.route(dst("192.0.2.7:80")), Some(1));
+        assert_eq!(table.route(dst("192.0.2.7:443")), Some(3));
+        assert_eq!(table.route(dst("192.0.2.8:80")), None);
+        // IPv6, and v4-mapped destinations as IPv4.
+        assert_eq!(table.route(dst("[2001:db8::1]:80")), Some(4));
+        assert_eq!(table.route(dst("[::ffff:10.1.0.1]:80")), Some(1));
+    }
+
+    #[test]
+    fn prefix_matching_respects_partial_bytes() {
+        let net = |s: &str, len| IpNet {
+            addr: s.parse().unwrap(),
+            prefix_len: len,
+        };
+        assert!(contains(&net("10.0.0.0", 9), "10.127.255.255".parse().unwrap()));
+        assert!(!contains(&net("10.0.0.0", 9), "10.128.0.0".parse().unwrap()));
+        assert!(contains(&net("0.0.0.0", 0), "203.0.113.9".parse().unwrap()));
+        assert!(!contains(&net("10.0.0.0", 8), "2001:db8::1".parse().unwrap()));
+    }
+}

@@ -57,6 +57,23 @@ pub struct WaypointConfig {
     pub max_connections: usize,
     /// Time allowed to connect to an upstream endpoint.
     pub upstream_connect_timeout: Duration,
+    /// How connections reach the waypoint, and so where their destination and identity come
+    /// from.
+    pub capture: CaptureMode,
+}
+
+/// How connections reach the waypoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// The kernel programs redirect them and record, per connection, the destination the
+    /// application dialled and the cgroup that dialled it (kernel-attested identity).
+    #[default]
+    Ebpf,
+    /// iptables `REDIRECT` (nat OUTPUT) sends them: the destination comes from
+    /// `SO_ORIGINAL_DST`, and every connection is `principal`'s (the sidecar model: one
+    /// identity per proxy; nothing in the kernel says which process connected). `None`: callers
+    /// without identity.
+    Iptables { principal: Option<Principal> },
 }
 
 impl Default for WaypointConfig {
@@ -67,6 +84,7 @@ impl Default for WaypointConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             upstream_connect_timeout: Duration::from_secs(5),
+            capture: CaptureMode::Ebpf,
         }
     }
 }
@@ -314,14 +332,27 @@ impl Waypoint {
     }
 
     async fn proxy(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let Some(origin) = self.origins.origin(peer) else {
-            // A direct connection to the listener. Proxying it would hand any local process a
-            // path to the services without the identity and destination the kernel attests.
-            warn!("no origin recorded (not redirected by the kernel); closing");
-            return;
-        };
         // One generation for the service and, on TCP ports, the policies that authorize it.
         let table = self.services.load_full();
+        let (origin, principal) = match &self.config.capture {
+            CaptureMode::Ebpf => {
+                let Some(origin) = self.origins.origin(peer) else {
+                    // A direct connection to the listener. Proxying it would hand any local
+                    // process a path to the services without the identity and destination the
+                    // kernel attests.
+                    warn!("no origin recorded (not redirected by the kernel); closing");
+                    return;
+                };
+                let principal = self.identities.principal(origin.cgroup_id);
+                (origin, principal)
+            }
+            CaptureMode::Iptables { principal } => {
+                let Some(origin) = original_dst_origin(&stream, &table) else {
+                    return;
+                };
+                (origin, principal.clone())
+            }
+        };
         let Some(service) = table.get(origin.service_id).cloned() else {
             let service_id = origin.service_id;
             warn!(
@@ -330,7 +361,6 @@ impl Waypoint {
             );
             return;
         };
-        let principal = self.identities.principal(origin.cgroup_id);
         let span = tracing::Span::current();
         let name = format!("{}/{}", service.namespace, service.name);
         span.record("service", name.as_str());
@@ -367,4 +397,60 @@ impl Waypoint {
         }
         Metrics::global().add(TCP_CLOSED_TOTAL, &inbound.tcp_labels(), 1);
     }
+}
+
+/// The origin of a connection that iptables `REDIRECT` sent here: where it was headed
+/// (`SO_ORIGINAL_DST`) and the ServiceEntry route for that. `None` (logged) when the connection
+/// was not redirected (its original destination is the listener itself) or is headed for no
+/// ServiceEntry: such a connection is closed, never proxied.
+fn original_dst_origin(stream: &TcpStream, table: &ServiceTable) -> Option<Origin> {
+    let dst = match original_dst(stream) {
+        Ok(dst) => dst,
+        Err(error) => {
+            warn!(%error, "SO_ORIGINAL_DST failed (not redirected by iptables?); closing");
+            return None;
+        }
+    };
+    if stream
+        .local_addr()
+        .is_ok_and(|local| local == SocketAddr::V4(dst))
+    {
+        warn!("a direct connection to the listener (not redirected); closing");
+        return None;
+    }
+    let Some(service_id) = table.route(SocketAddr::V4(dst)) else {
+        warn!(original_dst = %dst, "redirected to the waypoint but no ServiceEntry has this address and port; closing");
+        return None;
+    };
+    Some(Origin {
+        service_id,
+        dst_addr: dst.ip().octets(),
+        dst_port: dst.port(),
+        family: egress_common::FAMILY_INET,
+        ..Origin::default()
+    })
+}
+
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`: the destination before netfilter's NAT rewrote it.
+fn original_dst(stream: &TcpStream) -> io::Result<std::net::SocketAddrV4> {
+    use std::os::fd::AsRawFd as _;
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` is a writable sockaddr_in of `len` bytes; the fd is open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&raw mut addr).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ))
 }
