@@ -13,10 +13,18 @@ pub const PROG_GETPEERNAME4: &str = "eg_getpeername4";
 /// cgroup/getpeername6: same for v4-mapped IPv6 sockets.
 pub const PROG_GETPEERNAME6: &str = "eg_getpeername6";
 
+/// cgroup/sendmsg4: unconnected UDP gets the connect4 decision (REGISTRY_ONLY, no datagram to
+/// a ServiceEntry port).
+pub const PROG_SENDMSG4: &str = "eg_sendmsg4";
+/// cgroup/sendmsg6: same for IPv6 sockets (v4-mapped destinations as sendmsg4).
+pub const PROG_SENDMSG6: &str = "eg_sendmsg6";
+
 /// Every program, in attach order.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 7] = [
     PROG_CONNECT4,
     PROG_CONNECT6,
+    PROG_SENDMSG4,
+    PROG_SENDMSG6,
     PROG_SOCKOPS,
     PROG_GETPEERNAME4,
     PROG_GETPEERNAME6,

@@ -5,17 +5,20 @@
 pub const REDIRECTED4: u32 = 0;
 /// connect6 rewrote a v4-mapped (`::ffff:a.b.c.d`) ServiceEntry destination to the waypoint.
 pub const REDIRECTED6_MAPPED: u32 = 1;
-/// A connect to a destination that is no ServiceEntry address went through untouched.
+/// A connect, or an unconnected UDP send, to a destination that is no ServiceEntry address went
+/// through untouched.
 pub const PASSED: u32 = 2;
-/// A connect from the waypoint's own cgroup went through untouched.
+/// A connect (or UDP send) from the waypoint's own cgroup went through untouched.
 pub const EXEMPT_WAYPOINT: u32 = 3;
 /// A connect to an IPv6 ServiceEntry address was refused (IPv6 upstreams are not supported yet).
 pub const REFUSED_IPV6: u32 = 4;
-/// A connect to a ServiceEntry address was refused because no waypoint is configured.
+/// A connect (or UDP send) to a ServiceEntry address was refused because no waypoint is
+/// configured.
 pub const REFUSED_NO_WAYPOINT: u32 = 5;
 /// A connect to a ServiceEntry address was refused because its origin could not be recorded.
 pub const REFUSED_ORIGIN_FULL: u32 = 6;
-/// A UDP connect to a ServiceEntry address and port was refused (the waypoint proxies TCP only).
+/// A UDP connect or send to a ServiceEntry address and port was refused (the waypoint proxies
+/// TCP only).
 pub const REFUSED_UDP: u32 = 7;
 /// sockops recorded an established redirected connection for the waypoint's accept.
 pub const PEER_RECORDED: u32 = 8;
@@ -27,7 +30,8 @@ pub const REFUSED_VERDICT: u32 = 10;
 /// A cached verdict of an older policy generation was found, ignored and removed.
 pub const VERDICT_STALE: u32 = 11;
 
-/// REGISTRY_ONLY: a connect to a destination that is no ServiceEntry address was refused.
+/// REGISTRY_ONLY: a connect, or an unconnected UDP send (sendmsg4/6), to a destination that is
+/// no ServiceEntry address was refused.
 pub const REFUSED_REGISTRY_ONLY: u32 = 12;
 
 /// Size of the stats array.

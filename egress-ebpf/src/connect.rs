@@ -34,12 +34,12 @@ pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// Port from a `user_port` field: a network-order u16 in the low half of a u32.
 #[inline(always)]
-fn port_bytes(user_port: u32) -> [u8; 2] {
+pub fn port_bytes(user_port: u32) -> [u8; 2] {
     (user_port as u16).to_ne_bytes()
 }
 
 #[inline(always)]
-fn lookup4(addr: [u8; 4], port: [u8; 2]) -> Option<ServiceValue> {
+pub fn lookup4(addr: [u8; 4], port: [u8; 2]) -> Option<ServiceValue> {
     let key = Key::new(
         SERVICE_KEY_PORT_BITS + 32,
         ServiceKey4 {
@@ -98,7 +98,7 @@ fn cached_deny(config: &Config, identity_id: u64, service_id: u32, port: u16) ->
 /// A destination that is no ServiceEntry address: untouched, unless REGISTRY_ONLY refuses it
 /// (the waypoint's own connects and the allowed CIDRs excepted).
 #[inline(always)]
-fn not_a_service4(addr: [u8; 4]) -> Result<Action, ()> {
+pub fn not_a_service4(addr: [u8; 4]) -> Result<Action, ()> {
     if let Some(config) = config()
         && config.flags & CONFIG_F_REGISTRY_ONLY != 0
     {
@@ -117,7 +117,7 @@ fn not_a_service4(addr: [u8; 4]) -> Result<Action, ()> {
 }
 
 /// What to do with a connect to an IPv4 destination (plain or v4-mapped).
-enum Action {
+pub enum Action {
     Untouched,
     Redirect { addr: [u8; 4], port: u16 },
 }
@@ -230,6 +230,23 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<(), ()> {
         }
         return Ok(());
     }
+    if lookup6(ip6, port).is_none() {
+        return not_a_service6(ip6);
+    }
+    // SAFETY: as above.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if config().is_some_and(|c| c.waypoint_cgroup_id == cgroup_id) {
+        count(stats::EXEMPT_WAYPOINT);
+        return Ok(());
+    }
+    // IPv6 upstreams are not proxied yet: refusing is the only answer that is not a bypass.
+    count(stats::REFUSED_IPV6);
+    Err(())
+}
+
+/// The ServiceEntry at an IPv6 address (words as in `user_ip6`) and port, if any.
+#[inline(always)]
+pub fn lookup6(ip6: [u32; 4], port: [u8; 2]) -> Option<ServiceValue> {
     let mut addr = [0u8; 16];
     let mut i = 0;
     while i < 4 {
@@ -248,31 +265,26 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<(), ()> {
             addr,
         },
     );
-    if EG_SERVICES6_V1.get(&key).is_none() {
-        // REGISTRY_ONLY: IPv6 has no allow list yet; only ::1 stays reachable.
-        let loopback =
-            ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == u32::from_ne_bytes([0, 0, 0, 1]);
-        if !loopback
-            && let Some(config) = config()
-            && config.flags & CONFIG_F_REGISTRY_ONLY != 0
-        {
-            // SAFETY: helper without preconditions.
-            let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-            if cgroup_id != config.waypoint_cgroup_id {
-                count(stats::REFUSED_REGISTRY_ONLY);
-                return Err(());
-            }
+    EG_SERVICES6_V1.get(&key).copied()
+}
+
+/// An IPv6 destination that is no ServiceEntry address: untouched, unless REGISTRY_ONLY
+/// refuses it. IPv6 has no allow list yet; only `::1` stays reachable.
+#[inline(always)]
+pub fn not_a_service6(ip6: [u32; 4]) -> Result<(), ()> {
+    let loopback =
+        ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == u32::from_ne_bytes([0, 0, 0, 1]);
+    if !loopback
+        && let Some(config) = config()
+        && config.flags & CONFIG_F_REGISTRY_ONLY != 0
+    {
+        // SAFETY: helper without preconditions.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        if cgroup_id != config.waypoint_cgroup_id {
+            count(stats::REFUSED_REGISTRY_ONLY);
+            return Err(());
         }
-        count(stats::PASSED);
-        return Ok(());
     }
-    // SAFETY: as above.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if config().is_some_and(|c| c.waypoint_cgroup_id == cgroup_id) {
-        count(stats::EXEMPT_WAYPOINT);
-        return Ok(());
-    }
-    // IPv6 upstreams are not proxied yet: refusing is the only answer that is not a bypass.
-    count(stats::REFUSED_IPV6);
-    Err(())
+    count(stats::PASSED);
+    Ok(())
 }

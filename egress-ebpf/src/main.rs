@@ -11,6 +11,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod peername;
 #[cfg(target_arch = "bpf")]
+mod sendmsg;
+#[cfg(target_arch = "bpf")]
 mod sockops;
 
 #[cfg(target_arch = "bpf")]
@@ -20,7 +22,7 @@ mod entries {
         programs::{SockAddrContext, SockOpsContext},
     };
 
-    use crate::{connect, peername, sockops};
+    use crate::{connect, peername, sendmsg, sockops};
 
     /// Allow the operation to proceed (possibly with a rewritten address).
     const PROCEED: i32 = 1;
@@ -42,6 +44,16 @@ mod entries {
     #[cgroup_sock_addr(connect6)]
     pub fn eg_connect6(ctx: SockAddrContext) -> i32 {
         verdict(connect::connect6(&ctx))
+    }
+
+    #[cgroup_sock_addr(sendmsg4)]
+    pub fn eg_sendmsg4(ctx: SockAddrContext) -> i32 {
+        verdict(sendmsg::sendmsg4(&ctx))
+    }
+
+    #[cgroup_sock_addr(sendmsg6)]
+    pub fn eg_sendmsg6(ctx: SockAddrContext) -> i32 {
+        verdict(sendmsg::sendmsg6(&ctx))
     }
 
     #[sock_ops]

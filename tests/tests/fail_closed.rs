@@ -50,6 +50,8 @@ fn killed_waypoint_fails_closed_and_a_restart_recovers() {
     for program in [
         "eg_connect4",
         "eg_connect6",
+        "eg_sendmsg4",
+        "eg_sendmsg6",
         "eg_sockops",
         "eg_getpeername4",
         "eg_getpeername6",
