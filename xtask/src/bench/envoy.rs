@@ -1072,5 +1072,15 @@ http {{
         assert_eq!(envoy.stat("bench_tcp.rbac.denied").unwrap(), 21);
         // tcp_proxy never dialled the upstream.
         assert_eq!(envoy.stat("cluster.upstream.upstream_cx_total").unwrap(), 0);
+        drop(envoy);
+        let log = fs::read_to_string(tmp.0.join("access.log")).expect("access log");
+        // One line per connection, with the deny and the original destination.
+        assert_eq!(log.lines().count(), 21, "{log}");
+        assert!(
+            log.lines().all(|line| line.contains(
+                "rbac_access_denied_matched_policy[ns[default]-policy[bench-deny]-rule[0]]"
+            ) && line.contains(" 127.89.0.4:80 ")),
+            "{log}"
+        );
     }
 }
