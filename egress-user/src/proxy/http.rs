@@ -7,7 +7,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -21,15 +21,21 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
 };
 use rustls::pki_types::ServerName;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::{Instant, timeout},
+};
 use tracing::{debug, info};
 
 use super::{
     Inbound, Waypoint, authz,
     body::{Activity, BodyEnd, Metered},
+    framing::{Framed, FramingSignal, Violation},
     reply::{
         CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM, NO_SERVER_NAME,
-        PATH_NORMALIZATION_FAILED, STREAM_IDLE_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
+        PATH_NORMALIZATION_FAILED, REQUEST_HEADER_TIMEOUT, STREAM_IDLE_TIMEOUT,
+        UPSTREAM_RESPONSE_TIMEOUT,
     },
     upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
 };
@@ -52,32 +58,77 @@ const MIN_BUF_SIZE: usize = 8192;
 pub(super) type ResponseBody = Either<Metered<Incoming>, Full<Bytes>>;
 
 pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: Arc<Inbound>) {
+    let config = &waypoint.config;
+    // hyper reads the client only through the framing check (see `framing`).
+    let mut framed = Framed::new(stream, config.max_header_bytes);
+    let framing = framed.signal();
     let service = {
         let waypoint = waypoint.clone();
         let inbound = inbound.clone();
+        let framing = framing.clone();
         service_fn(move |req| {
             let waypoint = waypoint.clone();
             let inbound = inbound.clone();
-            async move { Ok::<_, Infallible>(forward(&waypoint, inbound, req).await) }
+            let framing = framing.clone();
+            async move { Ok::<_, Infallible>(forward(&waypoint, inbound, &framing, req).await) }
         })
     };
-    let config = &waypoint.config;
-    let served = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(config.header_read_timeout)
-        .max_header_size(config.max_header_bytes)
-        // Room past the header limit, so that a head slightly over it is read whole and answered
-        // 431 rather than cut off mid-read (which resets the connection before the answer).
-        .max_buf_size(config.max_header_bytes.saturating_add(MIN_BUF_SIZE))
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-    let Err(source) = served else {
-        debug!("connection closed");
-        return;
+    let served = {
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(config.header_read_timeout)
+            .max_header_size(config.max_header_bytes)
+            // Room past the header limit, so that a head slightly over it is read whole and
+            // answered 431 rather than cut off mid-read (which resets the connection before the
+            // answer).
+            .max_buf_size(config.max_header_bytes.saturating_add(MIN_BUF_SIZE))
+            .serve_connection(TokioIo::new(&mut framed), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            served = connection.as_mut() => served,
+            () = framing.refused() => {
+                // A request was refused before hyper saw it: hyper answers the ones before it,
+                // then stops, and the refusal is answered below.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
     };
-    // hyper answered these itself (431 or 400) before any request reached us: log them as
-    // Envoy logs a downstream protocol error.
+    let linger = config.header_read_timeout;
+    if let Some(rejection) = framed.rejection() {
+        let Violation { status, details } = rejection.violation;
+        let reply = LocalReply::protocol_error(status, details);
+        if rejection.head_sent {
+            // Its handler saw the body fail and logged it; hyper stopped before answering.
+            if framed.unanswered_since_head() {
+                answer(&mut framed, &reply, linger).await;
+            }
+        } else {
+            info!(%status, details, "refused a request for its framing; not forwarded");
+            let sent = served.is_ok() && answer(&mut framed, &reply, linger).await;
+            log_refusal(&waypoint, &inbound, &reply, sent);
+        }
+        close(framed.get_mut()).await;
+        return;
+    }
+    let source = match served {
+        Ok(()) => {
+            debug!("connection closed");
+            return;
+        }
+        Err(source) => source,
+    };
+    if source.is_timeout() && framed.partial_head() {
+        info!("no complete request head within the header read timeout; answering 408");
+        let sent = answer(&mut framed, &REQUEST_HEADER_TIMEOUT, linger).await;
+        log_refusal(&waypoint, &inbound, &REQUEST_HEADER_TIMEOUT, sent);
+        close(framed.get_mut()).await;
+        return;
+    }
+    // hyper answered these itself (431 or 400) before any request reached us: the framing
+    // check lets through nothing hyper refuses, so this is a backstop. Logged as Envoy logs a
+    // downstream protocol error.
     let (code, details) = if source.is_parse_too_large() {
         (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -87,26 +138,69 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
         (StatusCode::BAD_REQUEST, "http1.codec_error")
     } else {
         if source.is_timeout() {
-            debug!("no complete request head within the header read timeout; closed");
+            debug!("no request within the header read timeout; closed");
         } else {
             debug!(error = %source, "connection ended");
         }
         return;
     };
     info!(error = %source, %code, "rejected a malformed request");
+    log_refusal(
+        &waypoint,
+        &inbound,
+        &LocalReply::protocol_error(code, details),
+        false,
+    );
+}
+
+/// Writes one of the waypoint's answers after hyper has stopped. `false` when the client did
+/// not take it within `limit`.
+async fn answer(framed: &mut Framed<TcpStream>, reply: &LocalReply, limit: Duration) -> bool {
+    let bytes = reply.to_http1();
+    let write = async {
+        framed.write_all(&bytes).await?;
+        framed.flush().await
+    };
+    matches!(timeout(limit, write).await, Ok(Ok(())))
+}
+
+/// Ends a connection the waypoint refused: our side first, then whatever the client still
+/// sends is read and dropped for a moment, so that closing does not reset the connection
+/// (which could discard the answer before the client reads it). Envoy's delayed close.
+async fn close(stream: &mut TcpStream) {
+    const LINGER: Duration = Duration::from_secs(1);
+    const LINGER_BYTES: usize = 1 << 20;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let _ = timeout(LINGER, async {
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// The access-log line (and request metrics) of a request refused before it had a handler.
+/// Envoy logs these `"- - -"`: no request was accepted.
+fn log_refusal(waypoint: &Waypoint, inbound: &Inbound, reply: &LocalReply, sent: bool) {
     let mut entry = inbound.entry(SystemTime::now());
-    entry.response_code = code.as_u16();
-    entry.response_flags = Some("DPE".into());
-    entry.response_code_details = Some(details.into());
+    entry.response_code = reply.status.as_u16();
+    entry.response_flags = reply.flag.map(str::to_owned);
+    entry.response_code_details = Some(reply.details.to_string());
+    entry.bytes_sent = if sent { reply.body.len() as u64 } else { 0 };
     waypoint.access_log.log(&entry);
     Metrics::global().record_request(
         &inbound.request_labels(&inbound.service),
         &RequestOutcome {
-            code: code.as_u16(),
-            flags: "DPE",
-            duration: std::time::Duration::ZERO,
+            code: entry.response_code,
+            flags: reply.flag.unwrap_or("-"),
+            duration: Duration::ZERO,
             request_bytes: 0,
-            response_bytes: 0,
+            response_bytes: entry.bytes_sent,
         },
     );
 }
@@ -116,6 +210,7 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
 async fn forward(
     waypoint: &Waypoint,
     inbound: Arc<Inbound>,
+    framing: &FramingSignal,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let mut exchange = Exchange::start(waypoint.access_log.clone(), inbound, &req);
@@ -259,9 +354,11 @@ async fn forward(
             info!(?idle, "no upstream response headers; answering 504");
             exchange.local(UPSTREAM_RESPONSE_TIMEOUT)
         }
-        (Some(Err(_)), Some(BodyEnd::Failed)) => {
-            exchange.local(LocalReply::bad_request("downstream_request_body_error"))
-        }
+        (Some(Err(_)), Some(BodyEnd::Failed)) => exchange.local(match framing.violation() {
+            // The framing check cut the body (a bad chunk after the head had gone upstream).
+            Some(Violation { status, details }) => LocalReply::protocol_error(status, details),
+            None => LocalReply::bad_request("downstream_request_body_error"),
+        }),
         (Some(Err(error)), _) => {
             let failure = UpstreamFailure::from_client(&error);
             info!(%upstream_addr, error = ?error, flag = failure.flag, "upstream request failed");

@@ -5,6 +5,7 @@
 //! redirect is closed, never proxied) → service → principal → [`http`] or [`splice`].
 mod authz;
 mod body;
+mod framing;
 mod http;
 mod reply;
 mod splice;

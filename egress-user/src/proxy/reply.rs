@@ -34,6 +34,39 @@ impl LocalReply {
         }
     }
 
+    /// A request refused for its framing before it reached our handler (Envoy's codec errors):
+    /// `DPE`, the status's reason phrase as the body, the connection closed.
+    pub(super) fn protocol_error(status: StatusCode, details: &'static str) -> Self {
+        Self::fixed(
+            status,
+            match status.canonical_reason() {
+                Some(reason) => reason,
+                None => "Bad Request",
+            },
+            Some("DPE"),
+            details,
+            true,
+        )
+    }
+
+    /// The answer as HTTP/1.1 bytes, for the waypoint to write itself once hyper has stopped
+    /// (its head says `via` and `connection: close`, as [`Exchange::local`] would).
+    ///
+    /// [`Exchange::local`]: super::http
+    pub(super) fn to_http1(&self) -> Vec<u8> {
+        let reason = self.status.canonical_reason().unwrap_or("");
+        let mut bytes = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+             connection: close\r\nvia: {}\r\n\r\n",
+            self.status.as_u16(),
+            self.body.len(),
+            super::http::VIA,
+        )
+        .into_bytes();
+        bytes.extend_from_slice(self.body.as_bytes());
+        bytes
+    }
+
     /// A downstream protocol error (`DPE`), answered 400.
     pub(super) fn bad_request(details: impl Into<Cow<'static, str>>) -> Self {
         Self {
@@ -95,6 +128,15 @@ pub(super) const STREAM_IDLE_TIMEOUT: LocalReply = LocalReply::fixed(
     "stream timeout",
     Some("SI"),
     "stream_idle_timeout",
+    true,
+);
+/// A request head started and did not end within the header read timeout (Envoy's
+/// `request_headers_timeout`: 408, no flag).
+pub(super) const REQUEST_HEADER_TIMEOUT: LocalReply = LocalReply::fixed(
+    StatusCode::REQUEST_TIMEOUT,
+    "request header timeout",
+    None,
+    "request_header_timeout",
     true,
 );
 /// The request went out whole and no response headers came back in time.

@@ -1,6 +1,7 @@
 //! In-process tests of the waypoint: a real upstream, a real waypoint on 127.0.0.1, and a client
 //! whose socket address is registered as "redirected by the kernel" before it connects.
 mod authz;
+mod framing;
 mod http;
 mod splice;
 mod tls;
