@@ -284,7 +284,7 @@ impl Report {
             return;
         }
         md.push_str(
-            "### D/E/I/V: direct, egress (eBPF), egress (iptables), Envoy (iptables)\n\n\
+            "#### D/E/I/V: direct, egress (eBPF), egress (iptables), Envoy (iptables)\n\n\
              | figure | D | E | I | V | E÷D | E÷V | I÷D | I÷V |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
@@ -311,7 +311,7 @@ impl Report {
             return;
         }
         md.push_str(
-            "### TLS origination: the proxy speaks TLS to nginx (DestinationRule SIMPLE / Envoy \
+            "#### TLS origination: the proxy speaks TLS to nginx (DestinationRule SIMPLE / Envoy \
              UpstreamTlsContext)\n\n\
              | figure | E+TLS | V+TLS | E+TLS÷V+TLS | E+TLS÷D |\n|---|---:|---:|---:|---:|\n",
         );
@@ -333,7 +333,7 @@ impl Report {
             return;
         }
         md.push_str(
-            "### ServiceEntry scale sweep: connection-per-request req/s to the last of N \
+            "#### ServiceEntry scale sweep: connection-per-request req/s to the last of N \
              addresses\n\n\
              | addresses | E | I | E÷I | E start-up s | I start-up s (egress + iptables) |\n\
              |---:|---:|---:|---:|---:|---:|\n",
@@ -359,7 +359,7 @@ impl Report {
         }
         let _ = write!(
             md,
-            "### connect→deny: {} sequential connects per round to a denied destination\n\n\
+            "#### connect→deny: {} sequential connects per round to a denied destination\n\n\
              deny µs: K, `connect()` alone (EPERM); W and Envoy, from `connect()` until the \
              first `read()` sees the close. full µs: `socket()` to `close()`.\n\n\
              | scenario | deny p50 µs | deny p99 µs | full p50 µs | full p99 µs | p50 ÷ K | p99 ÷ K |\n\
@@ -480,7 +480,7 @@ impl Report {
                     .map(|(a, b)| a >= TARGET_DENY_SPEEDUP && b >= TARGET_DENY_SPEEDUP),
             ));
         }
-        md.push_str("### Targets (issue 5 and 6; shown, never enforced)\n\n| target | measured | |\n|---|---:|---|\n");
+        md.push_str("#### Targets (issue 5 and 6; shown, never enforced)\n\n| target | measured | |\n|---|---:|---|\n");
         for (target, measured, met) in rows {
             let verdict = match met {
                 Some(true) => "met",

@@ -53,7 +53,7 @@ pub fn ensure(ws: &Workspace, with_oha: bool) -> anyhow::Result<Tools> {
         "nginx": version(&nginx, &["-v"]),
         "wrk": version(&wrk, &["-v"]),
         "oha": version(&oha, &["--version"]),
-        "envoy": version(&envoy, &["--version"]),
+        "envoy": super::envoy::envoy_version(&envoy).unwrap_or_else(|e| format!("? ({e:#})")),
         "iptables": version(Path::new("iptables"), &["--version"]),
         "rustc": version(Path::new("rustc"), &["--version"]),
         "egress_commit": version(Path::new("git"), &["-C", &ws.root.to_string_lossy(), "describe", "--always", "--dirty"]),
