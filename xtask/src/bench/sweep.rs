@@ -1,7 +1,7 @@
 //! The ServiceEntry scale sweep: E (kernel LPM-trie lookup per connect) against I (one iptables
 //! REDIRECT rule per address, walked in order, as kube-proxy's iptables mode does) with 1, 100,
-//! 1000 and 10000 addresses in one ServiceEntry; connection-per-request rate to the last address,
-//! the one iptables reaches last.
+//! 1000 and 10000 addresses (in ServiceEntries of 250); connection-per-request rate to the last
+//! address, the one iptables reaches last.
 use std::{net::Ipv4Addr, time::Instant};
 
 use serde_json::json;
@@ -18,7 +18,12 @@ use super::{
 use crate::cmd::step;
 
 const SE_NAME: &str = "bench-sweep";
-const HOST: &str = "sweep.bench.test";
+/// Host of ServiceEntry i: `sweep-<i>.bench.test`.
+fn host(i: usize) -> String {
+    format!("sweep-{i}.bench.test")
+}
+/// Addresses per ServiceEntry: those of one 127.90.x.0/24.
+const ADDRESSES_PER_SE: usize = 250;
 
 pub fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let plan = &env.plan;
@@ -99,7 +104,7 @@ fn measure(
     };
     let target = Target {
         url: format!("http://{last}/get"),
-        host: HOST.to_owned(),
+        host: host((n - 1) / ADDRESSES_PER_SE),
     };
     let log = |figure: &str| load::log_path(env, &format!("{name}-{figure}"));
     load::wrk(env, &client, &target, 16, false, 1, &log("warmup")?)?.check("warm-up")?;
@@ -127,26 +132,34 @@ fn addresses(n: usize) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// One ServiceEntry with all the addresses, endpoint nginx, and the seed policy on it.
+/// The addresses in ServiceEntries of at most [`ADDRESSES_PER_SE`] (egress's per-entry limit
+/// is 256), one per `127.90.x.0/24`, endpoint nginx, each with the seed policy.
 fn config(nginx: &Nginx, addresses: &[Ipv4Addr]) -> String {
-    let list: Vec<String> = addresses.iter().map(Ipv4Addr::to_string).collect();
-    format!(
-        "apiVersion: networking.istio.io/v1
+    let mut yaml = String::new();
+    for (i, chunk) in addresses.chunks(ADDRESSES_PER_SE).enumerate() {
+        let list: Vec<String> = chunk.iter().map(Ipv4Addr::to_string).collect();
+        let name = format!("{SE_NAME}-{i}");
+        yaml.push_str(&format!(
+            "---
+apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: {SE_NAME}, namespace: {NAMESPACE}}}
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
 spec:
-  hosts: [{HOST}]
+  hosts: [{}]
   addresses: [{}]
   ports: [{{number: 80, name: http, protocol: HTTP}}]
   location: MESH_EXTERNAL
   resolution: STATIC
   endpoints: [{{address: {}, ports: {{http: {}}}}}]
 {}",
-        list.join(", "),
-        nginx.plain.ip(),
-        nginx.plain.port(),
-        seed_policy(SE_NAME)
-    )
+            host(i),
+            list.join(", "),
+            nginx.plain.ip(),
+            nginx.plain.port(),
+            seed_policy(&name)
+        ));
+    }
+    yaml
 }
 
 #[cfg(test)]
