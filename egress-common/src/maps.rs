@@ -112,6 +112,28 @@ pub const CONFIG_F_READY: u16 = 1;
 /// a destination that is no ServiceEntry address is refused unless an allowed CIDR covers it.
 pub const CONFIG_F_REGISTRY_ONLY: u16 = 2;
 
+/// Messages between a captured application and the waypoint skip the TCP/IP stack: sockops
+/// puts both ends of an HTTP connection into the sockhash, and sk_msg hands each message straight
+/// to the peer socket (`--sockmap on`).
+pub const CONFIG_F_SOCKMAP: u16 = 4;
+
+/// Capacity of the sockhash (two entries per accelerated connection).
+pub const SOCKS_MAX: u32 = 65_536;
+
+/// A socket in the sockhash, by its own end and its peer's, as sock_ops and sk_msg see them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// Local IPv4 address, network byte order.
+    pub local_ip4: u32,
+    /// Remote IPv4 address, network byte order.
+    pub remote_ip4: u32,
+    /// Local port, host byte order.
+    pub local_port: u32,
+    /// Remote port, host byte order.
+    pub remote_port: u32,
+}
+
 /// Capacity of the REGISTRY_ONLY allow list.
 pub const ALLOWED_MAX: u32 = 1_024;
 
@@ -185,6 +207,7 @@ mod pod {
     unsafe impl aya::Pod for super::AllowKey4 {}
     unsafe impl aya::Pod for super::VerdictKey {}
     unsafe impl aya::Pod for super::VerdictValue {}
+    unsafe impl aya::Pod for super::SockKey {}
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub const PROG_GETPEERNAME6: &str = "eg_getpeername6";
 pub const PROG_SENDMSG4: &str = "eg_sendmsg4";
 /// cgroup/sendmsg6: same for IPv6 sockets (v4-mapped destinations as sendmsg4).
 pub const PROG_SENDMSG6: &str = "eg_sendmsg6";
+/// sk_msg on the sockhash: redirects a message to the peer socket's ingress queue. Attached to
+/// the (unpinned) map by the running waypoint, not to a cgroup, so not in [`PROGRAMS`].
+pub const PROG_SKMSG: &str = "eg_skmsg";
 
 /// Every program, in attach order.
 pub const PROGRAMS: [&str; 7] = [
@@ -50,6 +53,10 @@ pub const MAP_VERDICTS: &str = "EG_VERDICTS_V1";
 
 /// LPM trie: IPv4 CIDRs a REGISTRY_ONLY cgroup may still reach (DNS resolvers, loopback).
 pub const MAP_ALLOWED4: &str = "EG_ALLOWED4_V1";
+
+/// Sockhash of accelerated app↔waypoint sockets. Not pinned: each run makes its own, and its
+/// sk_msg program is detached when the run ends.
+pub const MAP_SOCKS: &str = "EG_SOCKS_V1";
 
 /// Every map, for pinning, status and cleanup.
 pub const MAPS: [&str; 9] = [

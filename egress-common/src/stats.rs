@@ -34,8 +34,13 @@ pub const VERDICT_STALE: u32 = 11;
 /// no ServiceEntry address was refused.
 pub const REFUSED_REGISTRY_ONLY: u32 = 12;
 
+/// sockops put a socket of an accelerated app↔waypoint connection into the sockhash.
+pub const SOCKMAP_INSERTED: u32 = 13;
+/// sk_msg handed a message straight to the peer socket (the TCP/IP stack was skipped).
+pub const SOCKMAP_REDIRECTED: u32 = 14;
+
 /// Size of the stats array.
-pub const COUNT: u32 = 13;
+pub const COUNT: u32 = 15;
 
 /// Counter names for output, indexed by reason (prometheus-friendly snake case).
 pub const NAMES: [&str; COUNT as usize] = [
@@ -52,4 +57,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "refused_verdict_cache",
     "verdict_stale",
     "refused_registry_only",
+    "sockmap_inserted",
+    "sockmap_redirected",
 ];

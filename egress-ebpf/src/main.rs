@@ -12,17 +12,18 @@ mod maps;
 mod peername;
 #[cfg(target_arch = "bpf")]
 mod sendmsg;
+mod sockmap;
 #[cfg(target_arch = "bpf")]
 mod sockops;
 
 #[cfg(target_arch = "bpf")]
 mod entries {
     use aya_ebpf::{
-        macros::{cgroup_sock_addr, sock_ops},
-        programs::{SockAddrContext, SockOpsContext},
+        macros::{cgroup_sock_addr, sk_msg, sock_ops},
+        programs::{SkMsgContext, SockAddrContext, SockOpsContext},
     };
 
-    use crate::{connect, peername, sendmsg, sockops};
+    use crate::{connect, peername, sendmsg, sockmap, sockops};
 
     /// Allow the operation to proceed (possibly with a rewritten address).
     const PROCEED: i32 = 1;
@@ -60,6 +61,13 @@ mod entries {
     pub fn eg_sockops(ctx: SockOpsContext) -> u32 {
         sockops::sockops(&ctx);
         // sock_ops programs return 1 for "handled"; the value does not affect the connection.
+        1
+    }
+
+    #[sk_msg]
+    pub fn eg_skmsg(ctx: SkMsgContext) -> u32 {
+        sockmap::redirect(&ctx);
+        // SK_PASS: redirected if the helper found the peer, else the normal path.
         1
     }
 

@@ -1,12 +1,13 @@
 //! Map definitions. All maps carry BTF (`#[btf_map]`) so `bpftool map dump` prints field names.
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
-    macros::btf_map,
+    macros::{btf_map, map},
+    maps::SockHash,
 };
 use egress_common::{
     ALLOWED_MAX, AllowKey4, Config, IDENTITIES_MAX, IdentityAnchor, ORIGINS_MAX, Origin, PeerKey,
-    SERVICES_MAX, ServiceKey4, ServiceKey6, ServiceValue, VERDICTS_MAX, VerdictKey, VerdictValue,
-    stats,
+    SERVICES_MAX, SOCKS_MAX, ServiceKey4, ServiceKey6, ServiceValue, SockKey, VERDICTS_MAX,
+    VerdictKey, VerdictValue, stats,
 };
 
 #[btf_map]
@@ -36,6 +37,10 @@ pub static EG_VERDICTS_V1: LruHashMap<VerdictKey, VerdictValue, { VERDICTS_MAX a
 
 #[btf_map]
 pub static EG_ALLOWED4_V1: LpmTrie<AllowKey4, u32, { ALLOWED_MAX as usize }> = LpmTrie::new();
+
+/// The kernel cannot attach BTF to a sockhash, so this one map is a legacy definition.
+#[map]
+pub static EG_SOCKS_V1: SockHash<SockKey> = SockHash::with_max_entries(SOCKS_MAX, 0);
 
 #[btf_map]
 pub static EG_STATS_V1: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();

@@ -2,17 +2,35 @@
 //! (ip, port) — the only thing the waypoint knows about the socket it accepts.
 //! ACTIVE_ESTABLISHED runs before the client's final ACK is sent, so the entry exists before
 //! the waypoint can accept the connection.
-use aya_ebpf::{EbpfContext as _, helpers::bpf_get_socket_cookie, programs::SockOpsContext};
-use egress_common::{PeerKey, stats};
+//!
+//! With `CONFIG_F_SOCKMAP`, both ends of an HTTP connection between a captured application and
+//! the waypoint also go into the sockhash (the application's at ACTIVE_ESTABLISHED, the
+//! waypoint's accepted socket at PASSIVE_ESTABLISHED), where sk_msg short-cuts their messages.
+use aya_ebpf::{
+    EbpfContext as _, bindings::bpf_sock_ops, helpers::bpf_get_socket_cookie,
+    maps::lpm_trie::Key, programs::SockOpsContext,
+};
+use egress_common::{
+    CONFIG_F_SOCKMAP, Origin, PeerKey, SERVICE_F_HTTP, SERVICE_KEY_PORT_BITS, ServiceKey4,
+    SockKey, stats,
+};
 
-use crate::maps::{EG_ORIGINS_V1, EG_PEERS_V1, count};
+use crate::maps::{EG_ORIGINS_V1, EG_PEERS_V1, EG_SERVICES4_V1, EG_SOCKS_V1, config, count};
 
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+/// `BPF_NOEXIST`: a socket already in the map keeps its entry.
+const BPF_NOEXIST: u64 = 1;
 
 pub fn sockops(ctx: &SockOpsContext) {
-    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        return;
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => active_established(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => passive_established(ctx),
+        _ => {}
     }
+}
+
+fn active_established(ctx: &SockOpsContext) {
     // SAFETY: the context is a valid bpf_sock_ops for this program type.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(origin) = EG_ORIGINS_V1.get_ptr(cookie) else {
@@ -29,4 +47,78 @@ pub fn sockops(ctx: &SockOpsContext) {
     if EG_PEERS_V1.insert(key, origin, 0).is_ok() {
         count(stats::PEER_RECORDED);
     }
+    if accelerated(&origin) {
+        insert_socket(ctx);
+    }
+}
+
+/// The waypoint's end of a connection an application opened: into the sockhash too, when the
+/// application's end is accelerated.
+fn passive_established(ctx: &SockOpsContext) {
+    let Some(config) = config() else {
+        return;
+    };
+    if config.flags & CONFIG_F_SOCKMAP == 0
+        || ctx.local_ip4().to_ne_bytes() != config.waypoint_addr
+        || ctx.local_port() != u32::from(config.waypoint_port)
+    {
+        return;
+    }
+    let client = PeerKey {
+        addr: ctx.remote_ip4().to_ne_bytes(),
+        port: remote_port(ctx.remote_port()),
+        _pad: 0,
+    };
+    let Some(origin) = EG_PEERS_V1.get_ptr(&client) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup; copied out at once.
+    let origin = unsafe { *origin };
+    if accelerated(&origin) {
+        insert_socket(ctx);
+    }
+}
+
+/// Only HTTP services: the waypoint reads them with read(2), which sees redirected messages;
+/// TCP services are spliced, and splice reads the TCP receive queue only.
+fn accelerated(origin: &Origin) -> bool {
+    let Some(config) = config() else {
+        return false;
+    };
+    if config.flags & CONFIG_F_SOCKMAP == 0 {
+        return false;
+    }
+    let key = Key::new(
+        SERVICE_KEY_PORT_BITS + 32,
+        ServiceKey4 {
+            port: origin.dst_port.to_be_bytes(),
+            _pad: [0; 2],
+            addr: origin.dst_addr,
+        },
+    );
+    EG_SERVICES4_V1
+        .get(&key)
+        .is_some_and(|service| service.flags & SERVICE_F_HTTP != 0)
+}
+
+fn insert_socket(ctx: &SockOpsContext) {
+    let mut key = SockKey {
+        local_ip4: ctx.local_ip4(),
+        remote_ip4: ctx.remote_ip4(),
+        local_port: ctx.local_port(),
+        remote_port: u32::from(remote_port(ctx.remote_port())),
+    };
+    // SAFETY: the context pointer is the program's bpf_sock_ops.
+    let ops = unsafe { &mut *(ctx.as_ptr() as *mut bpf_sock_ops) };
+    if EG_SOCKS_V1.update(&mut key, ops, BPF_NOEXIST).is_ok() {
+        count(stats::SOCKMAP_INSERTED);
+    }
+}
+
+/// sock_ops and sk_msg give the remote port in network byte order, in the upper half of the
+/// u32 on little-endian machines (the lower half on others): host order here.
+#[inline(always)]
+pub fn remote_port(raw: u32) -> u16 {
+    let network = if raw > 0xffff { raw >> 16 } else { raw };
+    u16::from_be(network as u16)
 }

@@ -132,6 +132,10 @@ struct RunArgs {
     /// Threads serving the waypoint (Envoy's --concurrency). Default: one per CPU.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
+    /// Hand messages between a captured application and the waypoint (HTTP ports) straight to
+    /// the peer socket with sk_msg, skipping the loopback TCP/IP stack.
+    #[arg(long, value_name = "on|off", default_value = "off", value_parser = ["on", "off"])]
+    sockmap: String,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -325,6 +329,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
             _ => CaptureMode::Ebpf,
         },
+        sockmap: args.sockmap == "on",
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {

@@ -62,6 +62,8 @@ pub struct RunOptions {
     /// How connections reach the waypoint. With iptables capture no program is attached and
     /// the kernel verdict cache and REGISTRY_ONLY have no effect.
     pub capture: CaptureMode,
+    /// Short-cut app↔waypoint HTTP messages past the TCP/IP stack (sockhash + sk_msg).
+    pub sockmap: bool,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -187,6 +189,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         &opts.bpffs,
         opts.verdict_cache_size,
         ebpf,
+        opts.sockmap && ebpf,
     )?);
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
 

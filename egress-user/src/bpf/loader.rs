@@ -8,10 +8,12 @@ use std::{
 };
 
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
+    maps::{MapData, SockHash},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps,
         links::{FdLink, PinnedLink},
+        sk_msg::SkMsgLink,
     },
 };
 use egress_common::names;
@@ -36,6 +38,9 @@ pub struct Capture {
     pub(super) maps: Maps,
     pin_dir: PathBuf,
     cgroup: PathBuf,
+    /// The sk_msg program's attachment to this run's sockhash: dropping it (at exit) detaches
+    /// it, and connections fall back to the TCP/IP stack.
+    _sockmap: Option<SkMsgLink>,
 }
 
 impl Capture {
@@ -50,6 +55,7 @@ impl Capture {
         pin_dir: &Path,
         verdict_cache_size: Option<u32>,
         attach_programs: bool,
+        sockmap: bool,
     ) -> Result<Self, BpfError> {
         cgroup::ensure_bpffs(pin_dir)?;
         let links_dir = pin_dir.join(LINKS_DIR);
@@ -89,6 +95,7 @@ impl Capture {
                 maps,
                 pin_dir: pin_dir.to_owned(),
                 cgroup: cgroup_dir.to_owned(),
+                _sockmap: None,
             });
         }
 
@@ -139,12 +146,19 @@ impl Capture {
             info!(replaced, "replaced links pinned by an earlier run");
         }
 
+        let sockmap = if sockmap {
+            Some(attach_sk_msg(&mut ebpf)?)
+        } else {
+            None
+        };
         let maps = Maps::take(&mut ebpf)?;
         info!(cgroup = %cgroup_dir.display(), pins = %pin_dir.display(), "capture attached");
+        maps.set_sockmap(sockmap.is_some())?;
         Ok(Self {
             maps,
             pin_dir: pin_dir.to_owned(),
             cgroup: cgroup_dir.to_owned(),
+            _sockmap: sockmap,
         })
     }
 
@@ -323,4 +337,33 @@ pub fn cleanup(pin_dir: &Path) -> Result<usize, BpfError> {
     }
     let _ = fs::remove_dir(pin_dir);
     Ok(removed)
+}
+
+/// Loads the sk_msg program and attaches it to this run's sockhash.
+fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SkMsgLink, BpfError> {
+    let map = ebpf
+        .take_map(names::MAP_SOCKS)
+        .ok_or(BpfError::MissingMap {
+            name: names::MAP_SOCKS,
+        })?;
+    let socks: SockHash<MapData, egress_common::SockKey> =
+        SockHash::try_from(map).map_err(BpfError::map(names::MAP_SOCKS))?;
+    let name = names::PROG_SKMSG;
+    let program: &mut SkMsg = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| BpfError::LoadProgram { name, source })?;
+    program.load().map_err(|source| BpfError::LoadProgram { name, source })?;
+    let id = program.attach(socks.fd()).map_err(|source| BpfError::Attach {
+        name,
+        cgroup: PathBuf::from(names::MAP_SOCKS),
+        source,
+    })?;
+    let link = program.take_link(id).map_err(|source| BpfError::Attach {
+        name,
+        cgroup: PathBuf::from(names::MAP_SOCKS),
+        source,
+    })?;
+    Ok(link)
 }

@@ -128,6 +128,17 @@ impl Maps {
         Ok(())
     }
 
+    /// Turns the sk_msg short-cut of app↔waypoint HTTP connections on or off (new connections).
+    pub(super) fn set_sockmap(&self, on: bool) -> Result<(), BpfError> {
+        self.write_config(|c| {
+            if on {
+                c.flags |= egress_common::CONFIG_F_SOCKMAP;
+            } else {
+                c.flags &= !egress_common::CONFIG_F_SOCKMAP;
+            }
+        })
+    }
+
     /// A new policy generation: every cached verdict of another one is stale from now on.
     pub(super) fn set_generation(&self, generation: u64) -> Result<(), BpfError> {
         self.write_config(|c| c.generation = generation)
