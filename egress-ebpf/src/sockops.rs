@@ -7,12 +7,12 @@
 //! the waypoint also go into the sockhash (the application's at ACTIVE_ESTABLISHED, the
 //! waypoint's accepted socket at PASSIVE_ESTABLISHED), where sk_msg short-cuts their messages.
 use aya_ebpf::{
-    EbpfContext as _, bindings::bpf_sock_ops, helpers::bpf_get_socket_cookie,
-    maps::lpm_trie::Key, programs::SockOpsContext,
+    EbpfContext as _, bindings::bpf_sock_ops, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key,
+    programs::SockOpsContext,
 };
 use egress_common::{
-    CONFIG_F_SOCKMAP, Origin, PeerKey, SERVICE_F_HTTP, SERVICE_KEY_PORT_BITS, ServiceKey4,
-    SockKey, stats,
+    CONFIG_F_SOCKMAP, Origin, PeerKey, SERVICE_F_HTTP, SERVICE_KEY_PORT_BITS, ServiceKey4, SockKey,
+    stats,
 };
 
 use crate::maps::{EG_ORIGINS_V1, EG_PEERS_V1, EG_SERVICES4_V1, EG_SOCKS_V1, config, count};

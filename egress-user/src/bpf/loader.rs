@@ -354,12 +354,16 @@ fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SkMsgLink, BpfError> {
         .ok_or(BpfError::MissingProgram { name })?
         .try_into()
         .map_err(|source| BpfError::LoadProgram { name, source })?;
-    program.load().map_err(|source| BpfError::LoadProgram { name, source })?;
-    let id = program.attach(socks.fd()).map_err(|source| BpfError::Attach {
-        name,
-        cgroup: PathBuf::from(names::MAP_SOCKS),
-        source,
-    })?;
+    program
+        .load()
+        .map_err(|source| BpfError::LoadProgram { name, source })?;
+    let id = program
+        .attach(socks.fd())
+        .map_err(|source| BpfError::Attach {
+            name,
+            cgroup: PathBuf::from(names::MAP_SOCKS),
+            source,
+        })?;
     let link = program.take_link(id).map_err(|source| BpfError::Attach {
         name,
         cgroup: PathBuf::from(names::MAP_SOCKS),
