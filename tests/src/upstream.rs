@@ -15,6 +15,8 @@ use std::{
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head the server reads.
 const MAX_HEAD: usize = 64 << 10;
+/// Largest request body the server reads (and keeps).
+const MAX_BODY: usize = 64 << 20;
 
 /// One request as the upstream saw it.
 #[derive(Clone, Debug)]
@@ -27,6 +29,8 @@ pub struct Hit {
     pub headers: Vec<(String, String)>,
     /// The address the connection came from.
     pub peer: SocketAddr,
+    /// The request body (`content-length` framing).
+    pub body: Vec<u8>,
 }
 
 impl Hit {
@@ -115,26 +119,34 @@ fn serve(stream: TcpStream, local: SocketAddr, hits: &Mutex<Vec<Hit>>) {
             || hit
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let body = format!(
-            "method={}\npath={}\nhost={}\n",
-            hit.method,
-            hit.path,
-            hit.host.as_deref().unwrap_or("-")
-        );
+        // `/echo-body` answers with the request body; anything else with what the request was.
+        let body = if hit.path == "/echo-body" {
+            hit.body.clone()
+        } else {
+            format!(
+                "method={}\npath={}\nhost={}\n",
+                hit.method,
+                hit.path,
+                hit.host.as_deref().unwrap_or("-")
+            )
+            .into_bytes()
+        };
         hits.lock().expect("hits lock").push(hit);
-        let response = format!(
+        let mut response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-             x-upstream: {local}\r\n{}\r\n{body}",
+             x-upstream: {local}\r\n{}\r\n",
             body.len(),
             if close { "connection: close\r\n" } else { "" },
-        );
-        if writer.write_all(response.as_bytes()).is_err() || close {
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
+        if writer.write_all(&response).is_err() || close {
             return;
         }
     }
 }
 
-/// Reads one request head (and discards a `content-length` body); `true` for HTTP/1.0.
+/// Reads one request head and its `content-length` body; `true` for HTTP/1.0.
 fn read_request(reader: &mut BufReader<TcpStream>, peer: SocketAddr) -> Option<(Hit, bool)> {
     let mut request_line = String::new();
     reader.read_line(&mut request_line).ok()?;
@@ -157,7 +169,18 @@ fn read_request(reader: &mut BufReader<TcpStream>, peer: SocketAddr) -> Option<(
         let (name, value) = line.split_once(':')?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    if length > MAX_BODY {
+        return None;
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
     let hit = Hit {
+        body,
         host: headers
             .iter()
             .find(|(name, _)| name == "host")
@@ -167,11 +190,6 @@ fn read_request(reader: &mut BufReader<TcpStream>, peer: SocketAddr) -> Option<(
         headers,
         peer,
     };
-    let length: u64 = hit
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    std::io::copy(&mut reader.by_ref().take(length), &mut std::io::sink()).ok()?;
     Some((hit, http10))
 }
 
