@@ -79,8 +79,9 @@ fn passive_established(ctx: &SockOpsContext) {
     }
 }
 
-/// Only HTTP services: the waypoint reads them with read(2), which sees redirected messages;
-/// TCP services are spliced, and splice reads the TCP receive queue only.
+/// Only HTTP services, which the waypoint reads with read(2) alone. TCP and TLS ports are
+/// peeked (MSG_PEEK for the ClientHello) and copied through; they stay on the plain TCP path,
+/// which keeps the short-cut to the one access pattern its tests cover.
 fn accelerated(origin: &Origin) -> bool {
     let Some(config) = config() else {
         return false;
