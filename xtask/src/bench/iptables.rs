@@ -66,23 +66,23 @@ impl Redirect {
         };
         iptables(&["-N", &redirect.chain])?;
         redirect.created = true;
+        // All rules in one `iptables-restore --noflush` transaction: one call per rule costs
+        // seconds per thousand rules (each call rewrites the whole table).
+        let mut batch = String::from("*nat\n");
         for (addr, port) in targets {
-            iptables(&[
-                "-A",
-                &redirect.chain,
-                "-p",
-                "tcp",
-                "-d",
-                &format!("{addr}/32"),
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &to_port.to_string(),
-            ])
-            .with_context(|| format!("redirecting {addr}:{port} to port {to_port}"))?;
+            batch.push_str(&format!(
+                "-A {} -p tcp -d {addr}/32 --dport {port} -j REDIRECT --to-ports {to_port}\n",
+                redirect.chain
+            ));
         }
+        batch.push_str("COMMIT\n");
+        iptables_restore(&batch).with_context(|| {
+            format!(
+                "adding {} REDIRECT rule(s) to port {to_port} in {}",
+                targets.len(),
+                redirect.chain
+            )
+        })?;
         let mut jump = vec!["-I", "OUTPUT", "1"];
         jump.extend(redirect.jump_spec());
         iptables(&jump)?;
@@ -154,6 +154,38 @@ pub fn ensure_installed() -> anyhow::Result<()> {
 }
 
 /// `iptables -w -t nat ARGS`; an error carries the command line and what iptables said.
+/// Applies `rules` (iptables-save syntax) without flushing what is there.
+fn iptables_restore(rules: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut command = Command::new("iptables-restore");
+    command.args(["-w", "--noflush"]);
+    let line = cmd::display(&command);
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(rules.as_bytes()));
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for `{line}`"))?;
+    if let Some(Err(e)) = written {
+        bail!("writing the rules to `{line}`: {e}");
+    }
+    if !output.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn iptables(args: &[&str]) -> anyhow::Result<()> {
     iptables_output(args).map(drop)
 }
