@@ -48,6 +48,8 @@ pub struct DataplaneOptions<'a> {
     pub workers: Option<u32>,
     /// taskset CPU list for `egress run`.
     pub cpus: Option<&'a str>,
+    /// `--sockmap` (the app↔waypoint short-cut; egress's default is on).
+    pub sockmap: bool,
 }
 
 pub struct Dataplane {
@@ -102,6 +104,9 @@ impl Dataplane {
                 "--verdict-cache",
                 if opts.verdict_cache { "on" } else { "off" },
             ]);
+        if !opts.sockmap {
+            command.args(["--sockmap", "off"]);
+        }
         if let (Some(workers), true) = (opts.workers, env.egress_workers) {
             command.args(["--workers", &workers.to_string()]);
         }

@@ -102,6 +102,7 @@ fn measure(env: &Env, scenario: Scenario, name: &str) -> anyhow::Result<Value> {
                 env,
                 &DataplaneOptions {
                     name,
+                    sockmap: true,
                     config: config(free_ports::<1>()?[0]),
                     capture: Capture::Ebpf,
                     verdict_cache: kernel,

@@ -43,6 +43,8 @@ pub enum Config {
     I,
     /// Envoy behind iptables REDIRECT, RBAC equivalent to the seed policy.
     V,
+    /// E with `--sockmap off`: the app↔waypoint hop over TCP, to show what the short-cut buys.
+    ENoSockmap,
     /// E with TLS origination to nginx's TLS port (DestinationRule SIMPLE).
     ETls,
     /// V with TLS origination.
@@ -50,11 +52,12 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 6] = [
+    pub const ALL: [Config; 7] = [
         Config::D,
         Config::E,
         Config::I,
         Config::V,
+        Config::ENoSockmap,
         Config::ETls,
         Config::VTls,
     ];
@@ -65,6 +68,7 @@ impl Config {
             Config::E => "E",
             Config::I => "I",
             Config::V => "V",
+            Config::ENoSockmap => "E-nosockmap",
             Config::ETls => "E+TLS",
             Config::VTls => "V+TLS",
         }
@@ -233,10 +237,11 @@ fn measure(
                 host: HOST.to_owned(),
             };
         }
-        Config::E | Config::ETls => {
+        Config::E | Config::ETls | Config::ENoSockmap => {
             proxy = Proxy::Egress(Dataplane::start(
                 env,
                 &DataplaneOptions {
+                    sockmap: config != Config::ENoSockmap,
                     name: &name,
                     config: seed_config(nginx),
                     capture: Capture::Ebpf,
@@ -252,6 +257,7 @@ fn measure(
             let dp = Dataplane::start(
                 env,
                 &DataplaneOptions {
+                    sockmap: true,
                     name: &name,
                     config: seed_config(nginx),
                     capture: Capture::Iptables {
@@ -388,7 +394,9 @@ fn preflight(
     }
     let signature = match config {
         Config::D => None,
-        Config::E | Config::I | Config::ETls => Some("via: 1.1 egress-waypoint"),
+        Config::E | Config::I | Config::ETls | Config::ENoSockmap => {
+            Some("via: 1.1 egress-waypoint")
+        }
         Config::V | Config::VTls => Some("x-envoy-upstream-service-time"),
     };
     if let Some(signature) = signature

@@ -183,6 +183,7 @@ impl Report {
         );
         self.http_table(&mut md);
         self.tls_table(&mut md);
+        self.sockmap_table(&mut md);
         self.sweep_table(&mut md);
         self.deny_table(&mut md);
         self.targets_table(&mut md);
@@ -328,6 +329,27 @@ impl Report {
         md.push('\n');
     }
 
+    fn sockmap_table(&self, md: &mut String) {
+        let (on, off) = (Config::E.key(), Config::ENoSockmap.key());
+        if !self.has_any(&[off]) {
+            return;
+        }
+        md.push_str(
+            "#### The sockmap short-cut: E (default, `--sockmap on`) against E with `--sockmap off`\n\n\
+             | figure | E | E, sockmap off | E÷(sockmap off) |\n|---|---:|---:|---:|\n",
+        );
+        for (label, metric, kind) in self.rows() {
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {} |",
+                self.cell(on, &metric, kind),
+                self.cell(off, &metric, kind),
+                self.ratio_cell(on, off, &metric, kind),
+            );
+        }
+        md.push('\n');
+    }
+
     fn sweep_table(&self, md: &mut String) {
         if self.sweep_sizes.is_empty() {
             return;
@@ -428,6 +450,13 @@ impl Report {
             format!("E peak RSS ≤ {TARGET_RSS_MIB} MiB (largest of E and E+TLS)"),
             rss.map_or("—".to_owned(), |r| format!("{r:.1} MiB")),
             rss.map(|r| r <= TARGET_RSS_MIB),
+        ));
+        let sockmap = ratio("E", Config::ENoSockmap.key(), ka);
+        http_rows.push((
+            "sockmap kept on by default: E keep-alive req/s (16 connections) ≥ E with it off"
+                .to_owned(),
+            fmt(sockmap),
+            sockmap.map(|r| r >= 1.0),
         ));
         if http {
             rows.extend(http_rows);

@@ -76,6 +76,7 @@ fn measure(
     let dp = Dataplane::start(
         env,
         &DataplaneOptions {
+            sockmap: true,
             name: &name,
             config: config(nginx, &addresses),
             capture: if ebpf {
