@@ -19,7 +19,7 @@ pub const PROG_SENDMSG4: &str = "eg_sendmsg4";
 /// cgroup/sendmsg6: same for IPv6 sockets (v4-mapped destinations as sendmsg4).
 pub const PROG_SENDMSG6: &str = "eg_sendmsg6";
 /// sk_msg on the sockhash: redirects a message to the peer socket's ingress queue. Attached to
-/// the (unpinned) map by the running waypoint, not to a cgroup, so not in [`PROGRAMS`].
+/// the sockhash (not to a cgroup, so not in [`PROGRAMS`]); each start replaces it.
 pub const PROG_SKMSG: &str = "eg_skmsg";
 
 /// Every program, in attach order.
@@ -54,12 +54,12 @@ pub const MAP_VERDICTS: &str = "EG_VERDICTS_V1";
 /// LPM trie: IPv4 CIDRs a REGISTRY_ONLY cgroup may still reach (DNS resolvers, loopback).
 pub const MAP_ALLOWED4: &str = "EG_ALLOWED4_V1";
 
-/// Sockhash of accelerated app↔waypoint sockets. Not pinned: each run makes its own, and its
-/// sk_msg program is detached when the run ends.
+/// Sockhash of accelerated app↔waypoint sockets, with the sk_msg program attached. Pinned like
+/// the others: the kernel detaches a sockhash's programs when its last pin and descriptor go.
 pub const MAP_SOCKS: &str = "EG_SOCKS_V1";
 
 /// Every map, for pinning, status and cleanup.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 10] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_ORIGINS,
@@ -69,4 +69,5 @@ pub const MAPS: [&str; 9] = [
     MAP_IDENTITIES,
     MAP_VERDICTS,
     MAP_ALLOWED4,
+    MAP_SOCKS,
 ];

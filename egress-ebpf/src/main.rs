@@ -12,6 +12,7 @@ mod maps;
 mod peername;
 #[cfg(target_arch = "bpf")]
 mod sendmsg;
+#[cfg(target_arch = "bpf")]
 mod sockmap;
 #[cfg(target_arch = "bpf")]
 mod sockops;

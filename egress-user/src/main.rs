@@ -56,6 +56,10 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/egress")]
         bpffs: PathBuf,
     },
+    /// Internal: load the kernel object and pin maps and links (what `egress run` runs in a
+    /// short-lived child so that the loader's memory never stays in the waypoint).
+    #[command(name = "__install", hide = true)]
+    Install(InstallArgs),
     /// Detach capture and remove every pin (same as `egress run --cleanup`).
     Uninstall {
         /// Pin directory to remove.
@@ -141,6 +145,20 @@ struct RunArgs {
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    #[arg(long, value_name = "DIR")]
+    cgroup: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    bpffs: PathBuf,
+    #[arg(long, value_name = "N")]
+    verdict_cache_size: Option<u32>,
+    #[arg(long, value_parser = ["attach", "none"])]
+    programs: String,
+    #[arg(long, value_parser = ["on", "off"])]
+    sockmap: String,
 }
 
 #[derive(Args)]
@@ -245,6 +263,16 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Uninstall { bpffs } => cleanup(&bpffs),
+        Command::Install(args) => match bpf::install_pinned(
+            &args.cgroup,
+            &args.bpffs,
+            args.verdict_cache_size,
+            args.programs == "attach",
+            args.sockmap == "on",
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
     }
 }
 

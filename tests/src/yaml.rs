@@ -58,3 +58,50 @@ spec:
         endpoint_port = endpoint.port(),
     )
 }
+
+/// The seed walkthrough's AuthorizationPolicy (Istio ambient egress), on ServiceEntry `httpbin`
+/// in `default`: `default/sa/sleep` may GET /get, `default/sa/admin` anything.
+pub const SEED_POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: httpbin
+  namespace: default
+spec:
+  targetRefs:
+  - kind: ServiceEntry
+    group: networking.istio.io
+    name: httpbin
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [\"cluster.local/ns/default/sa/sleep\"]
+    to:
+    - operation:
+        methods: [\"GET\"]
+        paths: [\"/get\"]
+  - from:
+    - source:
+        principals: [\"cluster.local/ns/default/sa/admin\"]
+";
+
+/// The seed policy without the admin rule.
+pub fn sleep_only_policy() -> String {
+    let admin_rule = SEED_POLICY
+        .find(
+            "  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/admin\"]",
+        )
+        .expect("the admin rule is in the seed policy");
+    SEED_POLICY[..admin_rule].to_owned()
+}
+
+/// `se` (a ServiceEntry from [`service_entry`]) with its port's protocol TCP instead of HTTP:
+/// bytes are passed through, not proxied per request.
+pub fn as_tcp(se: &str) -> String {
+    let tcp = se.replace(
+        "name: http\n    protocol: HTTP",
+        "name: tcp\n    protocol: TCP",
+    );
+    assert!(tcp.contains("protocol: TCP"), "{se}");
+    tcp
+}

@@ -10,41 +10,6 @@ use egress_tests::*;
 
 const SE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 77, 0, 2));
 
-/// The seed's policy (from the Istio ambient egress walkthrough), targeting our ServiceEntry.
-const SEED_POLICY: &str = "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: httpbin
-  namespace: default
-spec:
-  targetRefs:
-  - kind: ServiceEntry
-    group: networking.istio.io
-    name: httpbin
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        principals: [\"cluster.local/ns/default/sa/sleep\"]
-    to:
-    - operation:
-        methods: [\"GET\"]
-        paths: [\"/get\"]
-  - from:
-    - source:
-        principals: [\"cluster.local/ns/default/sa/admin\"]
-";
-
-/// The seed policy without the admin rule.
-fn sleep_only_policy() -> String {
-    let admin_rule = SEED_POLICY
-        .find(
-            "  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/admin\"]",
-        )
-        .expect("the admin rule is in the seed policy");
-    SEED_POLICY[..admin_rule].to_owned()
-}
-
 fn start(upstream: &Upstream, policy: &str) -> (Dataplane, String) {
     let se = yaml::static_service_entry("httpbin", "httpbin.test", SE_IP, 80, upstream.addr());
     let dp = Dataplane::builder()
@@ -62,7 +27,7 @@ fn the_seed_walkthrough_allows_and_denies_per_request() {
         return;
     }
     let upstream = Upstream::http();
-    let (dp, _) = start(&upstream, SEED_POLICY);
+    let (dp, _) = start(&upstream, yaml::SEED_POLICY);
 
     let get = dp
         .exec("default", "sleep")
@@ -135,7 +100,7 @@ fn an_allowed_then_a_denied_request_on_one_keep_alive_connection() {
         return;
     }
     let upstream = Upstream::http();
-    let (dp, _) = start(&upstream, SEED_POLICY);
+    let (dp, _) = start(&upstream, yaml::SEED_POLICY);
     let w = "%{http_code} %{num_connects}\\n";
     let out = dp
         .exec("default", "sleep")
@@ -184,8 +149,8 @@ fn policy_reloads_under_load_fail_only_what_the_policy_denies() {
         return;
     }
     let upstream = Upstream::http();
-    let (dp, se) = start(&upstream, SEED_POLICY);
-    let sleep_only = sleep_only_policy();
+    let (dp, se) = start(&upstream, yaml::SEED_POLICY);
+    let sleep_only = yaml::sleep_only_policy();
     let admin_status = |dp: &Dataplane| {
         dp.exec("default", "admin")
             .http_code(&[
@@ -228,7 +193,7 @@ fn policy_reloads_under_load_fail_only_what_the_policy_denies() {
             let policy = if reloads % 2 == 0 {
                 sleep_only.as_str()
             } else {
-                SEED_POLICY
+                yaml::SEED_POLICY
             };
             dp.write_config(&[&se, policy]);
             if reloads % 5 != 4 {
@@ -273,7 +238,10 @@ fn policy_reloads_under_load_fail_only_what_the_policy_denies() {
 
     // An invalid new set is rejected and the previous one keeps serving.
     let rejected_before = dp.log_count("configuration rejected");
-    dp.write_config(&[&se, &SEED_POLICY.replace("action: ALLOW", "action: PERMIT")]);
+    dp.write_config(&[
+        &se,
+        &yaml::SEED_POLICY.replace("action: ALLOW", "action: PERMIT"),
+    ]);
     dp.sighup();
     dp.wait_for_log("configuration rejected", rejected_before + 1);
     assert!(denied(admin_status(&dp)), "still the sleep-only policy");

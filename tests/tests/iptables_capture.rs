@@ -5,35 +5,17 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use egress_tests::*;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(127, 78, 0, 2);
-const RESOLVE: &str = "httpbin.test:80:127.78.0.2";
+/// One address per test: the tests run in parallel, and each one's REDIRECT rule must only
+/// catch its own connects.
+fn resolve(vip: Ipv4Addr) -> String {
+    format!("httpbin.test:80:{vip}")
+}
 
-const POLICY: &str = "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: httpbin
-  namespace: default
-spec:
-  targetRefs:
-  - kind: ServiceEntry
-    group: networking.istio.io
-    name: httpbin
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        principals: [\"cluster.local/ns/default/sa/sleep\"]
-    to:
-    - operation:
-        methods: [\"GET\"]
-        paths: [\"/get\"]
-";
-
-fn start(upstream: &Upstream, extra: &[&str]) -> (Dataplane, iptables::Redirect) {
+fn start(vip: Ipv4Addr, upstream: &Upstream, extra: &[&str]) -> (Dataplane, iptables::Redirect) {
     let se = yaml::static_service_entry(
         "httpbin",
         "httpbin.test",
-        IpAddr::V4(VIP),
+        IpAddr::V4(vip),
         80,
         upstream.addr(),
     );
@@ -41,12 +23,12 @@ fn start(upstream: &Upstream, extra: &[&str]) -> (Dataplane, iptables::Redirect)
     args.extend_from_slice(extra);
     let dp = Dataplane::builder()
         .service_entry(&se)
-        .config(POLICY)
+        .config(&yaml::sleep_only_policy())
         .args(&args)
         .start();
     let root = cgroup2_mount().expect("cgroup2 mount");
     let redirect = iptables::Redirect::install(
-        VIP,
+        vip,
         80,
         dp.listen_addr(),
         &root,
@@ -61,11 +43,18 @@ fn redirected_connections_are_authorized_as_the_configured_identity() {
         return;
     }
     let upstream = Upstream::http();
-    let (dp, _redirect) = start(&upstream, &["--capture-identity", "default/sleep"]);
+    let vip = Ipv4Addr::new(127, 78, 0, 2);
+    let (dp, _redirect) = start(vip, &upstream, &["--capture-identity", "default/sleep"]);
 
     // The test process is in no captured cgroup: only iptables brings it to the waypoint.
-    let get = curl(&["-sS", "-i", "--resolve", RESOLVE, "http://httpbin.test/get"])
-        .expect_success("GET /get through the REDIRECT");
+    let get = curl(&[
+        "-sS",
+        "-i",
+        "--resolve",
+        &resolve(vip),
+        "http://httpbin.test/get",
+    ])
+    .expect_success("GET /get through the REDIRECT");
     assert_eq!(get.http_status(), Some(200), "{get:?}");
     assert_eq!(get.header("via").as_deref(), Some("1.1 egress-waypoint"));
     assert_eq!(
@@ -80,7 +69,7 @@ fn redirected_connections_are_authorized_as_the_configured_identity() {
         "-X",
         "POST",
         "--resolve",
-        RESOLVE,
+        &resolve(vip),
         "http://httpbin.test/get",
     ])
     .expect_success("POST /get through the REDIRECT");
@@ -98,7 +87,7 @@ fn redirected_connections_are_authorized_as_the_configured_identity() {
         "the configured identity is logged: {line}"
     );
     assert!(
-        line.contains("127.78.0.2:80"),
+        line.contains(&format!("{vip}:80")),
         "the original destination is logged: {line}"
     );
 
@@ -116,7 +105,8 @@ fn a_direct_connection_to_the_listener_is_closed_unproxied() {
         return;
     }
     let upstream = Upstream::http();
-    let (dp, _redirect) = start(&upstream, &["--capture-identity", "default/sleep"]);
+    let vip = Ipv4Addr::new(127, 78, 0, 3);
+    let (dp, _redirect) = start(vip, &upstream, &["--capture-identity", "default/sleep"]);
     let url = format!("http://{}/get", dp.listen_addr());
     let direct = curl(&["-sS", "-i", "-H", "Host: httpbin.test", &url]);
     // Closed without an answer: curl reports an empty reply (52) or, as the request was
@@ -133,9 +123,16 @@ fn without_an_identity_the_policy_denies() {
         return;
     }
     let upstream = Upstream::http();
-    let (dp, _redirect) = start(&upstream, &[]);
-    let get = curl(&["-sS", "-i", "--resolve", RESOLVE, "http://httpbin.test/get"])
-        .expect_success("GET /get through the REDIRECT");
+    let vip = Ipv4Addr::new(127, 78, 0, 4);
+    let (dp, _redirect) = start(vip, &upstream, &[]);
+    let get = curl(&[
+        "-sS",
+        "-i",
+        "--resolve",
+        &resolve(vip),
+        "http://httpbin.test/get",
+    ])
+    .expect_success("GET /get through the REDIRECT");
     assert_eq!(get.http_status(), Some(403), "{get:?}");
     assert!(upstream.hits().is_empty());
     let line = dp.access_log_line("\"GET /get");

@@ -102,11 +102,11 @@ fn tcp_ports_are_not_short_cut() {
         return;
     }
     let upstream = Upstream::http();
-    let se = yaml::service_entry("opaque", "opaque.test", upstream.addr()).replace(
-        "name: http\n    protocol: HTTP",
-        "name: tcp\n    protocol: TCP",
-    );
-    assert!(se.contains("protocol: TCP"), "{se}");
+    let se = yaml::as_tcp(&yaml::service_entry(
+        "opaque",
+        "opaque.test",
+        upstream.addr(),
+    ));
     let dp = Dataplane::builder().service_entry(&se).start();
     let out = dp
         .exec("default", "sleep")

@@ -38,9 +38,6 @@ pub struct Capture {
     pub(super) maps: Maps,
     pin_dir: PathBuf,
     cgroup: PathBuf,
-    /// The sk_msg program's attachment to this run's sockhash: dropping it (at exit) detaches
-    /// it, and connections fall back to the TCP/IP stack.
-    _sockmap: Option<SkMsgLink>,
 }
 
 impl Capture {
@@ -50,6 +47,11 @@ impl Capture {
     ///
     /// With `attach_programs` false the maps are loaded and pinned but no program is attached
     /// (capture by iptables); links an earlier run pinned there are then an error, not replaced.
+    ///
+    /// The loading itself runs in a short-lived child process, `egress __install` (see
+    /// [`install_pinned`]): it parses the kernel's BTF (several MiB of transient memory) and
+    /// leaves nothing behind but the pins, which this process then opens. The long-running
+    /// waypoint never carries the loader's peak memory.
     pub fn install(
         cgroup_dir: &Path,
         pin_dir: &Path,
@@ -57,111 +59,128 @@ impl Capture {
         attach_programs: bool,
         sockmap: bool,
     ) -> Result<Self, BpfError> {
-        cgroup::ensure_bpffs(pin_dir)?;
-        let links_dir = pin_dir.join(LINKS_DIR);
-        fs::create_dir_all(&links_dir).map_err(|source| BpfError::Pin {
-            what: "link directory",
-            path: links_dir.clone(),
-            source,
-        })?;
-
-        let map_paths: Vec<(&'static str, PathBuf)> = names::MAPS
-            .iter()
-            .map(|name| (*name, pin_dir.join(name)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &map_paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        if let Some(size) = verdict_cache_size {
-            // Applies when the map is created; a pinned one keeps its size.
-            loader.map_max_entries(names::MAP_VERDICTS, size.max(1));
-        }
-        let mut ebpf = loader.load(OBJECT).map_err(|source| BpfError::Load {
-            pin_dir: pin_dir.to_owned(),
-            source: Box::new(source),
-        })?;
-
-        if !attach_programs {
-            let pinned = fs::read_dir(&links_dir)
-                .map(|entries| entries.flatten().next().is_some())
-                .unwrap_or(false);
-            if pinned {
-                return Err(BpfError::LinksPinned(pin_dir.to_owned()));
-            }
-            let maps = Maps::take(&mut ebpf)?;
-            info!(pins = %pin_dir.display(), "maps loaded; no program attached (iptables capture)");
-            return Ok(Self {
-                maps,
-                pin_dir: pin_dir.to_owned(),
-                cgroup: cgroup_dir.to_owned(),
-                _sockmap: None,
-            });
-        }
-
-        let cgroup_file = File::open(cgroup_dir).map_err(|source| BpfError::OpenCgroup {
-            path: cgroup_dir.to_owned(),
-            source,
-        })?;
-
-        // A start-up that died half-way may have left `_next` pins; the pins without suffix
-        // still hold capture, so these can go first.
-        for name in names::PROGRAMS {
-            remove_pin(&links_dir.join(format!("{name}{NEXT_SUFFIX}")))?;
-        }
-
-        for name in names::PROGRAMS {
-            let link = attach(&mut ebpf, name, &cgroup_file, cgroup_dir)?;
-            let next = links_dir.join(format!("{name}{NEXT_SUFFIX}"));
-            link.pin(&next).map_err(|e| BpfError::Pin {
-                what: "link",
-                path: next.clone(),
-                source: io::Error::other(e.to_string()),
-            })?;
-        }
-        // Both generations are attached now. Replace the old pins with the new links.
-        let mut replaced = 0;
-        for name in names::PROGRAMS {
-            let final_path = links_dir.join(name);
-            let next = links_dir.join(format!("{name}{NEXT_SUFFIX}"));
-            if final_path.exists() {
-                replaced += 1;
-            }
-            remove_pin(&final_path)?;
-            let link = PinnedLink::from_pin(&next).map_err(|e| BpfError::OpenPinned {
-                what: format!("link {name}"),
-                path: next.clone(),
-                source: io::Error::other(e.to_string()),
-            })?;
-            FdLink::from(link)
-                .pin(&final_path)
-                .map_err(|e| BpfError::Pin {
-                    what: "link",
-                    path: final_path.clone(),
-                    source: io::Error::other(e.to_string()),
-                })?;
-            remove_pin(&next)?;
-        }
-        if replaced > 0 {
-            info!(replaced, "replaced links pinned by an earlier run");
-        }
-
-        let sockmap = if sockmap {
-            Some(attach_sk_msg(&mut ebpf)?)
-        } else {
-            None
-        };
-        let maps = Maps::take(&mut ebpf)?;
-        info!(cgroup = %cgroup_dir.display(), pins = %pin_dir.display(), "capture attached");
-        maps.set_sockmap(sockmap.is_some())?;
+        run_installer(
+            cgroup_dir,
+            pin_dir,
+            verdict_cache_size,
+            attach_programs,
+            sockmap,
+        )?;
+        let maps = Maps::open(pin_dir)?;
+        maps.set_sockmap(sockmap && attach_programs)?;
         Ok(Self {
             maps,
             pin_dir: pin_dir.to_owned(),
             cgroup: cgroup_dir.to_owned(),
-            _sockmap: sockmap,
         })
     }
+}
 
+/// `egress __install`: loads the kernel object, pins its maps under `pin_dir` (reusing pinned
+/// ones) and, with `attach_programs`, attaches the programs to `cgroup_dir` and pins the links,
+/// replacing an earlier run's without a window. With `sockmap`, the sk_msg program is attached
+/// to the sockhash for as long as that map lives: the sockops program holds it, so until the
+/// next run replaces the links. Returns once everything is pinned; the caller exits.
+pub fn install_pinned(
+    cgroup_dir: &Path,
+    pin_dir: &Path,
+    verdict_cache_size: Option<u32>,
+    attach_programs: bool,
+    sockmap: bool,
+) -> Result<(), BpfError> {
+    cgroup::ensure_bpffs(pin_dir)?;
+    let links_dir = pin_dir.join(LINKS_DIR);
+    fs::create_dir_all(&links_dir).map_err(|source| BpfError::Pin {
+        what: "link directory",
+        path: links_dir.clone(),
+        source,
+    })?;
+
+    let map_paths: Vec<(&'static str, PathBuf)> = names::MAPS
+        .iter()
+        .map(|name| (*name, pin_dir.join(name)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    if let Some(size) = verdict_cache_size {
+        // Applies when the map is created; a pinned one keeps its size.
+        loader.map_max_entries(names::MAP_VERDICTS, size.max(1));
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(|source| BpfError::Load {
+        pin_dir: pin_dir.to_owned(),
+        source: Box::new(source),
+    })?;
+
+    if !attach_programs {
+        let pinned = fs::read_dir(&links_dir)
+            .map(|entries| entries.flatten().next().is_some())
+            .unwrap_or(false);
+        if pinned {
+            return Err(BpfError::LinksPinned(pin_dir.to_owned()));
+        }
+        info!(pins = %pin_dir.display(), "maps loaded; no program attached (iptables capture)");
+        return Ok(());
+    }
+
+    let cgroup_file = File::open(cgroup_dir).map_err(|source| BpfError::OpenCgroup {
+        path: cgroup_dir.to_owned(),
+        source,
+    })?;
+
+    // A start-up that died half-way may have left `_next` pins; the pins without suffix
+    // still hold capture, so these can go first.
+    for name in names::PROGRAMS {
+        remove_pin(&links_dir.join(format!("{name}{NEXT_SUFFIX}")))?;
+    }
+
+    for name in names::PROGRAMS {
+        let link = attach(&mut ebpf, name, &cgroup_file, cgroup_dir)?;
+        let next = links_dir.join(format!("{name}{NEXT_SUFFIX}"));
+        link.pin(&next).map_err(|e| BpfError::Pin {
+            what: "link",
+            path: next.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+    }
+    // Both generations are attached now. Replace the old pins with the new links.
+    let mut replaced = 0;
+    for name in names::PROGRAMS {
+        let final_path = links_dir.join(name);
+        let next = links_dir.join(format!("{name}{NEXT_SUFFIX}"));
+        if final_path.exists() {
+            replaced += 1;
+        }
+        remove_pin(&final_path)?;
+        let link = PinnedLink::from_pin(&next).map_err(|e| BpfError::OpenPinned {
+            what: format!("link {name}"),
+            path: next.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        FdLink::from(link)
+            .pin(&final_path)
+            .map_err(|e| BpfError::Pin {
+                what: "link",
+                path: final_path.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        remove_pin(&next)?;
+    }
+    if replaced > 0 {
+        info!(replaced, "replaced links pinned by an earlier run");
+    }
+
+    if sockmap {
+        // The attachment outlives this process: the sockhash holds the program, and the
+        // sockops program (pinned through its link) holds the sockhash.
+        std::mem::forget(attach_sk_msg(&mut ebpf)?);
+    }
+    info!(cgroup = %cgroup_dir.display(), pins = %pin_dir.display(), "capture attached");
+    Ok(())
+}
+
+impl Capture {
     /// Tells the kernel where the waypoint listens and which cgroup it runs in (exempt).
     pub fn set_waypoint(&self, addr: SocketAddrV4, cgroup_id: u64) -> Result<(), BpfError> {
         self.maps.set_waypoint(addr, cgroup_id)
@@ -339,7 +358,8 @@ pub fn cleanup(pin_dir: &Path) -> Result<usize, BpfError> {
     Ok(removed)
 }
 
-/// Loads the sk_msg program and attaches it to this run's sockhash.
+/// Loads the sk_msg program and attaches it to the (pinned) sockhash, replacing the program an
+/// earlier run attached there.
 fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SkMsgLink, BpfError> {
     let map = ebpf
         .take_map(names::MAP_SOCKS)
@@ -370,4 +390,72 @@ fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SkMsgLink, BpfError> {
         source,
     })?;
     Ok(link)
+}
+
+/// How long `egress __install` may take (loading includes the verifier).
+const INSTALLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `egress __install` (this same binary) and waits for it. Its log lines are passed on;
+/// its error output becomes the error.
+fn run_installer(
+    cgroup_dir: &Path,
+    pin_dir: &Path,
+    verdict_cache_size: Option<u32>,
+    attach_programs: bool,
+    sockmap: bool,
+) -> Result<(), BpfError> {
+    let exe = std::env::current_exe().map_err(BpfError::Installer)?;
+    let mut command = std::process::Command::new(&exe);
+    command
+        .arg("__install")
+        .arg("--cgroup")
+        .arg(cgroup_dir)
+        .arg("--bpffs")
+        .arg(pin_dir)
+        .args([
+            "--programs",
+            if attach_programs { "attach" } else { "none" },
+        ])
+        .args(["--sockmap", if sockmap { "on" } else { "off" }])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(size) = verdict_cache_size {
+        command.args(["--verdict-cache-size", &size.to_string()]);
+    }
+    let mut child = command.spawn().map_err(BpfError::Installer)?;
+    // Read stderr on a thread so a chatty child never blocks on a full pipe.
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(stderr) = stderr.as_mut() {
+            let _ = io::Read::read_to_string(stderr, &mut text);
+        }
+        text
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait().map_err(BpfError::Installer)? {
+            Some(status) => break status,
+            None if started.elapsed() > INSTALLER_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BpfError::InstallerFailed {
+                    status: format!("killed after {INSTALLER_TIMEOUT:?}"),
+                    output: reader.join().unwrap_or_default(),
+                });
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    };
+    let output = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(BpfError::InstallerFailed {
+            status: status.to_string(),
+            output,
+        });
+    }
+    // The child logs as this process would (same RUST_LOG); pass its lines on.
+    eprint!("{output}");
+    Ok(())
 }

@@ -68,25 +68,25 @@ pub(super) fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, Bpf
 }
 
 impl Maps {
-    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, BpfError> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap { name });
+    /// Handles on the maps `egress __install` pinned under `pin_dir`.
+    pub(super) fn open(pin_dir: &Path) -> Result<Self, BpfError> {
+        let open = |name: &'static str| open_pinned(pin_dir, name);
         Ok(Self {
-            services4: Mutex::new(typed(names::MAP_SERVICES4, take(names::MAP_SERVICES4)?)?),
-            services6: Mutex::new(typed(names::MAP_SERVICES6, take(names::MAP_SERVICES6)?)?),
-            peers: Mutex::new(typed(names::MAP_PEERS, take(names::MAP_PEERS)?)?),
+            services4: Mutex::new(typed(names::MAP_SERVICES4, open(names::MAP_SERVICES4)?)?),
+            services6: Mutex::new(typed(names::MAP_SERVICES6, open(names::MAP_SERVICES6)?)?),
+            peers: Mutex::new(typed(names::MAP_PEERS, open(names::MAP_PEERS)?)?),
             config: Mutex::new({
                 let map: Array<MapData, Config> =
-                    typed(names::MAP_CONFIG, take(names::MAP_CONFIG)?)?;
+                    typed(names::MAP_CONFIG, open(names::MAP_CONFIG)?)?;
                 // Start from what is pinned, so a restart keeps REGISTRY_ONLY (and the rest) in
                 // force until the new run has decided otherwise.
                 let current = map.get(&0, 0).unwrap_or_default();
                 (map, current)
             }),
-            stats: typed(names::MAP_STATS, take(names::MAP_STATS)?)?,
-            identities: Mutex::new(typed(names::MAP_IDENTITIES, take(names::MAP_IDENTITIES)?)?),
-            verdicts: Mutex::new(typed(names::MAP_VERDICTS, take(names::MAP_VERDICTS)?)?),
-            allowed4: Mutex::new(typed(names::MAP_ALLOWED4, take(names::MAP_ALLOWED4)?)?),
+            stats: typed(names::MAP_STATS, open(names::MAP_STATS)?)?,
+            identities: Mutex::new(typed(names::MAP_IDENTITIES, open(names::MAP_IDENTITIES)?)?),
+            verdicts: Mutex::new(typed(names::MAP_VERDICTS, open(names::MAP_VERDICTS)?)?),
+            allowed4: Mutex::new(typed(names::MAP_ALLOWED4, open(names::MAP_ALLOWED4)?)?),
         })
     }
 

@@ -4,7 +4,7 @@ mod loader;
 mod maps;
 mod status;
 
-pub use loader::{Capture, cleanup};
+pub use loader::{Capture, cleanup, install_pinned};
 pub use maps::{ServiceRoute, register_anchor};
 pub use status::{Status, status};
 
@@ -77,6 +77,10 @@ pub enum BpfError {
         "capture links of an earlier run are pinned under {0}: they would redirect connects to a waypoint that no longer expects them; run `egress uninstall --bpffs {0}` first"
     )]
     LinksPinned(PathBuf),
+    #[error("starting the kernel-object installer (`egress __install`)")]
+    Installer(#[source] io::Error),
+    #[error("the kernel-object installer (`egress __install`) failed ({status}):\n{output}")]
+    InstallerFailed { status: String, output: String },
     #[error("removing pins under {path}")]
     Cleanup {
         path: PathBuf,

@@ -183,6 +183,10 @@ fn count_entries(pin_dir: &Path, name: &'static str) -> Result<usize, BpfError> 
             .map_err(err)?
             .keys()
             .count(),
+        names::MAP_SOCKS => aya::maps::SockHash::<MapData, egress_common::SockKey>::try_from(map)
+            .map_err(err)?
+            .keys()
+            .count(),
         // Arrays have a fixed size; report their length.
         _ => match map {
             aya::maps::Map::Array(data) | aya::maps::Map::PerCpuArray(data) => {

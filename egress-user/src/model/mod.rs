@@ -324,9 +324,18 @@ mod tests {
             addr: s.parse().unwrap(),
             prefix_len: len,
         };
-        assert!(contains(&net("10.0.0.0", 9), "10.127.255.255".parse().unwrap()));
-        assert!(!contains(&net("10.0.0.0", 9), "10.128.0.0".parse().unwrap()));
+        assert!(contains(
+            &net("10.0.0.0", 9),
+            "10.127.255.255".parse().unwrap()
+        ));
+        assert!(!contains(
+            &net("10.0.0.0", 9),
+            "10.128.0.0".parse().unwrap()
+        ));
         assert!(contains(&net("0.0.0.0", 0), "203.0.113.9".parse().unwrap()));
-        assert!(!contains(&net("10.0.0.0", 8), "2001:db8::1".parse().unwrap()));
+        assert!(!contains(
+            &net("10.0.0.0", 8),
+            "2001:db8::1".parse().unwrap()
+        ));
     }
 }
