@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use egress_common::{
-    CONFIG_F_SOCKMAP, Origin, PeerKey, SERVICE_F_HTTP, SERVICE_KEY_PORT_BITS, ServiceKey4, SockKey,
-    stats,
+    CONFIG_F_SOCKMAP, Config, Origin, PeerKey, SERVICE_F_HTTP, SERVICE_KEY_PORT_BITS, ServiceKey4,
+    SockKey, stats,
 };
 
 use crate::maps::{EG_ORIGINS_V1, EG_PEERS_V1, EG_SERVICES4_V1, EG_SOCKS_V1, config, count};
@@ -47,7 +47,7 @@ fn active_established(ctx: &SockOpsContext) {
     if EG_PEERS_V1.insert(key, origin, 0).is_ok() {
         count(stats::PEER_RECORDED);
     }
-    if accelerated(&origin) {
+    if config().is_some_and(|config| accelerated(&config, &origin)) {
         insert_socket(ctx);
     }
 }
@@ -74,7 +74,7 @@ fn passive_established(ctx: &SockOpsContext) {
     };
     // SAFETY: pointer from a successful lookup; copied out at once.
     let origin = unsafe { *origin };
-    if accelerated(&origin) {
+    if accelerated(&config, &origin) {
         insert_socket(ctx);
     }
 }
@@ -82,10 +82,7 @@ fn passive_established(ctx: &SockOpsContext) {
 /// Only HTTP services, which the waypoint reads with read(2) alone. TCP and TLS ports are
 /// peeked (MSG_PEEK for the ClientHello) and copied through; they stay on the plain TCP path,
 /// which keeps the short-cut to the one access pattern its tests cover.
-fn accelerated(origin: &Origin) -> bool {
-    let Some(config) = config() else {
-        return false;
-    };
+fn accelerated(config: &Config, origin: &Origin) -> bool {
     if config.flags & CONFIG_F_SOCKMAP == 0 {
         return false;
     }

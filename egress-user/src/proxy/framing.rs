@@ -33,6 +33,9 @@ use std::{
     task::{Context, Poll, ready},
 };
 
+mod chunked;
+
+use chunked::{ChunkAt, Chunked};
 use http::StatusCode;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -203,44 +206,6 @@ enum Body {
     None,
     Length(u64),
     Chunked,
-}
-
-#[derive(Debug)]
-struct Chunked {
-    at: ChunkAt,
-    extension_bytes: usize,
-    trailer_bytes: usize,
-    trailer_lines: usize,
-    close: bool,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum ChunkAt {
-    Size {
-        digits: u8,
-        size: u64,
-    },
-    /// Whitespace after the size (hyper accepts it before `;` or CRLF).
-    SizeSpace {
-        size: u64,
-    },
-    Extension {
-        size: u64,
-    },
-    SizeLf {
-        size: u64,
-    },
-    Data {
-        left: u64,
-    },
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or of the empty line that ends the body).
-    TrailerStart,
-    Trailer,
-    TrailerLf {
-        last: bool,
-    },
 }
 
 impl<S> Framed<S> {
@@ -561,111 +526,6 @@ impl HeadScan {
     }
 }
 
-impl Chunked {
-    fn new(close: bool) -> Self {
-        Self {
-            at: ChunkAt::Size { digits: 0, size: 0 },
-            extension_bytes: 0,
-            trailer_bytes: 0,
-            trailer_lines: 0,
-            close,
-        }
-    }
-
-    /// One byte of chunk framing (never a data byte). `Ok(true)` when the body has ended.
-    fn step(&mut self, b: u8) -> Result<bool, Violation> {
-        self.at = match self.at {
-            ChunkAt::Size { digits, size } => match (hex_value(b), b) {
-                (Some(v), _) => {
-                    if digits == MAX_CHUNK_SIZE_DIGITS {
-                        return Err(Violation::INVALID_CHUNK_SIZE);
-                    }
-                    let size = size
-                        .checked_mul(16)
-                        .and_then(|s| s.checked_add(u64::from(v)))
-                        .ok_or(Violation::INVALID_CHUNK_SIZE)?;
-                    ChunkAt::Size {
-                        digits: digits + 1,
-                        size,
-                    }
-                }
-                (None, _) if digits == 0 => return Err(Violation::INVALID_CHUNK_SIZE),
-                (None, b' ' | b'\t') => ChunkAt::SizeSpace { size },
-                (None, b';') => ChunkAt::Extension { size },
-                (None, b'\r') => ChunkAt::SizeLf { size },
-                (None, _) => return Err(Violation::INVALID_CHUNK_SIZE),
-            },
-            ChunkAt::SizeSpace { size } => match b {
-                b' ' | b'\t' => ChunkAt::SizeSpace { size },
-                b';' => ChunkAt::Extension { size },
-                b'\r' => ChunkAt::SizeLf { size },
-                _ => return Err(Violation::INVALID_CHUNK_SIZE),
-            },
-            ChunkAt::Extension { size } => match b {
-                b'\r' => ChunkAt::SizeLf { size },
-                b if is_field_byte(b) => {
-                    self.extension_bytes += 1;
-                    if self.extension_bytes > MAX_CHUNK_EXTENSION_BYTES {
-                        return Err(Violation::CHUNK_EXTENSIONS_TOO_LARGE);
-                    }
-                    ChunkAt::Extension { size }
-                }
-                _ => return Err(Violation::INVALID_CHUNK_EXTENSION),
-            },
-            ChunkAt::SizeLf { size } => match (b, size) {
-                (b'\n', 0) => ChunkAt::TrailerStart,
-                (b'\n', left) => ChunkAt::Data { left },
-                _ => return Err(Violation::INVALID_CHUNK_SIZE),
-            },
-            // Data bytes are skipped in bulk by the caller.
-            ChunkAt::Data { .. } => unreachable!("chunk data is not stepped through"),
-            ChunkAt::DataCr => match b {
-                b'\r' => ChunkAt::DataLf,
-                _ => return Err(Violation::INVALID_CHUNK_END),
-            },
-            ChunkAt::DataLf => match b {
-                b'\n' => ChunkAt::Size { digits: 0, size: 0 },
-                _ => return Err(Violation::INVALID_CHUNK_END),
-            },
-            ChunkAt::TrailerStart => match b {
-                b'\r' => ChunkAt::TrailerLf { last: true },
-                b' ' | b'\t' => return Err(Violation::OBS_FOLD),
-                b if is_field_byte(b) => {
-                    self.trailer_lines += 1;
-                    if self.trailer_lines > MAX_HEADERS {
-                        return Err(Violation::TRAILERS_TOO_LARGE);
-                    }
-                    self.trailer_byte()?;
-                    ChunkAt::Trailer
-                }
-                _ => return Err(Violation::INVALID_TRAILER),
-            },
-            ChunkAt::Trailer => match b {
-                b'\r' => ChunkAt::TrailerLf { last: false },
-                b if is_field_byte(b) => {
-                    self.trailer_byte()?;
-                    ChunkAt::Trailer
-                }
-                _ => return Err(Violation::INVALID_TRAILER),
-            },
-            ChunkAt::TrailerLf { last } => match b {
-                b'\n' if last => return Ok(true),
-                b'\n' => ChunkAt::TrailerStart,
-                _ => return Err(Violation::INVALID_TRAILER),
-            },
-        };
-        Ok(false)
-    }
-
-    fn trailer_byte(&mut self) -> Result<(), Violation> {
-        self.trailer_bytes += 1;
-        if self.trailer_bytes > MAX_TRAILER_BYTES {
-            return Err(Violation::TRAILERS_TOO_LARGE);
-        }
-        Ok(())
-    }
-}
-
 /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), no sign, no list, fits a `u64`.
 fn parse_content_length(value: &[u8]) -> Result<u64, Violation> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
@@ -684,15 +544,6 @@ fn trim_ows(mut value: &[u8]) -> &[u8] {
         value = rest;
     }
     value
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Control characters (NUL, CR, LF and the rest below SP, and DEL); HTAB is not one here.
