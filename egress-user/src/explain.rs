@@ -10,8 +10,8 @@ use crate::{
     identity::Principal,
     model::{self, DnsAnswers, Service},
     policy::{
-        Attributes, Decision, HttpAttributes, NormalizeError, PolicySet, Target,
-        normalize_request_target,
+        Attributes, Decision, HttpAttributes, NormalizeError, PathParameters, PolicySet, Target,
+        is_miscased_method, normalize_request_target, strip_internal_headers,
     },
 };
 
@@ -21,6 +21,11 @@ pub enum ExplainError {
     Url { url: String, why: String },
     #[error("invalid header {header:?}: expected 'Name: value'")]
     Header { header: String },
+    #[error(
+        "method {method:?} is a registered method in another case; the waypoint refuses it with \
+         400 (methods are case-sensitive, and upstreams that fold case would run it)"
+    )]
+    MiscasedMethod { method: String },
     #[error("the path of {url:?} cannot be normalized safely ({source}); the waypoint answers 400")]
     Path {
         url: String,
@@ -49,6 +54,7 @@ pub struct Request<'a> {
     pub method: &'a str,
     pub headers: &'a [String],
     pub principal: Option<Principal>,
+    pub path_parameters: PathParameters,
 }
 
 fn host_matches(pattern: &str, host: &str) -> bool {
@@ -141,11 +147,22 @@ pub fn explain(
         .map(str::to_owned)
         .or_else(|| uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    // What the waypoint drops before it authorizes is dropped here too.
+    strip_internal_headers(&mut headers);
+    if service.protocol.is_http() && is_miscased_method(request.method.as_bytes()) {
+        return Err(ExplainError::MiscasedMethod {
+            method: request.method.to_owned(),
+        });
+    }
     let raw_target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let normalized = normalize_request_target(raw_target).map_err(|source| ExplainError::Path {
+    let path_error = |source| ExplainError::Path {
         url: request.url.to_owned(),
         source,
-    })?;
+    };
+    let mut normalized = normalize_request_target(raw_target).map_err(path_error)?;
+    normalized
+        .apply_path_parameters(request.path_parameters)
+        .map_err(path_error)?;
 
     let policies = PolicySet::new(&config.authorization_policies, root_namespace);
     let attrs = Attributes {
@@ -157,7 +174,7 @@ pub fn explain(
         http: service.protocol.is_http().then_some(HttpAttributes {
             method: request.method,
             host: &authority,
-            path: &normalized.path,
+            path: normalized.matched_path(),
             headers: &headers,
         }),
     };
@@ -173,7 +190,7 @@ pub fn explain(
         principal: request.principal.clone(),
         method: request.method.to_owned(),
         authority,
-        path: normalized.path,
+        path: normalized.matched_path().to_owned(),
         decision,
     })
 }
@@ -292,6 +309,7 @@ spec:
                 method,
                 headers: &[],
                 principal: Some(Principal::new("cluster.local", "default", sa)),
+                path_parameters: PathParameters::Reject,
             },
         )
         .expect("explained")
@@ -325,10 +343,39 @@ spec:
             method: "GET",
             headers: &[],
             principal: None,
+            path_parameters: PathParameters::Reject,
         };
         let err = explain(&config, "istio-system", &req("http://example.com/")).err();
         assert!(matches!(err, Some(ExplainError::NoService { .. })));
         let err = explain(&config, "istio-system", &req("ftp://httpbin.org/")).err();
         assert!(matches!(err, Some(ExplainError::Url { .. })));
+    }
+
+    /// The adversarial pass's bypasses are refused here as the waypoint refuses them.
+    #[test]
+    fn miscased_methods_and_path_parameters_are_refused_as_the_waypoint_does() {
+        let config = crate::config::parse_str(Path::new("seed.yaml"), SEED).expect("seed parses");
+        let principal = Some(Principal::new("cluster.local", "default", "sleep"));
+        let ask = |method, url, path_parameters| {
+            explain(
+                &config,
+                "istio-system",
+                &Request {
+                    url,
+                    method,
+                    headers: &[],
+                    principal: principal.clone(),
+                    path_parameters,
+                },
+            )
+        };
+        let err = ask("get", "http://httpbin.org/get", PathParameters::Reject).err();
+        assert!(matches!(err, Some(ExplainError::MiscasedMethod { .. })));
+        let err = ask("GET", "http://httpbin.org/get;x", PathParameters::Reject).err();
+        assert!(matches!(err, Some(ExplainError::Path { .. })), "{err:?}");
+        // Allowed, the parameter is not part of what is matched: /get;x is /get.
+        let allowed = ask("GET", "http://httpbin.org/get;x", PathParameters::Allow).expect("ok");
+        assert!(allowed.decision.allowed);
+        assert_eq!(allowed.path, "/get");
     }
 }

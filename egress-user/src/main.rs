@@ -12,6 +12,7 @@ use egress::{
     config::{self, IpNet},
     exec, explain,
     identity::{DEFAULT_TRUST_DOMAIN, Principal},
+    policy::PathParameters,
     proxy::CaptureMode,
     run::{AccessLogTarget, RunOptions},
 };
@@ -142,6 +143,14 @@ struct RunArgs {
     /// byte takes the TCP path (for comparison, or a kernel that misbehaves).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
     sockmap: String,
+    /// Path parameters (`;` or `%3B` in a path segment, e.g. `/admin;x`). Tomcat, Jetty and
+    /// Spring drop them and read `..;` as `..`, so a path an AuthorizationPolicy denied could
+    /// be served. reject: such a request gets 400 and is never forwarded. allow: it is
+    /// forwarded as written, and authorization matches the path with every segment's
+    /// parameters removed (`/admin;x` is matched as `/admin`); `.;` and `..;` segments are
+    /// refused in both modes.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = PathParameters::Reject)]
+    path_parameters: PathParameters,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -187,6 +196,9 @@ struct ExplainArgs {
     /// Istio's root namespace (see `egress run --help`).
     #[arg(long, value_name = "NS", default_value = "istio-system")]
     root_namespace: String,
+    /// As `egress run --path-parameters`.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = PathParameters::Reject)]
+    path_parameters: PathParameters,
 }
 
 #[derive(Args)]
@@ -295,6 +307,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
         method: &args.method,
         headers: &args.headers,
         principal,
+        path_parameters: args.path_parameters,
     };
     match explain::explain(&config, &args.root_namespace, &request) {
         Ok(explanation) => {
@@ -360,6 +373,7 @@ fn run(args: RunArgs) -> ExitCode {
             _ => CaptureMode::Ebpf,
         },
         sockmap: args.sockmap == "on",
+        path_parameters: args.path_parameters,
     };
     // One worker: a current-thread runtime, as an Envoy worker is one event loop (measured:
     // about a fifth less CPU per request than a one-worker multi-thread runtime). Blocking work

@@ -22,6 +22,7 @@ use crate::{
     dns::DnsError,
     identity::CgroupIdentities,
     model::OriginSource,
+    policy::PathParameters,
     proxy::{CaptureMode, Waypoint, WaypointConfig},
     reload::{Outbound, Reconciler},
     telemetry::{AccessLog, AdminState, serve_admin},
@@ -64,6 +65,8 @@ pub struct RunOptions {
     pub capture: CaptureMode,
     /// Short-cut app↔waypoint HTTP messages past the TCP/IP stack (sockhash + sk_msg).
     pub sockmap: bool,
+    /// What the waypoint does with `;` path parameters.
+    pub path_parameters: PathParameters,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -214,6 +217,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let origins: Arc<dyn OriginSource> = capture.clone();
     let waypoint_config = WaypointConfig {
         capture: opts.capture.clone(),
+        path_parameters: opts.path_parameters,
         ..WaypointConfig::default()
     };
     let waypoint = if opts.verdict_cache && ebpf {

@@ -423,6 +423,23 @@ impl Workload<'_> {
         self.curl(&all)
     }
 
+    /// Writes `request` (Python escapes such as `\r\n` decoded, so any byte can be sent) to
+    /// `addr` in one write, and returns in stdout everything the peer sent until it closed:
+    /// requests no HTTP client would send, from the workload's cgroup.
+    pub fn raw_http(&self, addr: SocketAddr, request: &str) -> Output {
+        self.run(
+            "python3",
+            &[
+                "-c",
+                RAW_CLIENT,
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+                request,
+            ],
+        )
+        .expect_success("the raw HTTP client")
+    }
+
     /// `PROGRAM ARGS...` in the workload's cgroup: `egress exec ... -- PROGRAM ARGS...`.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
         let dp = self.dataplane;
@@ -441,6 +458,21 @@ impl Workload<'_> {
         run_bounded(&mut command, COMMAND_TIMEOUT)
     }
 }
+
+/// The client of [`Workload::raw_http`]: `python3 -c RAW_CLIENT IP PORT REQUEST`.
+const RAW_CLIENT: &str = r#"
+import socket, sys
+request = sys.argv[3].encode().decode("unicode_escape").encode("latin-1")
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+conn.sendall(request)
+answer = b""
+while True:
+    data = conn.recv(65536)
+    if not data:
+        break
+    answer += data
+sys.stdout.write(answer.decode("latin-1"))
+"#;
 
 /// Two distinct loopback ports that were free a moment ago.
 fn free_ports() -> [SocketAddr; 2] {

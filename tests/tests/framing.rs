@@ -1,33 +1,15 @@
 //! Ambiguous HTTP framing through the real capture (design §8, invariant 3): a workload in a
 //! captured cgroup writes raw requests to a ServiceEntry address; the kernel redirects them to
 //! the waypoint, which refuses them itself — never forwarded, answered with `via`, logged `DPE`.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use egress_tests::*;
 
 const SE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 77, 2, 1));
 
-/// Sends `argv[2]` (Python escapes such as `\r\n` decoded) to `argv[1]:80` in one write and
-/// prints everything the peer sends until it closes.
-const RAW_CLIENT: &str = r#"
-import socket, sys
-request = sys.argv[2].encode().decode("unicode_escape").encode("latin-1")
-conn = socket.create_connection((sys.argv[1], 80), timeout=10)
-conn.sendall(request)
-answer = b""
-while True:
-    data = conn.recv(65536)
-    if not data:
-        break
-    answer += data
-sys.stdout.write(answer.decode("latin-1"))
-"#;
-
 fn raw(dp: &Dataplane, request: &str) -> Output {
-    let ip = SE_IP.to_string();
     dp.exec("default", "sleep")
-        .run("python3", &["-c", RAW_CLIENT, &ip, request])
-        .expect_success("the raw client")
+        .raw_http(SocketAddr::new(SE_IP, 80), request)
 }
 
 #[test]

@@ -25,7 +25,10 @@ pub mod normalize;
 use std::{fmt, net::IpAddr, sync::Arc};
 
 pub use engine::{IgnoreReason, IgnoredPolicy, PolicySet};
-pub use normalize::{NormalizeError, NormalizedTarget, normalize_path, normalize_request_target};
+pub use normalize::{
+    NormalizeError, NormalizedTarget, PathParameters, is_miscased_method, normalize_path,
+    normalize_request_target, strip_internal_headers,
+};
 
 use crate::{config::Action, identity::Principal};
 

@@ -16,6 +16,15 @@
 //! never matched; the fragment is dropped (Envoy refuses a `#` by default; design §5 strips it).
 //! Bytes that cannot appear in an HTTP/1.1 request target (controls, space, non-ASCII) are
 //! refused rather than re-escaped as Chromium would: the caller answers 400.
+//!
+//! Path parameters (`;` in a segment, RFC 3986 §3.3) are where Istio's normalization and many
+//! upstreams part ways: Envoy matches `/admin;x` as written, while Tomcat, Jetty and Spring drop
+//! `;…` from each segment and read `..;` as `..`, so they serve `/admin` to a request that a
+//! `DENY paths: [/admin]` let through. [`NormalizedTarget::apply_path_parameters`] closes that:
+//! by default a `;` (or `%3B`) anywhere in the path is refused; with
+//! [`PathParameters::Allow`] matrix parameters are forwarded, but authorization matches the
+//! path as those upstreams read it (every segment without its parameters), and a `.` or `..`
+//! segment with parameters is still refused.
 
 /// Why a request target cannot be normalized safely; the caller answers 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +37,25 @@ pub enum NormalizeError {
     EncodedNul,
     #[error("byte 0x{byte:02x} at offset {offset} is not allowed in a request target")]
     InvalidByte { byte: u8, offset: usize },
+    #[error(
+        "path parameter in segment {segment:?}: ';' (or %3B) is refused, since upstreams such as \
+         Tomcat and Spring drop it and would serve another path than the one authorized \
+         (`egress run --path-parameters allow` forwards them)"
+    )]
+    PathParameter { segment: String },
+    #[error("dot segment with a path parameter {segment:?}: upstreams read it as {dots:?}")]
+    DotSegmentParameter { segment: String, dots: &'static str },
+}
+
+/// What the waypoint does with path parameters (`;` in a path segment, and its `%3B` form).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PathParameters {
+    /// Refuse a request whose path has any (400): what an upstream strips cannot bypass a rule.
+    #[default]
+    Reject,
+    /// Forward them, and match the path with every segment's parameters removed (as Tomcat,
+    /// Jetty and Spring read it); `.;…` and `..;…` segments are still refused.
+    Allow,
 }
 
 /// A normalized request target: the path to match and forward, and the query to forward.
@@ -37,9 +65,57 @@ pub struct NormalizedTarget {
     pub path: String,
     /// What followed the first `?` (without it), untouched.
     pub query: Option<String>,
+    /// The path authorization matches when it differs from `path`: `path` without its
+    /// parameters, under [`PathParameters::Allow`].
+    pub matched: Option<String>,
 }
 
 impl NormalizedTarget {
+    /// The path that authorization matches.
+    pub fn matched_path(&self) -> &str {
+        self.matched.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Applies the path-parameter rule (see the module documentation) to a normalized target.
+    pub fn apply_path_parameters(&mut self, mode: PathParameters) -> Result<(), NormalizeError> {
+        if !self.path.contains(';') && find_encoded_semicolon(&self.path).is_none() {
+            return Ok(());
+        }
+        let mut matched = String::with_capacity(self.path.len());
+        for segment in self.path[1..].split('/') {
+            let name = match (segment.find(';'), find_encoded_semicolon(segment)) {
+                (Some(a), Some(b)) => &segment[..a.min(b)],
+                (Some(at), None) | (None, Some(at)) => &segment[..at],
+                (None, None) => {
+                    matched.push('/');
+                    matched.push_str(segment);
+                    continue;
+                }
+            };
+            let dots = match name {
+                "." => Some("."),
+                ".." => Some(".."),
+                _ => None,
+            };
+            if let Some(dots) = dots {
+                return Err(NormalizeError::DotSegmentParameter {
+                    segment: segment.to_owned(),
+                    dots,
+                });
+            }
+            if mode == PathParameters::Reject {
+                return Err(NormalizeError::PathParameter {
+                    segment: segment.to_owned(),
+                });
+            }
+            matched.push('/');
+            matched.push_str(name);
+        }
+        // `/a;x//b` and `/;x/b` leave empty segments behind: merged as the path was.
+        self.matched = Some(merge_slashes(&matched));
+        Ok(())
+    }
+
     /// The request target to send upstream: `path[?query]`.
     pub fn to_forward(&self) -> String {
         match &self.query {
@@ -78,7 +154,97 @@ pub fn normalize_request_target(raw: &str) -> Result<NormalizedTarget, Normalize
     Ok(NormalizedTarget {
         path: merge_slashes(&remove_dot_segments(&decoded)),
         query: query.map(str::to_owned),
+        matched: None,
     })
+}
+
+/// Where `%3B`/`%3b` (an encoded `;`, which decoding keeps as written) starts in `text`.
+fn find_encoded_semicolon(text: &str) -> Option<usize> {
+    text.as_bytes()
+        .windows(3)
+        .position(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b'))
+}
+
+/// Request headers that only a trusted proxy may set, removed from every request before it is
+/// authorized and forwarded. A workload behind the waypoint is never trusted to set them:
+/// - `x-forwarded-client-cert` (XFCC) carries the identity of a client certificate a proxy
+///   verified; Envoy's `forward_client_cert_details` default, `SANITIZE`, removes it from
+///   requests of untrusted clients (a forged one satisfied a `when: request.headers[...]`
+///   condition, CVE-2023-27487 class).
+/// - every `x-envoy-*` header: Envoy's internal headers (`x-envoy-original-path`,
+///   `x-envoy-internal`, `x-envoy-peer-metadata`, retry and timeout controls, …), which Envoy
+///   strips from external requests (CVE-2024-45806 class); an upstream Envoy would trust them.
+pub fn strip_internal_headers(headers: &mut http::HeaderMap) {
+    let internal: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| is_internal_header(name.as_str()))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
+    }
+}
+
+/// `name` (lower case, as `http` keeps it) is one [`strip_internal_headers`] removes.
+pub fn is_internal_header(name: &str) -> bool {
+    name == "x-forwarded-client-cert" || name.starts_with("x-envoy-")
+}
+
+/// Methods of the IANA HTTP method registry (RFC 9110, 5789, WebDAV and friends) in their
+/// only spelling. Methods are case-sensitive (RFC 9110 §9.1), so `get` is not `GET` — but
+/// upstreams that fold case run it as `GET`, past a policy that denies `GET`. Envoy's codec
+/// refuses such requests; so do we.
+const REGISTERED_METHODS: &[&str] = &[
+    "ACL",
+    "BASELINE-CONTROL",
+    "BIND",
+    "CHECKIN",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LABEL",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MKREDIRECTREF",
+    "MKWORKSPACE",
+    "MOVE",
+    "OPTIONS",
+    "ORDERPATCH",
+    "PATCH",
+    "POST",
+    "PRI",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "PUT",
+    "QUERY",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "TRACE",
+    "UNBIND",
+    "UNCHECKOUT",
+    "UNLINK",
+    "UNLOCK",
+    "UPDATE",
+    "UPDATEREDIRECTREF",
+    "VERSION-CONTROL",
+];
+
+/// `method` spells a registered method in another case (`get`, `Get`, `gEt`): such a request
+/// is refused, never forwarded. The registered spelling and any other token pass.
+pub fn is_miscased_method(method: &[u8]) -> bool {
+    method.iter().any(u8::is_ascii_lowercase)
+        && REGISTERED_METHODS
+            .iter()
+            .any(|known| known.as_bytes().eq_ignore_ascii_case(method))
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -285,6 +451,118 @@ mod tests {
             normalize_path("/allow/admin?param=value").as_deref(),
             Ok("/allow/admin")
         );
+    }
+
+    fn with_parameters(raw: &str, mode: PathParameters) -> Result<String, NormalizeError> {
+        let mut target = normalize_request_target(raw)?;
+        target.apply_path_parameters(mode)?;
+        Ok(target.matched_path().to_owned())
+    }
+
+    /// The forms the adversarial pass used against `DENY paths: [/admin]`.
+    #[test]
+    fn path_parameters_are_refused_by_default() {
+        for raw in [
+            "/admin;x",
+            "/user/..;foo=bar/admin",
+            "/admin%3Bx",
+            "/admin%3bx",
+            "/x/..;/admin",
+            "/x/.;/admin",
+            "/;/admin",
+            "/a/b;c=d/e?q=1",
+        ] {
+            assert!(
+                matches!(
+                    with_parameters(raw, PathParameters::Reject),
+                    Err(NormalizeError::PathParameter { .. }
+                        | NormalizeError::DotSegmentParameter { .. })
+                ),
+                "{raw}"
+            );
+        }
+        // A `;` in the query is not a path parameter.
+        assert_eq!(
+            with_parameters("/get?a=1;b=2", PathParameters::Reject).as_deref(),
+            Ok("/get")
+        );
+    }
+
+    #[test]
+    fn allowed_path_parameters_are_matched_without_them() {
+        let cases = [
+            ("/admin;x", "/admin"),
+            ("/admin%3Bx", "/admin"),
+            ("/a;v=1/b;w=2", "/a/b"),
+            ("/;x/admin", "/admin"),
+            ("/a;x//b", "/a/b"),
+            ("/plain", "/plain"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                with_parameters(raw, PathParameters::Allow).as_deref(),
+                Ok(want),
+                "{raw}"
+            );
+        }
+        let mut target = normalize_request_target("/a;v=1/b?q").expect("valid");
+        target
+            .apply_path_parameters(PathParameters::Allow)
+            .expect("allowed");
+        assert_eq!(target.to_forward(), "/a;v=1/b?q", "forwarded as written");
+        // Dot segments with parameters are what Tomcat reads as `..`: always refused.
+        for raw in [
+            "/user/..;foo=bar/admin",
+            "/x/..;/admin",
+            "/x/.;/admin",
+            "/x/..%3B/a",
+        ] {
+            assert!(
+                matches!(
+                    with_parameters(raw, PathParameters::Allow),
+                    Err(NormalizeError::DotSegmentParameter { .. })
+                ),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn internal_headers_are_stripped() {
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in [
+            (
+                "x-forwarded-client-cert",
+                "By=spiffe://cluster.local/ns/default/sa/admin",
+            ),
+            ("x-envoy-original-path", "/admin"),
+            ("x-envoy-internal", "true"),
+            ("X-Envoy-Peer-Metadata", "forged"),
+            ("x-forwarded-for", "198.18.0.1"),
+            ("x-envoyish", "kept"),
+            ("user-agent", "curl"),
+        ] {
+            headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        strip_internal_headers(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["user-agent", "x-envoyish", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn miscased_registered_methods() {
+        for method in ["get", "gEt", "Get", "post", "Delete", "propfind", "Patch"] {
+            assert!(is_miscased_method(method.as_bytes()), "{method}");
+        }
+        for method in [
+            "GET", "POST", "PROPFIND", "FOO", "foo", "Custom", "M-SEARCH",
+        ] {
+            assert!(!is_miscased_method(method.as_bytes()), "{method}");
+        }
     }
 
     #[test]

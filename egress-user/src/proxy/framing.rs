@@ -42,6 +42,8 @@ use tokio::{
     sync::Notify,
 };
 
+use crate::policy::is_miscased_method;
+
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
 /// Header fields in one request head; more is 431 (Envoy's and hyper's default, 100).
@@ -95,6 +97,8 @@ impl Violation {
     const BARE_LF: Self = Self::bad_request("http1.codec_error{bare_lf}");
     const OBS_FOLD: Self = Self::bad_request("http1.codec_error{obs_fold}");
     const INVALID_REQUEST_LINE: Self = Self::bad_request("http1.codec_error{invalid_request_line}");
+    /// `get`, `Post`: a registered method in another case (see `policy::is_miscased_method`).
+    const MISCASED_METHOD: Self = Self::bad_request("http1.codec_error{invalid_method}");
     const INVALID_HEADER_NAME: Self = Self::bad_request("http1.codec_error{invalid_header_name}");
     const INVALID_CONTENT_LENGTH: Self =
         Self::bad_request("http1.codec_error{invalid_content_length}");
@@ -429,6 +433,9 @@ impl HeadScan {
         };
         if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
             return Err(Violation::INVALID_REQUEST_LINE);
+        }
+        if is_miscased_method(method) {
+            return Err(Violation::MISCASED_METHOD);
         }
         // hyper refuses what `http::Uri` cannot parse, with an answer of its own: check it here.
         // The usual origin-form target is plain enough to skip the parse (and its copy).

@@ -34,14 +34,14 @@ use super::{
     framing::{Framed, FramingSignal, Violation},
     reply::{
         CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM, NO_SERVER_NAME,
-        PATH_NORMALIZATION_FAILED, REQUEST_HEADER_TIMEOUT, STREAM_IDLE_TIMEOUT,
-        UPSTREAM_RESPONSE_TIMEOUT,
+        PATH_NORMALIZATION_FAILED, PATH_PARAMETER_REFUSED, REQUEST_HEADER_TIMEOUT,
+        STREAM_IDLE_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
     },
     upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
 };
 use crate::{
     model::Service,
-    policy::normalize_request_target,
+    policy::{normalize_request_target, strip_internal_headers},
     telemetry::{
         AccessLog, AccessLogEntry, Metrics,
         metrics::{Labels, RequestOutcome},
@@ -230,17 +230,24 @@ async fn forward(
     }
     // One path for matching and forwarding (design §8.3). Absolute-form targets contribute
     // their path and query; the authority went to `Host` above.
-    let target =
-        match normalize_request_target(req.uri().path_and_query().map_or("/", |pq| pq.as_str())) {
-            Ok(target) => target,
-            Err(error) => {
-                info!(%error, "the request path cannot be normalized; answering 400");
-                return exchange.local(PATH_NORMALIZATION_FAILED);
-            }
-        };
+    let raw_target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut target = match normalize_request_target(raw_target) {
+        Ok(target) => target,
+        Err(error) => {
+            info!(%error, "the request path cannot be normalized; answering 400");
+            return exchange.local(PATH_NORMALIZATION_FAILED);
+        }
+    };
+    if let Err(error) = target.apply_path_parameters(waypoint.config.path_parameters) {
+        info!(%error, "refused a path parameter; answering 400");
+        return exchange.local(PATH_PARAMETER_REFUSED);
+    }
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Only a trusted proxy sets these; a workload's are dropped before they can match a policy
+    // or reach the upstream.
+    strip_internal_headers(&mut parts.headers);
     if let Some(authority) = &authority {
         parts.headers.insert(header::HOST, authority.clone());
     }
@@ -272,7 +279,7 @@ async fn forward(
         let request = authz::HttpRequest {
             method: parts.method.as_str(),
             host: exchange.entry.authority.as_deref().unwrap_or(""),
-            path: &target.path,
+            path: target.matched_path(),
             headers: &parts.headers,
         };
         let decision = authz::authorize_request(

@@ -36,6 +36,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 use crate::{
     identity::Principal,
     model::{IdentitySource, OriginSource, Service, ServiceTable},
+    policy::PathParameters,
     telemetry::{
         self, AccessLog, AccessLogEntry, Metrics,
         metrics::{ConnectionLabels, Labels, SourceWorkload, TCP_CLOSED_TOTAL, TCP_OPENED_TOTAL},
@@ -61,6 +62,8 @@ pub struct WaypointConfig {
     /// How connections reach the waypoint, and so where their destination and identity come
     /// from.
     pub capture: CaptureMode,
+    /// What a `;` in a request path gets: refused (default) or forwarded and matched without.
+    pub path_parameters: PathParameters,
 }
 
 /// How connections reach the waypoint.
@@ -86,6 +89,7 @@ impl Default for WaypointConfig {
             max_connections: 10_000,
             upstream_connect_timeout: Duration::from_secs(5),
             capture: CaptureMode::Ebpf,
+            path_parameters: PathParameters::Reject,
         }
     }
 }

@@ -91,6 +91,14 @@ pub(super) const PATH_NORMALIZATION_FAILED: LocalReply = LocalReply::fixed(
     "path_normalization_failed",
     false,
 );
+/// A `;` path parameter under `--path-parameters reject`, or a `.;`/`..;` segment.
+pub(super) const PATH_PARAMETER_REFUSED: LocalReply = LocalReply::fixed(
+    StatusCode::BAD_REQUEST,
+    "Bad Request",
+    None,
+    "path_parameter_not_allowed",
+    false,
+);
 pub(super) const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply::fixed(
     StatusCode::SERVICE_UNAVAILABLE,
     "no healthy upstream",

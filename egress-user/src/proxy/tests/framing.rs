@@ -289,6 +289,19 @@ async fn control_characters_bare_line_ends_and_folding_in_the_head_are_400() {
             b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
             "http1.codec_error{invalid_request_line}",
         ),
+        // A registered method in another case: an upstream that folds case would run `GET`.
+        (
+            b"get /admin HTTP/1.1\r\nHost: h\r\n\r\n",
+            "http1.codec_error{invalid_method}",
+        ),
+        (
+            b"gEt /x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "http1.codec_error{invalid_method}",
+        ),
+        (
+            b"Delete /x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "http1.codec_error{invalid_method}",
+        ),
         (b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n", "http1.invalid_url"),
         (b"GET /<x> HTTP/1.1\r\nHost: h\r\n\r\n", "http1.invalid_url"),
         (
