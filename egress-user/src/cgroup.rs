@@ -147,6 +147,49 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     fs::remove_dir(path)
 }
 
+/// What [`remove_captured`] did.
+#[derive(Debug, Default)]
+pub struct Removal {
+    /// cgroup directories removed.
+    pub removed: usize,
+    /// Directories left because processes (or cgroups not of egress's making) are in them.
+    pub left: Vec<PathBuf>,
+}
+
+/// Removes the cgroups egress made under a captured cgroup — `egress-waypoint` and the
+/// `ns/NS/sa/SA/exec-*` tree of `egress exec` — bottom-up, then `captured` itself when nothing
+/// else is left in it. A cgroup that still has processes stays, and is reported.
+pub fn remove_captured(captured: &Path, waypoint_dir: &str) -> Removal {
+    let mut removal = Removal::default();
+    for made in [captured.join(waypoint_dir), captured.join("ns")] {
+        if made.is_dir() {
+            remove_each(&made, &mut removal);
+        }
+    }
+    if captured.is_dir() {
+        match fs::remove_dir(captured) {
+            Ok(()) => removal.removed += 1,
+            Err(_) => removal.left.push(captured.to_owned()),
+        }
+    }
+    removal
+}
+
+/// Bottom-up, going on past a directory that cannot be removed.
+fn remove_each(dir: &Path, removal: &mut Removal) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_each(&entry.path(), removal);
+            }
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => removal.removed += 1,
+        Err(_) => removal.left.push(dir.to_owned()),
+    }
+}
+
 /// Ensures a bpffs is mounted at or above `dir` and creates `dir`. Mounts one at
 /// `/sys/fs/bpf` when none is (bpffs is not mounted at boot on every host).
 pub fn ensure_bpffs(dir: &Path) -> Result<(), CgroupError> {

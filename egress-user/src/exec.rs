@@ -13,6 +13,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::{
+    bpf::Attachment,
     cgroup::{self, CgroupError},
     identity::exec_cgroup,
 };
@@ -23,6 +24,24 @@ pub enum ExecError {
         "the captured cgroup {0} does not exist: start `egress run --cgroup {0}` first, or pass the --cgroup it uses"
     )]
     NotCaptured(PathBuf),
+    #[error(
+        "no capture is pinned under {pin_dir}: nothing would redirect or authorize the command's \
+         connections, so it is not run. Start `egress run --cgroup {cgroup}` (with --bpffs \
+         {pin_dir} if not the default), or pass the --bpffs of the running dataplane"
+    )]
+    NotPinned { cgroup: PathBuf, pin_dir: PathBuf },
+    #[error(
+        "the capture pinned under {pin_dir} is attached to another cgroup, not to {cgroup} or \
+         an ancestor: the command would run uncaptured, so it is not run. Pass the --cgroup that \
+         `egress run` captures"
+    )]
+    OtherCgroup { cgroup: PathBuf, pin_dir: PathBuf },
+    #[error("checking that capture is attached to {cgroup}")]
+    Attachment {
+        cgroup: PathBuf,
+        #[source]
+        source: crate::bpf::BpfError,
+    },
     #[error("invalid {what} {value:?}: {why}")]
     Name {
         what: &'static str,
@@ -89,6 +108,25 @@ pub fn exec(
     let (program, args) = command.split_first().ok_or(ExecError::NoCommand)?;
     if !captured.is_dir() {
         return Err(ExecError::NotCaptured(captured.to_owned()));
+    }
+    // Never run the command uncaptured while its user believes policy applies.
+    let paths = || (captured.to_owned(), pin_dir.to_owned());
+    match crate::bpf::attachment(pin_dir, captured) {
+        Ok(Attachment::Attached) => {}
+        Ok(Attachment::NotPinned) => {
+            let (cgroup, pin_dir) = paths();
+            return Err(ExecError::NotPinned { cgroup, pin_dir });
+        }
+        Ok(Attachment::OtherCgroup) => {
+            let (cgroup, pin_dir) = paths();
+            return Err(ExecError::OtherCgroup { cgroup, pin_dir });
+        }
+        Err(source) => {
+            return Err(ExecError::Attachment {
+                cgroup: captured.to_owned(),
+                source,
+            });
+        }
     }
     let identity_dir = exec_cgroup(captured, namespace, service_account);
     let dir = identity_dir.join(format!("exec-{}", std::process::id()));

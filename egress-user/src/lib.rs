@@ -7,6 +7,7 @@ pub mod exec;
 pub mod explain;
 pub mod identity;
 pub mod model;
+pub mod output;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

@@ -61,11 +61,16 @@ enum Command {
     /// short-lived child so that the loader's memory never stays in the waypoint).
     #[command(name = "__install", hide = true)]
     Install(InstallArgs),
-    /// Detach capture and remove every pin (same as `egress run --cleanup`).
+    /// Detach capture, remove every pin, and remove the cgroups egress made (the captured
+    /// cgroup's egress-waypoint and ns/… directories, then the captured cgroup itself when it
+    /// is empty). Same as `egress run --cleanup`.
     Uninstall {
         /// Pin directory to remove.
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/egress")]
         bpffs: PathBuf,
+        /// The captured cgroup. Default: <cgroup2 mount>/egress.
+        #[arg(long, value_name = "DIR")]
+        cgroup: Option<PathBuf>,
     },
 }
 
@@ -249,7 +254,7 @@ fn main() -> ExitCode {
         }
         Command::Check { configs } => match config::load(&configs) {
             Ok(set) => {
-                println!(
+                egress::outln!(
                     "ok: {} ServiceEntry, {} AuthorizationPolicy, {} WorkloadIdentity; {} other document(s) not acted on",
                     set.service_entries.len(),
                     set.authorization_policies.len(),
@@ -260,21 +265,21 @@ fn main() -> ExitCode {
             }
             Err(errors) => {
                 for error in &errors.0 {
-                    eprintln!("{error}");
+                    egress::errln!("{error}");
                 }
-                eprintln!("{} error(s)", errors.0.len());
+                egress::errln!("{} error(s)", errors.0.len());
                 ExitCode::FAILURE
             }
         },
         Command::Explain(args) => explain(args),
         Command::Status { bpffs } => match bpf::status(&bpffs) {
             Ok(status) => {
-                print!("{status}");
+                egress::out!("{status}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
         },
-        Command::Uninstall { bpffs } => cleanup(&bpffs),
+        Command::Uninstall { bpffs, cgroup } => cleanup(&bpffs, cgroup),
         Command::Install(args) => match bpf::install_pinned(
             &args.cgroup,
             &args.bpffs,
@@ -293,7 +298,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
         Ok(config) => config,
         Err(errors) => {
             for error in &errors.0 {
-                eprintln!("{error}");
+                egress::errln!("{error}");
             }
             return ExitCode::from(2);
         }
@@ -311,7 +316,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
     };
     match explain::explain(&config, &args.root_namespace, &request) {
         Ok(explanation) => {
-            print!("{explanation}");
+            egress::out!("{explanation}");
             if explanation.decision.allowed {
                 ExitCode::SUCCESS
             } else {
@@ -325,19 +330,34 @@ fn explain(args: ExplainArgs) -> ExitCode {
     }
 }
 
-fn cleanup(bpffs: &std::path::Path) -> ExitCode {
+/// Pins first (capture detaches), then the cgroups egress made.
+fn cleanup(bpffs: &std::path::Path, cgroup: Option<PathBuf>) -> ExitCode {
     match bpf::cleanup(bpffs) {
-        Ok(n) => {
-            println!("removed {n} pins under {}", bpffs.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
+        Ok(n) => egress::outln!("removed {n} pins under {}", bpffs.display()),
+        Err(e) => return fail(&e),
     }
+    let captured = match cgroup.map_or_else(cgroup::default_captured_cgroup, Ok) {
+        Ok(captured) => captured,
+        Err(e) => return fail(&e),
+    };
+    let removal = cgroup::remove_captured(&captured, egress::run::WAYPOINT_CGROUP);
+    egress::outln!(
+        "removed {} cgroups under {}",
+        removal.removed,
+        captured.display()
+    );
+    for left in &removal.left {
+        egress::errln!(
+            "warning: left cgroup {} in place: processes (or cgroups egress did not make) are in it",
+            left.display()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(args: RunArgs) -> ExitCode {
     if args.cleanup {
-        return cleanup(&args.bpffs);
+        return cleanup(&args.bpffs, args.cgroup);
     }
     let cgroup = match args.cgroup.map_or_else(cgroup::default_captured_cgroup, Ok) {
         Ok(c) => c,
@@ -367,7 +387,7 @@ fn run(args: RunArgs) -> ExitCode {
                     .map(|(ns, sa)| Principal::new(&trust_domain, ns, sa)),
             },
             (_, Some(_)) => {
-                eprintln!("error: --capture-identity applies only to --capture iptables");
+                egress::errln!("error: --capture-identity applies only to --capture iptables");
                 return ExitCode::from(2);
             }
             _ => CaptureMode::Ebpf,
@@ -395,7 +415,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(egress::run::RunError::Config(errors)) => {
             for error in &errors.0 {
-                eprintln!("{error}");
+                egress::errln!("{error}");
             }
             ExitCode::from(2)
         }
@@ -435,10 +455,10 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 
 /// Prints an error with its whole chain of causes (the verifier log travels in there).
 fn fail(error: &dyn std::error::Error) -> ExitCode {
-    eprintln!("error: {error}");
+    egress::errln!("error: {error}");
     let mut source = error.source();
     while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
+        egress::errln!("  caused by: {cause}");
         source = cause.source();
     }
     ExitCode::FAILURE

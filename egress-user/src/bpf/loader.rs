@@ -456,6 +456,6 @@ fn run_installer(
         });
     }
     // The child logs as this process would (same RUST_LOG); pass its lines on.
-    eprint!("{output}");
+    crate::output::stderr(format_args!("{output}"));
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! The only module that talks to aya: load the kernel object, pin maps, attach and pin links,
 //! and typed handles on the maps for the rest of the binary.
+mod attached;
 mod loader;
 mod maps;
 mod status;
 
+pub use attached::{Attachment, attachment};
 pub use loader::{Capture, cleanup, install_pinned};
 pub use maps::{ServiceRoute, register_anchor};
 pub use status::{Status, status};
