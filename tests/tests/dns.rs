@@ -33,7 +33,7 @@ spec:
 }
 
 #[test]
-fn resolved_host_addresses_are_captured_and_used_upstream() {
+fn dns_resolved_host_addresses_are_captured_and_used_upstream() {
     if !require_privileges() {
         return;
     }
@@ -102,7 +102,7 @@ fn through_waypoint(dp: &Dataplane, ip: Ipv4Addr, port: u16, path: &str) -> (boo
 }
 
 #[test]
-fn a_moved_host_is_captured_at_its_new_address_and_released_at_its_old_one() {
+fn dns_moved_host_is_captured_at_its_new_address_and_released_at_its_old_one() {
     if !require_privileges() || !require_tools(&["dnsmasq"]) {
         return;
     }
@@ -198,7 +198,7 @@ spec:
 }
 
 #[test]
-fn policy_changes_apply_at_once_while_a_resolver_never_answers() {
+fn dns_silent_resolver_delays_no_policy_change() {
     if !require_privileges() {
         return;
     }
