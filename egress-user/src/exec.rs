@@ -40,7 +40,7 @@ pub enum ExecError {
     Attachment {
         cgroup: PathBuf,
         #[source]
-        source: crate::bpf::BpfError,
+        source: Box<crate::bpf::BpfError>,
     },
     #[error("invalid {what} {value:?}: {why}")]
     Name {
@@ -124,7 +124,7 @@ pub fn exec(
         Err(source) => {
             return Err(ExecError::Attachment {
                 cgroup: captured.to_owned(),
-                source,
+                source: Box::new(source),
             });
         }
     }

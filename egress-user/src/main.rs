@@ -4,12 +4,14 @@ use std::{
     net::{SocketAddr, SocketAddrV4},
     path::PathBuf,
     process::ExitCode,
+    time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand};
 use egress::{
     bpf, cgroup,
     config::{self, IpNet},
+    dns::{self, DnsOptions},
     exec, explain,
     identity::{DEFAULT_TRUST_DOMAIN, Principal},
     policy::PathParameters,
@@ -31,7 +33,7 @@ enum Command {
     /// Attach capture to a cgroup and run the waypoint.
     ///
     /// Example: egress run --config examples/ --cgroup /sys/fs/cgroup/unified/egress
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a command as a workload identity, inside the captured cgroup.
     ///
     /// The command runs in <cgroup>/ns/NS/sa/SA/exec-<pid>, which `egress run` attributes to
@@ -156,6 +158,15 @@ struct RunArgs {
     /// refused in both modes.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = PathParameters::Reject)]
     path_parameters: PathParameters,
+    /// The resolver configuration ServiceEntry hosts (resolution DNS, or no addresses) are
+    /// resolved with: nameservers, search, options (resolv.conf(5); nameservers on port 53).
+    #[arg(long, value_name = "PATH", default_value = dns::RESOLV_CONF)]
+    resolv_conf: PathBuf,
+    /// A resolved host is asked again when its answer's TTL runs out, but never sooner than
+    /// this after the last answer (Envoy's dns_min_refresh_rate) and never later than 300s.
+    /// Seconds, or with a unit: 5, 5s, 1500ms. At least 1s.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_min_refresh)]
+    dns_min_refresh: Duration,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -235,7 +246,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Exec(args) => {
             let captured = match args.cgroup.map_or_else(cgroup::default_captured_cgroup, Ok) {
                 Ok(c) => c,
@@ -394,6 +405,10 @@ fn run(args: RunArgs) -> ExitCode {
         },
         sockmap: args.sockmap == "on",
         path_parameters: args.path_parameters,
+        dns: DnsOptions {
+            resolv_conf: args.resolv_conf,
+            min_refresh: args.dns_min_refresh,
+        },
     };
     // One worker: a current-thread runtime, as an Envoy worker is one event loop (measured:
     // about a fifth less CPU per request than a one-worker multi-thread runtime). Blocking work
@@ -433,6 +448,27 @@ fn parse_identity(s: &str) -> Result<(String, String), String> {
             "{s:?} is not NAMESPACE/SERVICE_ACCOUNT (e.g. default/sleep)"
         )),
     }
+}
+
+/// A refresh floor: seconds (`5`, `5s`) or milliseconds (`1500ms`), within
+/// [`dns::MIN_REFRESH_FLOOR`, `dns::MAX_REFRESH`].
+fn parse_min_refresh(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.strip_suffix("ms") {
+        Some(ms) => (ms, Duration::from_millis(1)),
+        None => (s.strip_suffix('s').unwrap_or(s), Duration::from_secs(1)),
+    };
+    let n: u32 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 5, 5s, 1500ms)"))?;
+    let d = unit * n;
+    if !(dns::MIN_REFRESH_FLOOR..=dns::MAX_REFRESH).contains(&d) {
+        return Err(format!(
+            "{s:?}: the refresh floor must be between {:?} and {:?}",
+            dns::MIN_REFRESH_FLOOR,
+            dns::MAX_REFRESH
+        ));
+    }
+    Ok(d)
 }
 
 /// `a.b.c.d/len` or an address (a single host).

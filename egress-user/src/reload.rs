@@ -1,9 +1,10 @@
 //! Keeping the running configuration current: config files changed on disk (polled) or SIGHUP
-//! reload the whole set; DNS answers are refreshed when their TTL runs out. Each change builds a
-//! complete new service table and swaps it in atomically; an invalid new set is logged and the
-//! previous one keeps serving.
+//! reload the whole set; DNS answers come from a background task ([`crate::dns`]) that refreshes
+//! each host when its TTL runs out. Each change builds a complete new service table and swaps it
+//! in atomically; an invalid new set is logged and the previous one keeps serving. A reload never
+//! waits on DNS: it publishes at once with the last known answers, and hosts it adds are
+//! published when they answer.
 use std::{
-    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     sync::Arc,
@@ -11,14 +12,14 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use tokio::signal::unix::Signal;
+use tokio::{signal::unix::Signal, sync::watch};
 use tracing::{error, info, warn};
 
 use crate::{
     bpf::Capture,
     cgroup,
     config::{self, ConfigSet},
-    dns::Dns,
+    dns::{self, Dns, DnsOptions, LOOKUP_TIMEOUT, Resolution},
     identity::{CgroupIdentities, Principal},
     model::{self, DnsAnswers, ServiceTable},
     policy::PolicySet,
@@ -94,14 +95,22 @@ pub struct Reconciler {
     services: Arc<ArcSwap<ServiceTable>>,
     config: ConfigSet,
     fingerprint: Fingerprint,
-    dns: Option<Dns>,
-    hosts: BTreeSet<String>,
+    dns_options: DnsOptions,
+    /// The background resolver, once some config needed one.
+    resolution: Option<Resolution>,
+    /// Where the background resolver sends answers (handed to it when it starts).
+    answers_tx: Option<watch::Sender<DnsAnswers>>,
+    answers_rx: watch::Receiver<DnsAnswers>,
+    /// The answers the published table was built from.
     answers: DnsAnswers,
-    next_dns: Duration,
 }
 
 impl Reconciler {
-    /// Loads and applies the initial configuration. Errors here stop start-up.
+    /// Loads and applies the initial configuration. Errors here stop start-up. Start-up waits
+    /// (at most one lookup timeout) for the first answers, so that the addresses of hosts that
+    /// resolve are captured before the waypoint reports ready; a host that does not answer is
+    /// published when it does.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         configs: Vec<PathBuf>,
         root_namespace: &str,
@@ -110,8 +119,10 @@ impl Reconciler {
         identities: Arc<CgroupIdentities>,
         verdict_cache: bool,
         outbound: Outbound,
+        dns_options: DnsOptions,
     ) -> Result<Self, RunError> {
         let fingerprint = Fingerprint::of(&configs);
+        let (answers_tx, answers_rx) = watch::channel(DnsAnswers::new());
         let mut this = Self {
             configs,
             anchors: Vec::new(),
@@ -128,13 +139,25 @@ impl Reconciler {
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::default())),
             config,
             fingerprint,
-            dns: None,
-            hosts: BTreeSet::new(),
+            dns_options,
+            resolution: None,
+            answers_tx: Some(answers_tx),
+            answers_rx,
             answers: DnsAnswers::new(),
-            next_dns: Duration::MAX,
         };
         this.apply_outbound()?;
-        this.resolve(true).await?;
+        this.update_hosts()?;
+        if let Some(resolution) = &mut this.resolution {
+            // Bounded twice: every lookup has its own timeout, and so has this wait.
+            let first = &mut resolution.first_round;
+            if tokio::time::timeout(LOOKUP_TIMEOUT + Duration::from_secs(1), first)
+                .await
+                .is_err()
+            {
+                warn!("DNS: not every host answered in time; they are captured once they do");
+            }
+            this.answers = this.answers_rx.borrow_and_update().clone();
+        }
         this.apply_identities();
         let table = this.build(&this.policies())?;
         this.services.store(Arc::new(table));
@@ -147,40 +170,37 @@ impl Reconciler {
         self.services.clone()
     }
 
-    /// Resolves the hosts the config needs. With `all`, every host; otherwise only hosts the
-    /// last answers do not cover (after a reload added some).
-    async fn resolve(&mut self, all: bool) -> Result<(), RunError> {
-        self.hosts = model::dns_hosts(&self.config);
-        if self.hosts.is_empty() {
-            self.next_dns = Duration::MAX;
+    /// Tells the background resolver which hosts the config needs, starting it when the
+    /// first are configured. Never waits on a lookup.
+    fn update_hosts(&mut self) -> Result<(), RunError> {
+        let hosts = model::dns_hosts(&self.config);
+        if let Some(resolution) = &self.resolution {
+            resolution.hosts.send_if_modified(|current| {
+                let changed = *current != hosts;
+                *current = hosts;
+                changed
+            });
             return Ok(());
         }
-        if self.dns.is_none() {
-            self.dns = Some(Dns::from_system()?);
+        if hosts.is_empty() {
+            return Ok(());
         }
-        let Some(dns) = &self.dns else {
+        let dns = Dns::from_resolv_conf(&self.dns_options.resolv_conf)?;
+        let Some(answers) = self.answers_tx.take() else {
             return Ok(());
         };
-        let wanted: BTreeSet<String> = if all {
-            self.hosts.clone()
-        } else {
-            self.hosts
-                .iter()
-                .filter(|h| !self.answers.contains_key(*h))
-                .cloned()
-                .collect()
-        };
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let (fresh, next) = dns.refresh(&wanted, &self.answers).await;
-        if all {
-            self.answers = fresh;
-        } else {
-            self.answers.extend(fresh);
-        }
-        self.answers.retain(|host, _| self.hosts.contains(host));
-        self.next_dns = if all { next } else { self.next_dns.min(next) };
+        info!(
+            hosts = hosts.len(),
+            resolv_conf = %self.dns_options.resolv_conf.display(),
+            min_refresh = ?self.dns_options.min_refresh,
+            "resolving ServiceEntry hosts in the background"
+        );
+        self.resolution = Some(dns::spawn(
+            dns,
+            hosts,
+            answers,
+            self.dns_options.min_refresh,
+        ));
         Ok(())
     }
 
@@ -340,7 +360,7 @@ impl Reconciler {
     }
 
     /// Reloads the config files; an invalid set is logged and ignored.
-    pub async fn reload(&mut self, why: &str) {
+    pub fn reload(&mut self, why: &str) {
         self.fingerprint = Fingerprint::of(&self.configs);
         match config::load(&self.configs) {
             Err(errors) => {
@@ -363,7 +383,7 @@ impl Reconciler {
                     error!(%error, "applying the outbound traffic policy failed");
                 }
                 self.apply_identities();
-                if let Err(error) = self.resolve(false).await {
+                if let Err(error) = self.update_hosts() {
                     error!(%error, "DNS setup for the new configuration failed");
                 }
                 let policies = self.policies();
@@ -373,29 +393,34 @@ impl Reconciler {
         }
     }
 
-    /// Runs until the task is dropped: config polling, SIGHUP, DNS refresh.
+    /// Runs until the task is dropped: config polling, SIGHUP, DNS answers that changed.
     pub async fn run(mut self, mut hangup: Signal) {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut answers = self.answers_rx.clone();
+        let mut resolver_alive = true;
         loop {
-            let dns_due = tokio::time::sleep(self.next_dns.min(Duration::from_secs(86_400)));
             tokio::select! {
                 _ = poll.tick() => {
                     if Fingerprint::of(&self.configs) != self.fingerprint {
-                        self.reload("config files changed").await;
+                        self.reload("config files changed");
                     }
                     // Identities that appeared since (a new service-account cgroup).
                     self.refresh_verdicts(false);
                 }
-                _ = hangup.recv() => self.reload("SIGHUP").await,
-                _ = dns_due, if self.next_dns != Duration::MAX => {
-                    let before = self.answers.clone();
-                    if let Err(error) = self.resolve(true).await {
-                        warn!(%error, "DNS refresh failed");
+                _ = hangup.recv() => self.reload("SIGHUP"),
+                changed = answers.changed(), if resolver_alive => {
+                    if changed.is_err() {
+                        resolver_alive = false;
+                        warn!("the DNS resolver task stopped; the last answers stay captured");
+                        continue;
                     }
-                    if self.answers != before {
+                    let fresh = answers.borrow_and_update().clone();
+                    if fresh != self.answers {
+                        self.answers = fresh;
                         let policies = self.services.load().policies.clone();
                         self.publish(&policies);
+                        info!("DNS answers changed; captured addresses updated");
                     }
                 }
             }

@@ -19,7 +19,7 @@ use crate::{
     bpf::{BpfError, Capture},
     cgroup::{self, CgroupError},
     config::{self, ConfigErrors, IpNet},
-    dns::DnsError,
+    dns::{DnsError, DnsOptions},
     identity::CgroupIdentities,
     model::OriginSource,
     policy::PathParameters,
@@ -67,6 +67,8 @@ pub struct RunOptions {
     pub sockmap: bool,
     /// What the waypoint does with `;` path parameters.
     pub path_parameters: PathParameters,
+    /// The resolver ServiceEntry hosts are resolved with, and the floor on refreshes.
+    pub dns: DnsOptions,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -210,6 +212,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             registry_only: opts.registry_only,
             allowed: opts.allowed_cidrs.clone().unwrap_or_else(default_allowed),
         },
+        opts.dns.clone(),
     )
     .await?;
     let services = reconciler.services();

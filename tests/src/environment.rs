@@ -26,6 +26,28 @@ pub fn require_privileges() -> bool {
     skip_unless_empty(&missing)
 }
 
+/// Whether the programs `tools` are installed (on PATH, or in /usr/sbin where Debian puts
+/// daemons such as dnsmasq). When one is missing, this prints why and returns `false`, or panics
+/// under `EGRESS_REQUIRE_PRIV=1`.
+#[must_use]
+pub fn require_tools(tools: &[&str]) -> bool {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|tool| find_tool(tool).is_none())
+        .map(|tool| format!("`{tool}` is not installed (cargo xtask prereqs installs it)"))
+        .collect();
+    skip_unless_empty(&missing)
+}
+
+/// Where `tool` is: on PATH, else in /usr/sbin or /sbin.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
 /// Whether `EGRESS_BIN` names the binary, for tests that need it but not root.
 #[must_use]
 pub fn require_binary() -> bool {

@@ -26,12 +26,16 @@ mod environment;
 mod http;
 pub mod iptables;
 mod process;
+mod resolver;
 mod tls;
 mod upstream;
 pub mod yaml;
 
 pub use dataplane::{Builder, Dataplane, Workload};
-pub use environment::{cgroup2_mount, egress_bin, require_binary, require_privileges};
+pub use environment::{
+    cgroup2_mount, egress_bin, find_tool, require_binary, require_privileges, require_tools,
+};
 pub use process::{Output, curl, run_bounded};
+pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};
 pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};
 pub use upstream::{Hit, Upstream};

@@ -57,11 +57,18 @@ impl Upstream {
 
     /// Starts a server on `ip` (a loopback address) with a port the kernel picks.
     pub fn http_on(ip: IpAddr) -> Self {
+        Self::http_at(SocketAddr::new(ip, 0))
+    }
+
+    /// Starts a server on `addr` (a loopback address; port 0: one the kernel picks), e.g. a
+    /// second server on another address with the port of the first.
+    pub fn http_at(addr: SocketAddr) -> Self {
+        let ip = addr.ip();
         assert!(
             ip.is_loopback(),
             "test upstreams stay on loopback, not {ip}"
         );
-        let listener = TcpListener::bind((ip, 0)).expect("binding the upstream listener");
+        let listener = TcpListener::bind(addr).expect("binding the upstream listener");
         let addr = listener.local_addr().expect("upstream listener address");
         let hits = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));

@@ -19,6 +19,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
     ("bpftool", Some("bpftool")),
     ("curl", Some("curl")),
+    // The DNS e2e tests' real resolver; -base is the daemon without the system service, so
+    // installing it starts nothing on port 53.
+    ("dnsmasq-base", Some("dnsmasq")),
     ("iproute2", Some("ip")),
     // The e2e test of `egress run --capture iptables` adds nat REDIRECT rules.
     ("iptables", Some("iptables")),
