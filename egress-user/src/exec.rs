@@ -15,8 +15,11 @@ use tracing::warn;
 use crate::{
     bpf::Attachment,
     cgroup::{self, CgroupError},
-    identity::exec_cgroup,
+    identity::{exec_cgroup, rescan},
 };
+
+/// How long `exec` waits for the dataplane to take a new identity in.
+const RESCAN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Error)]
 pub enum ExecError {
@@ -139,6 +142,16 @@ pub fn exec(
             warn!(%error, "registering the identity with the kernel failed (only speed is lost)")
         }
         Err(error) => warn!(%error, "reading the identity cgroup id failed"),
+    }
+    // The running dataplane scans identities now, so the command's first connect() already
+    // meets the kernel verdict cache (not the next periodic scan, up to 2 s later).
+    match rescan::request(pin_dir, RESCAN_LIMIT) {
+        Ok(rescan::Outcome::Done) => {}
+        // Capture is attached but no waypoint runs: connects are refused (fail closed).
+        Ok(rescan::Outcome::NoDataplane) => {}
+        Err(error) => {
+            warn!(%error, "the dataplane did not confirm the new identity (only speed is lost)")
+        }
     }
     let procs_path = dir.join("cgroup.procs");
     let procs = File::options()

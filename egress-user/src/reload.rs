@@ -394,7 +394,11 @@ impl Reconciler {
     }
 
     /// Runs until the task is dropped: config polling, SIGHUP, DNS answers that changed.
-    pub async fn run(mut self, mut hangup: Signal) {
+    pub async fn run(
+        mut self,
+        mut hangup: Signal,
+        mut rescans: tokio::sync::mpsc::Receiver<crate::identity::rescan::Rescan>,
+    ) {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut answers = self.answers_rx.clone();
@@ -409,6 +413,11 @@ impl Reconciler {
                     self.refresh_verdicts(false);
                 }
                 _ = hangup.recv() => self.reload("SIGHUP"),
+                // `egress exec` made an identity cgroup: its verdicts before its first connect.
+                Some(done) = rescans.recv() => {
+                    self.refresh_verdicts(false);
+                    let _ = done.send(());
+                }
                 changed = answers.changed(), if resolver_alive => {
                     if changed.is_err() {
                         resolver_alive = false;

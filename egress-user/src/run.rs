@@ -254,7 +254,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         }
     });
     let mut serving = tokio::spawn(waypoint.serve(listener));
-    tokio::spawn(reconciler.run(hangup));
+    let (rescans, rescan_requests) = tokio::sync::mpsc::channel(crate::identity::rescan::QUEUE);
+    tokio::spawn({
+        let pins = opts.bpffs.clone();
+        async move { crate::identity::rescan::serve(&pins, rescans).await }
+    });
+    tokio::spawn(reconciler.run(hangup, rescan_requests));
 
     ready.store(true, Ordering::SeqCst);
     info!(

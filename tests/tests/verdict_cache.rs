@@ -248,3 +248,35 @@ fn two_service_entries_on_one_address_never_cache_a_deny_for_the_address() {
     );
     assert_eq!(up_b.hits().len(), 3, "Host b.test went to b's endpoint");
 }
+
+/// `egress exec` of an identity the dataplane has never seen asks it to scan at once: the very
+/// first connect() is already refused in the kernel, and the waypoint never sees it.
+#[test]
+fn a_new_exec_identity_is_refused_in_the_kernel_from_its_first_connect() {
+    if !require_privileges() {
+        return;
+    }
+    let upstream = Upstream::http();
+    let se = yaml::static_service_entry("httpbin", "httpbin.test", SE_IP, 80, upstream.addr());
+    let dp = Dataplane::builder()
+        .service_entry(&se)
+        .config(DENY_EVIL)
+        .start();
+    let redirected = dp.bpf_counter("redirected_ipv4");
+
+    let first = dp
+        .exec("default", "evil")
+        .curl(&["-sS", "--resolve", RESOLVE, URL]);
+    assert_eq!(first.code, Some(7), "refused in connect(): {first:?}");
+    assert_eq!(dp.bpf_counter("refused_verdict_cache"), 1);
+    assert_eq!(
+        dp.bpf_counter("redirected_ipv4"),
+        redirected,
+        "not redirected: no SYN sent"
+    );
+    assert!(
+        dp.access_log_lines().is_empty(),
+        "the waypoint accepted nothing"
+    );
+    assert!(upstream.hits().is_empty());
+}

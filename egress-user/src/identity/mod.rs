@@ -1,6 +1,7 @@
 //! cgroup -> workload -> principal. Identity comes from the cgroup id the kernel recorded at
 //! connect(), never from anything the workload sends.
 mod cgroups;
+pub mod rescan;
 
 use std::fmt;
 
