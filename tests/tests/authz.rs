@@ -86,12 +86,14 @@ fn the_seed_walkthrough_allows_and_denies_per_request() {
     let allowed = dp.access_log_line("\"GET /get");
     assert!(allowed.contains(" 200 "), "{allowed}");
 
-    // An unknown cgroup has no identity: the ALLOW rules need a principal, so it is denied.
-    let anonymous = dp
+    // Another identity: no ALLOW rule names it, whatever the request — an L4-decidable deny,
+    // which `egress exec` has the dataplane cache before the first connect: refused in the
+    // kernel (EPERM), never reaching the waypoint.
+    let other = dp
         .exec("default", "nobody")
-        .curl(&["-sS", "-i", "--resolve", RESOLVE, "http://httpbin.test/get"])
-        .expect_success("another identity");
-    assert_eq!(anonymous.http_status(), Some(403), "{anonymous:?}");
+        .curl(&["-sS", "-i", "--resolve", RESOLVE, "http://httpbin.test/get"]);
+    assert_eq!(other.code, Some(7), "refused in connect(): {other:?}");
+    assert!(dp.bpf_counter("refused_verdict_cache") >= 1, "{other:?}");
 }
 
 #[test]
