@@ -89,9 +89,13 @@ fn the_seed_walkthrough_allows_and_denies_per_request() {
     // Another identity: no ALLOW rule names it, whatever the request — an L4-decidable deny,
     // which `egress exec` has the dataplane cache before the first connect: refused in the
     // kernel (EPERM), never reaching the waypoint.
-    let other = dp
-        .exec("default", "nobody")
-        .curl(&["-sS", "-i", "--resolve", RESOLVE, "http://httpbin.test/get"]);
+    let other = dp.exec("default", "nobody").curl(&[
+        "-sS",
+        "-i",
+        "--resolve",
+        RESOLVE,
+        "http://httpbin.test/get",
+    ]);
     assert_eq!(other.code, Some(7), "refused in connect(): {other:?}");
     assert!(dp.bpf_counter("refused_verdict_cache") >= 1, "{other:?}");
 }

@@ -67,16 +67,15 @@ spec:
         "{line}"
     );
 
-    // Any other identity is refused by the same policy.
-    let other = dp
-        .exec("default", "sleep")
-        .curl(&[
-            "-sS",
-            "-i",
-            "--resolve",
-            "billing.test:80:127.77.0.3",
-            "http://billing.test/invoices",
-        ])
-        .expect_success("curl as default/sleep");
-    assert_eq!(other.http_status(), Some(403), "{other:?}");
+    // Any other identity is refused by the same policy: an L4-decidable deny, cached before
+    // the first connect of a new `egress exec` identity, so refused in the kernel (EPERM).
+    let other = dp.exec("default", "sleep").curl(&[
+        "-sS",
+        "-i",
+        "--resolve",
+        "billing.test:80:127.77.0.3",
+        "http://billing.test/invoices",
+    ]);
+    assert_eq!(other.code, Some(7), "refused in connect(): {other:?}");
+    assert!(dp.bpf_counter("refused_verdict_cache") >= 1, "{other:?}");
 }
