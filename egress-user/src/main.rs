@@ -13,7 +13,10 @@ use egress::{
     exec, explain,
     identity::{DEFAULT_TRUST_DOMAIN, Principal},
     policy::PathParameters,
-    proxy::CaptureMode,
+    proxy::{
+        CaptureMode,
+        limits::{self, Limits},
+    },
     run::{AccessLogTarget, RunOptions},
 };
 
@@ -31,7 +34,7 @@ enum Command {
     /// Attach capture to a cgroup and run the waypoint.
     ///
     /// Example: egress run --config examples/ --cgroup /sys/fs/cgroup/unified/egress
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a command as a workload identity, inside the captured cgroup.
     ///
     /// The command runs in <cgroup>/ns/NS/sa/SA/exec-<pid>, which `egress run` attributes to
@@ -151,6 +154,25 @@ struct RunArgs {
     /// refused in both modes.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = PathParameters::Reject)]
     path_parameters: PathParameters,
+    /// Connections the waypoint serves at once. One more is accepted and closed at once
+    /// (counted in egress_waypoint_connections_rejected_total; Envoy's downstream_cx_overflow),
+    /// never queued. Each connection may hold two file descriptors (client and upstream) and
+    /// about 130 KiB of buffered request head (60 KiB heads): size it to the memory and
+    /// `ulimit -n` you give the waypoint (its soft open-file limit is raised to the hard one at
+    /// start). Default: the same as WaypointConfig's.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Time a client has to send a complete request head, and to start the next one on a
+    /// keep-alive connection; then it gets 408 (a partial head) or is closed (nothing sent).
+    /// This is what frees the slot a slowloris client holds. Envoy has none by default
+    /// (request_headers_timeout 0); 10s is ample for any client that is not stalling on purpose.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limits::parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// An exchange (or spliced TCP connection) with no byte moving either way for this long is
+    /// ended. Envoy's stream_idle_timeout (5m); a body that trickles is not idle.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = limits::parse_duration)]
+    idle_timeout: std::time::Duration,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -230,7 +252,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Exec(args) => {
             let captured = match args.cgroup.map_or_else(cgroup::default_captured_cgroup, Ok) {
                 Ok(c) => c,
@@ -374,7 +396,23 @@ fn run(args: RunArgs) -> ExitCode {
         },
         sockmap: args.sockmap == "on",
         path_parameters: args.path_parameters,
+        limits: Limits {
+            max_connections: args.max_connections as usize,
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+        },
     };
+    match limits::raise_open_files(args.max_connections as usize) {
+        Ok(files) if files.is_short() => tracing::warn!(
+            limit = files.limit,
+            needed = files.needed,
+            "the open-file limit is below what --max-connections may need; past it accept fails \
+             (EMFILE) and connections wait in the backlog: raise `ulimit -n` or lower \
+             --max-connections"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read or raise the open-file limit"),
+    }
     // One worker: a current-thread runtime, as an Envoy worker is one event loop (measured:
     // about a fifth less CPU per request than a one-worker multi-thread runtime). Blocking work
     // still has its own threads.

@@ -23,7 +23,7 @@ use crate::{
     identity::CgroupIdentities,
     model::OriginSource,
     policy::PathParameters,
-    proxy::{CaptureMode, Waypoint, WaypointConfig},
+    proxy::{CaptureMode, Waypoint, WaypointConfig, limits::Limits},
     reload::{Outbound, Reconciler},
     telemetry::{AccessLog, AdminState, serve_admin},
 };
@@ -67,6 +67,8 @@ pub struct RunOptions {
     pub sockmap: bool,
     /// What the waypoint does with `;` path parameters.
     pub path_parameters: PathParameters,
+    /// Connection count, header-read and idle timeouts of the waypoint.
+    pub limits: Limits,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -218,7 +220,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let waypoint_config = WaypointConfig {
         capture: opts.capture.clone(),
         path_parameters: opts.path_parameters,
-        ..WaypointConfig::default()
+        ..WaypointConfig::default().with_limits(opts.limits)
     };
     let waypoint = if opts.verdict_cache && ebpf {
         Waypoint::with_verdict_cache(
