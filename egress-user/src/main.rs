@@ -159,7 +159,7 @@ struct RunArgs {
     /// never queued. Each connection may hold two file descriptors (client and upstream) and
     /// about 130 KiB of buffered request head (60 KiB heads): size it to the memory and
     /// `ulimit -n` you give the waypoint (its soft open-file limit is raised to the hard one at
-    /// start). Default: the same as WaypointConfig's.
+    /// start).
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
@@ -480,4 +480,20 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
         source = cause.source();
     }
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_flags_default_to_the_waypoints_defaults() {
+        let Command::Run(args) = Cli::parse_from(["egress", "run", "-c", "x"]).command else {
+            panic!("egress run parses as Run");
+        };
+        let defaults = Limits::default();
+        assert_eq!(args.max_connections as usize, defaults.max_connections);
+        assert_eq!(args.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(args.idle_timeout, defaults.idle_timeout);
+    }
 }
