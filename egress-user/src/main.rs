@@ -15,7 +15,10 @@ use egress::{
     exec, explain,
     identity::{DEFAULT_TRUST_DOMAIN, Principal},
     policy::PathParameters,
-    proxy::CaptureMode,
+    proxy::{
+        CaptureMode,
+        limits::{self, Limits},
+    },
     run::{AccessLogTarget, RunOptions},
 };
 
@@ -167,6 +170,25 @@ struct RunArgs {
     /// Seconds, or with a unit: 5, 5s, 1500ms. At least 1s.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_min_refresh)]
     dns_min_refresh: Duration,
+    /// Connections the waypoint serves at once. One more is accepted and closed at once
+    /// (counted in egress_waypoint_connections_rejected_total; Envoy's downstream_cx_overflow),
+    /// never queued. Each connection may hold two file descriptors (client and upstream) and
+    /// about 130 KiB of buffered request head (60 KiB heads): size it to the memory and
+    /// `ulimit -n` you give the waypoint (its soft open-file limit is raised to the hard one at
+    /// start).
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Time a client has to send a complete request head, and to start the next one on a
+    /// keep-alive connection; then it gets 408 (a partial head) or is closed (nothing sent).
+    /// This is what frees the slot a slowloris client holds. Envoy has none by default
+    /// (request_headers_timeout 0); 10s is ample for any client that is not stalling on purpose.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limits::parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// An exchange (or spliced TCP connection) with no byte moving either way for this long is
+    /// ended. Envoy's stream_idle_timeout (5m); a body that trickles is not idle.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = limits::parse_duration)]
+    idle_timeout: std::time::Duration,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -409,7 +431,23 @@ fn run(args: RunArgs) -> ExitCode {
             resolv_conf: args.resolv_conf,
             min_refresh: args.dns_min_refresh,
         },
+        limits: Limits {
+            max_connections: args.max_connections as usize,
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+        },
     };
+    match limits::raise_open_files(args.max_connections as usize) {
+        Ok(files) if files.is_short() => tracing::warn!(
+            limit = files.limit,
+            needed = files.needed,
+            "the open-file limit is below what --max-connections may need; past it accept fails \
+             (EMFILE) and connections wait in the backlog: raise `ulimit -n` or lower \
+             --max-connections"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read or raise the open-file limit"),
+    }
     // One worker: a current-thread runtime, as an Envoy worker is one event loop (measured:
     // about a fifth less CPU per request than a one-worker multi-thread runtime). Blocking work
     // still has its own threads.
@@ -498,4 +536,20 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
         source = cause.source();
     }
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_flags_default_to_the_waypoints_defaults() {
+        let Command::Run(args) = Cli::parse_from(["egress", "run", "-c", "x"]).command else {
+            panic!("egress run parses as Run");
+        };
+        let defaults = Limits::default();
+        assert_eq!(args.max_connections as usize, defaults.max_connections);
+        assert_eq!(args.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(args.idle_timeout, defaults.idle_timeout);
+    }
 }

@@ -23,7 +23,7 @@ use crate::{
     identity::CgroupIdentities,
     model::OriginSource,
     policy::PathParameters,
-    proxy::{CaptureMode, Waypoint, WaypointConfig},
+    proxy::{CaptureMode, Waypoint, WaypointConfig, limits::Limits},
     reload::{Outbound, Reconciler},
     telemetry::{AccessLog, AdminState, serve_admin},
 };
@@ -69,6 +69,8 @@ pub struct RunOptions {
     pub path_parameters: PathParameters,
     /// The resolver ServiceEntry hosts are resolved with, and the floor on refreshes.
     pub dns: DnsOptions,
+    /// Connection count, header-read and idle timeouts of the waypoint.
+    pub limits: Limits,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -221,7 +223,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let waypoint_config = WaypointConfig {
         capture: opts.capture.clone(),
         path_parameters: opts.path_parameters,
-        ..WaypointConfig::default()
+        ..WaypointConfig::default().with_limits(opts.limits)
     };
     let waypoint = if opts.verdict_cache && ebpf {
         Waypoint::with_verdict_cache(

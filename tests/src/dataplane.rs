@@ -153,6 +153,12 @@ impl Dataplane {
         }
     }
 
+    /// The pid of the running `egress run` (to read its /proc entries).
+    #[track_caller]
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("egress run is running").id()
+    }
+
     /// The access log so far, one entry per line.
     pub fn access_log_lines(&self) -> Vec<String> {
         match fs::read_to_string(self.access_log()) {

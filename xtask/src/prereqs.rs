@@ -28,6 +28,8 @@ const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
     // For the libbpf cross-check test (libbpf-sys builds libbpf from source against libelf).
     ("libelf-dev", None),
     ("pkg-config", Some("pkg-config")),
+    // The flood e2e tests (slowloris, slow bodies) against the waypoint.
+    ("slowhttptest", Some("slowhttptest")),
 ];
 
 pub fn install() -> anyhow::Result<()> {

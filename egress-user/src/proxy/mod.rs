@@ -7,6 +7,7 @@ mod authz;
 mod body;
 mod framing;
 mod http;
+pub mod limits;
 mod reply;
 mod splice;
 mod upstream;
@@ -55,7 +56,7 @@ pub struct WaypointConfig {
     /// A stream (an HTTP exchange or a spliced connection) with no bytes moving in either
     /// direction for this long is ended (Envoy's `stream_idle_timeout`, TCP proxy `idle_timeout`).
     pub idle_timeout: Duration,
-    /// Connections served at once; more are closed on accept.
+    /// Connections served at once; more are closed on accept ([`limits`]).
     pub max_connections: usize,
     /// Time allowed to connect to an upstream endpoint.
     pub upstream_connect_timeout: Duration,
@@ -292,8 +293,8 @@ impl Waypoint {
                 Err(error) => return Err(error),
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                let limit = self.config.max_connections;
-                warn!(%peer, limit, "connection limit reached; closing the new connection");
+                limits::rejected(peer, self.config.max_connections);
+                drop(stream);
                 continue;
             };
             let waypoint = self.clone();

@@ -563,6 +563,13 @@ async fn the_connection_limit_closes_extra_connections() {
     .await;
     let mut first = dataplane.client(CGROUP_WEB).await;
     send(&mut first, get("/", "httpbin.org")).await;
+    let rejected = || {
+        crate::telemetry::Metrics::global().get(
+            super::super::limits::CONNECTIONS_REJECTED_TOTAL,
+            &[("reason", "max_connections")],
+        )
+    };
+    let before = rejected();
 
     let mut second = dataplane.connect(CGROUP_WEB).await;
     let mut buf = [0u8; 16];
@@ -573,6 +580,7 @@ async fn the_connection_limit_closes_extra_connections() {
         matches!(read, Ok(0) | Err(_)),
         "the second connection is closed: {read:?}"
     );
+    assert!(rejected() > before, "counted as rejected at the limit");
 
     send(&mut first, get("/", "httpbin.org")).await;
 }
