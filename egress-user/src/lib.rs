@@ -6,6 +6,7 @@ pub mod dns;
 pub mod drain;
 pub mod exec;
 pub mod explain;
+pub mod handover;
 pub mod identity;
 pub mod model;
 pub mod policy;
