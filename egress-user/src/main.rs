@@ -4,6 +4,7 @@ use std::{
     net::{SocketAddr, SocketAddrV4},
     path::PathBuf,
     process::ExitCode,
+    time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand};
@@ -151,6 +152,12 @@ struct RunArgs {
     /// refused in both modes.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = PathParameters::Reject)]
     path_parameters: PathParameters,
+    /// How long SIGTERM/SIGINT (or a newer `egress run` taking the listeners over) lets
+    /// connections finish: new connections stop at once, HTTP responses say `connection:
+    /// close`, idle keep-alive connections close after 1 s, and what is still open at the
+    /// timeout is cut off (and logged). Units ms, s, m, h: 500ms, 20s, 1m30s.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_drain_timeout)]
+    drain_timeout: Duration,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -374,6 +381,7 @@ fn run(args: RunArgs) -> ExitCode {
         },
         sockmap: args.sockmap == "on",
         path_parameters: args.path_parameters,
+        drain_timeout: args.drain_timeout,
     };
     // One worker: a current-thread runtime, as an Envoy worker is one event loop (measured:
     // about a fifth less CPU per request than a one-worker multi-thread runtime). Blocking work
@@ -404,6 +412,10 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 /// `NAMESPACE/SERVICE_ACCOUNT`.
+fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
+    egress::drain::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn parse_identity(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
         Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
