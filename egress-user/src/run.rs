@@ -375,10 +375,19 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     drop(successor);
     reconciling.abort();
     let timeout = opts.drain_timeout;
-    let draining = tokio::spawn(async move { waypoint.drain(timeout).await });
-    if signalled {
-        info!(?timeout, "draining");
-    } else {
+    info!(?timeout, "draining");
+    let draining = tokio::spawn(async move {
+        let drained = waypoint.drain(timeout).await;
+        if drained.cut > 0 {
+            warn!(
+                cut = drained.cut,
+                "drained; connections cut off at the drain timeout"
+            );
+        } else {
+            info!("drained");
+        }
+    });
+    if !signalled {
         // Drained or not, exit only when told to: a container that exits on its own is
         // restarted, and would take the listeners back.
         tokio::select! {
@@ -386,15 +395,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             _ = int.recv() => {}
         }
     }
-    match draining.await {
-        Ok(drained) if drained.cut > 0 => {
-            warn!(
-                cut = drained.cut,
-                "drained; connections cut off at the drain timeout"
-            )
-        }
-        Ok(_) => info!("drained"),
-        Err(error) => warn!(%error, "the drain failed"),
+    if let Err(error) = draining.await {
+        warn!(%error, "the drain failed");
     }
     if handed_over {
         info!("stopped; the new egress run serves");
