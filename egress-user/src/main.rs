@@ -189,6 +189,12 @@ struct RunArgs {
     /// ended. Envoy's stream_idle_timeout (5m); a body that trickles is not idle.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = limits::parse_duration)]
     idle_timeout: std::time::Duration,
+    /// How long SIGTERM/SIGINT (or a newer `egress run` taking the listeners over) lets
+    /// connections finish: new connections stop at once, HTTP responses say `connection:
+    /// close`, idle keep-alive connections close after 1 s, and what is still open at the
+    /// timeout is cut off (and logged). Units ms, s, m, h: 500ms, 20s, 1m30s.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_drain_timeout)]
+    drain_timeout: Duration,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -436,6 +442,7 @@ fn run(args: RunArgs) -> ExitCode {
             header_read_timeout: args.header_read_timeout,
             idle_timeout: args.idle_timeout,
         },
+        drain_timeout: args.drain_timeout,
     };
     match limits::raise_open_files(args.max_connections as usize) {
         Ok(files) if files.is_short() => tracing::warn!(
@@ -477,6 +484,10 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 /// `NAMESPACE/SERVICE_ACCOUNT`.
+fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
+    egress::drain::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn parse_identity(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
         Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {

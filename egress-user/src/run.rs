@@ -1,17 +1,20 @@
 //! `egress run`: load config, attach capture, serve the waypoint and the admin endpoint.
 use std::{
     net::{SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd,
     path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use thiserror::Error;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
+    sync::watch,
 };
 use tracing::{info, warn};
 
@@ -20,6 +23,8 @@ use crate::{
     cgroup::{self, CgroupError},
     config::{self, ConfigErrors, IpNet},
     dns::{DnsError, DnsOptions},
+    drain::Gate,
+    handover::{self, HandoverError, Inherited, Offer, Outcome},
     identity::CgroupIdentities,
     model::OriginSource,
     policy::PathParameters,
@@ -71,6 +76,8 @@ pub struct RunOptions {
     pub dns: DnsOptions,
     /// Connection count, header-read and idle timeouts of the waypoint.
     pub limits: Limits,
+    /// How long a drain (SIGTERM, or a successor taking over) lets connections finish.
+    pub drain_timeout: Duration,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -122,6 +129,14 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
+    #[error("taking over the {what} listener")]
+    Inherit {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
     #[error("the waypoint stopped accepting connections")]
@@ -132,6 +147,14 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
     TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+/// A listener received from the predecessor, for tokio.
+fn inherit(what: &'static str, listener: std::net::TcpListener) -> Result<TcpListener, RunError> {
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+        .map_err(|source| RunError::Inherit { what, source })
 }
 
 fn open_access_log(target: &AccessLogTarget) -> Result<AccessLog, RunError> {
@@ -170,10 +193,29 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     cgroup::enter(&waypoint_cgroup, std::process::id())?;
     let waypoint_cgroup_id = cgroup::id(&waypoint_cgroup)?;
 
-    // Bind before attaching: a taken port fails here, with nothing changed in the kernel.
-    let listener = bind("waypoint", SocketAddr::V4(opts.listen)).await?;
-    let admin = bind("admin", opts.admin).await?;
+    // An `egress run` already serving this address hands its listeners over (and stops
+    // accepting until this one serves): the address never lacks a listener. Otherwise bind,
+    // before attaching: a taken port fails here, with nothing changed in the kernel.
     let access_log = open_access_log(&opts.access_log)?;
+    let (listener, admin, predecessor) =
+        match handover::take_over(opts.listen, opts.admin, &opts.bpffs)? {
+            Some(Inherited {
+                waypoint,
+                admin,
+                predecessor,
+            }) => {
+                let admin = match admin {
+                    Some(admin) => inherit("admin", admin)?,
+                    None => bind("admin", opts.admin).await?,
+                };
+                (inherit("waypoint", waypoint)?, admin, Some(predecessor))
+            }
+            None => (
+                bind("waypoint", SocketAddr::V4(opts.listen)).await?,
+                bind("admin", opts.admin).await?,
+                None,
+            ),
+        };
 
     let ebpf = opts.capture == CaptureMode::Ebpf;
     if !ebpf {
@@ -250,19 +292,26 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         services: services.clone(),
         kernel_counters: Arc::new(move || counters_capture.counters()),
     });
+    let (gate, _) = watch::channel(Gate::Open);
+    let listener_fds = [listener.as_raw_fd(), admin.as_raw_fd()];
+    let admin_gate = gate.subscribe();
     tokio::spawn(async move {
-        if let Err(error) = serve_admin(admin, admin_state).await {
+        if let Err(error) = serve_admin(admin, admin_state, admin_gate).await {
             warn!(%error, "admin endpoint stopped");
         }
     });
-    let mut serving = tokio::spawn(waypoint.serve(listener));
+    let mut serving = tokio::spawn(waypoint.clone().serve(listener, gate.subscribe()));
     let (rescans, rescan_requests) = tokio::sync::mpsc::channel(crate::identity::rescan::QUEUE);
     tokio::spawn({
         let pins = opts.bpffs.clone();
         async move { crate::identity::rescan::serve(&pins, rescans).await }
     });
-    tokio::spawn(reconciler.run(hangup, rescan_requests));
+    let reconciling = tokio::spawn(reconciler.run(hangup, rescan_requests));
 
+    if let Some(predecessor) = predecessor {
+        // It drains from here on; this process owns the kernel config now.
+        predecessor.release();
+    }
     ready.store(true, Ordering::SeqCst);
     info!(
         listen = %opts.listen,
@@ -274,20 +323,99 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let result = tokio::select! {
-        _ = term.recv() => Ok(()),
-        _ = int.recv() => Ok(()),
-        served = &mut serving => match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RunError::Serve(e)),
-            Err(join) => Err(RunError::Serve(std::io::Error::other(join.to_string()))),
-        },
+    let mut offer = Offer::take(opts.listen, &opts.bpffs).await;
+    let mut successor: Option<handover::Successor> = None;
+    // Serve until a signal, or until a successor that took the listeners serves.
+    let signalled = loop {
+        tokio::select! {
+            _ = term.recv() => break true,
+            _ = int.recv() => break true,
+            served = &mut serving => {
+                return match served {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(RunError::Serve(e)),
+                    Err(join) => Err(RunError::Serve(std::io::Error::other(join.to_string()))),
+                };
+            }
+            taken = async {
+                match offer.as_ref() {
+                    Some(offer) => Some(offer.successor(&listener_fds).await),
+                    None => None,
+                }
+            },
+                if offer.is_some() && successor.is_none() =>
+            {
+                // Connects queue in the shared backlog until the successor accepts them.
+                gate.send_replace(Gate::Paused);
+                offer = None;
+                successor = taken;
+                info!("a new egress run took the listeners over; paused until it serves");
+            }
+            outcome = async {
+                match successor.as_mut() {
+                    Some(successor) => Some(successor.outcome().await),
+                    None => None,
+                }
+            },
+                if successor.is_some() =>
+            {
+                successor = None;
+                match outcome {
+                    Some(Outcome::Ready) => {
+                        info!("the new egress run serves; draining");
+                        break false;
+                    }
+                    _ => {
+                        warn!("the new egress run went away before it served; accepting again");
+                        gate.send_replace(Gate::Open);
+                        offer = Offer::take(opts.listen, &opts.bpffs).await;
+                    }
+                }
+            }
+        }
     };
+
+    // Stop accepting: the listeners close here unless a successor holds them too. This process
+    // no longer writes the kernel config (a successor owns it; without one, nothing changes
+    // until the next start). Capture stays attached.
+    let handed_over = !signalled || successor.is_some();
     ready.store(false, Ordering::SeqCst);
-    info!(
-        pins = %opts.bpffs.display(),
-        "stopping; capture stays attached and refuses ServiceEntry connects until the next start \
-         (`egress run --cleanup` removes it)"
-    );
-    result
+    gate.send_replace(Gate::Closed);
+    drop(offer);
+    drop(successor);
+    reconciling.abort();
+    let timeout = opts.drain_timeout;
+    info!(?timeout, "draining");
+    let draining = tokio::spawn(async move {
+        let drained = waypoint.drain(timeout).await;
+        if drained.cut > 0 {
+            warn!(
+                cut = drained.cut,
+                "drained; connections cut off at the drain timeout"
+            );
+        } else {
+            info!("drained");
+        }
+    });
+    if !signalled {
+        // Drained or not, exit only when told to: a container that exits on its own is
+        // restarted, and would take the listeners back.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    if let Err(error) = draining.await {
+        warn!(%error, "the drain failed");
+    }
+    if handed_over {
+        info!("stopped; the new egress run serves");
+    } else {
+        info!(
+            pins = %opts.bpffs.display(),
+            "stopped; capture stays attached and refuses ServiceEntry connects until the next \
+             start (`egress run --cleanup` removes it)"
+        );
+    }
+    Ok(())
 }

@@ -88,6 +88,7 @@ impl Builder {
             admin,
             files,
             process: None,
+            draining: None,
             extra_args: self.extra_args,
         };
         // The ports were free when picked, but a parallel test may take one before egress binds
@@ -115,6 +116,8 @@ pub struct Dataplane {
     admin: SocketAddr,
     files: TempDir,
     process: Option<Child>,
+    /// The `egress run` a [`Dataplane::replace`] is replacing, while it drains.
+    draining: Option<Child>,
     /// Extra `egress run` arguments from the builder.
     extra_args: Vec<String>,
 }
@@ -189,9 +192,83 @@ impl Dataplane {
 
     /// SIGKILLs the `egress run` process (pinned links stay: capture now fails closed).
     pub fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
+        for mut process in [self.process.take(), self.draining.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = process.kill();
             let _ = process.wait();
+        }
+    }
+
+    /// Sends SIGTERM to the running `egress run` and does not wait: it drains. See
+    /// [`Dataplane::wait_exit`].
+    pub fn sigterm(&self) {
+        signal(self.pid(), libc::SIGTERM);
+    }
+
+    /// Waits (bounded by `timeout`) for the running `egress run` to exit, and returns how it
+    /// exited; `None` if it was still running at the deadline (it is then killed).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut process = self.process.take().expect("egress run is running");
+        let status = wait_bounded(&mut process, timeout);
+        if status.is_none() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+        status
+    }
+
+    /// A zero-downtime upgrade, as a DaemonSet with `maxSurge` does it: starts a second
+    /// `egress run` with the same arguments while this one runs, waits until the new one is
+    /// ready, then SIGTERMs the old one and waits (bounded by `drain`) for it to drain and exit
+    /// 0. Panics if the new one never gets ready or the old one fails to exit cleanly.
+    #[track_caller]
+    pub fn replace(&mut self, drain: Duration) {
+        let old = self.process.take().expect("egress run is running");
+        let old_pid = old.id();
+        self.draining = Some(old);
+        let readies = self.log_count(READY_LINE);
+        if let Err(not_ready) = self.spawn_and_wait() {
+            panic!("the replacement did not start: {}", not_ready.message);
+        }
+        // /healthz/ready may have been the old process answering: wait for the new one to say
+        // so itself (or to exit).
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.log_count(READY_LINE) <= readies {
+            let new = self.process.as_mut().expect("the new egress run");
+            if let Some(status) = new.try_wait().expect("polling egress run") {
+                self.process = None;
+                panic!(
+                    "the replacement exited ({status}) before it was ready; log:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replacement was not ready within {READY_TIMEOUT:?}; log:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        signal(old_pid, libc::SIGTERM);
+        let mut old = self.draining.take().expect("the old egress run");
+        let status = wait_bounded(&mut old, drain + Duration::from_secs(10));
+        match status {
+            Some(status) => assert!(
+                status.success(),
+                "the old egress run ({old_pid}) exited {status} after SIGTERM; log:\n{}",
+                self.log_text()
+            ),
+            None => {
+                let _ = old.kill();
+                let _ = old.wait();
+                panic!(
+                    "the old egress run ({old_pid}) had not exited {drain:?} (+10s) after \
+                     SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
         }
     }
 
@@ -271,10 +348,7 @@ impl Dataplane {
 
     /// Sends SIGHUP to `egress run`: reload the config now.
     pub fn sighup(&self) {
-        let pid = self.process.as_ref().expect("egress run is running").id();
-        // SAFETY: signalling a child process this dataplane started and has not reaped.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
-        assert_eq!(rc, 0, "sending SIGHUP to egress run ({pid})");
+        signal(self.pid(), libc::SIGHUP);
     }
 
     /// How many times `needle` appears in the egress log (stderr and stdout of `egress run`).
@@ -400,6 +474,31 @@ impl Drop for Dataplane {
     }
 }
 
+/// What `egress run` logs once it serves.
+const READY_LINE: &str = "waypoint ready";
+
+/// Sends `signal` to a child process this dataplane started and has not reaped.
+#[track_caller]
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child's.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "sending signal {signal} to egress run ({pid})");
+}
+
+/// Waits for `process` to exit, at most `timeout`.
+fn wait_bounded(process: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = process.try_wait().expect("polling egress run") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Why `egress run` did not become ready.
 struct NotReady {
     /// It exited saying an address was in use: another test took a port we picked.
@@ -448,6 +547,12 @@ impl Workload<'_> {
 
     /// `PROGRAM ARGS...` in the workload's cgroup: `egress exec ... -- PROGRAM ARGS...`.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        run_bounded(&mut self.command(program, args), COMMAND_TIMEOUT)
+    }
+
+    /// The command [`Workload::run`] runs, to run it elsewhere (e.g. on a thread, with
+    /// [`crate::run_bounded`], while the test restarts the dataplane).
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let dp = self.dataplane;
         let mut command = dp.egress_command();
         command
@@ -461,7 +566,7 @@ impl Workload<'_> {
             .arg("--")
             .arg(program)
             .args(args);
-        run_bounded(&mut command, COMMAND_TIMEOUT)
+        command
     }
 }
 

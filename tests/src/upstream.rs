@@ -138,7 +138,16 @@ fn serve(stream: TcpStream, local: SocketAddr, hits: &Mutex<Vec<Hit>>) {
             )
             .into_bytes()
         };
+        // `/delay/<ms>` answers after that long (a slow upstream; the hit is recorded first).
+        let delay = hit
+            .path
+            .strip_prefix("/delay/")
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
         hits.lock().expect("hits lock").push(hit);
+        if let Some(delay) = delay {
+            thread::sleep(delay);
+        }
         let mut response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
              x-upstream: {local}\r\n{}\r\n",

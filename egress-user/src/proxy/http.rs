@@ -40,6 +40,7 @@ use super::{
     upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
 };
 use crate::{
+    drain::{DrainPhase, DrainSignal},
     model::Service,
     policy::{normalize_request_target, strip_internal_headers},
     telemetry::{
@@ -70,9 +71,20 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
             let waypoint = waypoint.clone();
             let inbound = inbound.clone();
             let framing = framing.clone();
-            async move { Ok::<_, Infallible>(forward(&waypoint, inbound, &framing, req).await) }
+            async move {
+                let mut response = forward(&waypoint, inbound, &framing, req).await;
+                if waypoint.drain.phase().closes_after_response() {
+                    // Draining: the client learns from this response to reconnect (to whoever
+                    // listens now), rather than from a close racing its next request.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            }
         })
     };
+    let drain = waypoint.drain.signal();
     let served = {
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -85,13 +97,31 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
             .max_buf_size(config.max_header_bytes.saturating_add(MIN_BUF_SIZE))
             .serve_connection(TokioIo::new(&mut framed), service);
         tokio::pin!(connection);
-        tokio::select! {
-            served = connection.as_mut() => served,
-            () = framing.refused() => {
+        let refused = framing.refused();
+        let close = drain.reached(DrainPhase::Close);
+        let cut = drain.reached(DrainPhase::Cut);
+        tokio::pin!(refused, close, cut);
+        let mut shutting_down = false;
+        loop {
+            tokio::select! {
+                served = connection.as_mut() => break served,
                 // A request was refused before hyper saw it: hyper answers the ones before it,
                 // then stops, and the refusal is answered below.
-                connection.as_mut().graceful_shutdown();
-                connection.await
+                () = &mut refused, if !shutting_down => {
+                    connection.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+                // Draining: an idle connection closes now, a busy one after its response.
+                () = &mut close, if !shutting_down => {
+                    connection.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+                // The drain timeout: a request still in flight is cut off (and logged as such
+                // when its handler is dropped with the connection).
+                () = &mut cut => {
+                    info!("cut off at the drain timeout");
+                    break Ok(());
+                }
             }
         }
     };
@@ -213,7 +243,7 @@ async fn forward(
     framing: &FramingSignal,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let mut exchange = Exchange::start(waypoint.access_log.clone(), inbound, &req);
+    let mut exchange = Exchange::start(waypoint, inbound, &req);
 
     let authority = match authority(&req, &exchange.inbound.service) {
         Ok(authority) => authority,
@@ -391,10 +421,13 @@ struct Exchange {
     started: Instant,
     activity: Arc<Activity>,
     received: Arc<AtomicU64>,
+    /// Its line has been written.
+    logged: bool,
+    drain: DrainSignal,
 }
 
 impl Exchange {
-    fn start<B>(log: AccessLog, inbound: Arc<Inbound>, req: &Request<B>) -> Self {
+    fn start<B>(waypoint: &Waypoint, inbound: Arc<Inbound>, req: &Request<B>) -> Self {
         let mut entry = inbound.entry(SystemTime::now());
         let headers = req.headers();
         let text = |name: &str| {
@@ -410,7 +443,9 @@ impl Exchange {
         entry.user_agent = text("user-agent");
         entry.request_id = text("x-request-id");
         Self {
-            log,
+            log: waypoint.access_log.clone(),
+            drain: waypoint.drain.signal(),
+            logged: false,
             labels: inbound.request_labels(&inbound.service),
             inbound,
             entry,
@@ -487,6 +522,11 @@ impl Exchange {
     }
 
     fn finish(mut self) {
+        self.write();
+    }
+
+    fn write(&mut self) {
+        self.logged = true;
         self.entry.duration = self.started.elapsed();
         self.entry.bytes_received = self.received.load(Ordering::Relaxed);
         self.log.log(&self.entry);
@@ -500,6 +540,20 @@ impl Exchange {
                 response_bytes: self.entry.bytes_sent,
             },
         );
+    }
+}
+
+impl Drop for Exchange {
+    /// A request whose handler is dropped before its line was written was cut off: by the
+    /// drain timeout (logged, as Envoy logs a stream it resets), or by the client going away
+    /// before the response (not logged, as before).
+    fn drop(&mut self) {
+        if !self.logged && self.drain.phase() == DrainPhase::Cut {
+            self.entry.response_flags = Some("DC".into());
+            self.entry.response_code_details =
+                Some("downstream_local_disconnect(drain_timeout)".into());
+            self.write();
+        }
     }
 }
 

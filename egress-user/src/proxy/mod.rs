@@ -30,11 +30,13 @@ use egress_common::Origin;
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{Semaphore, watch},
+    time::Instant,
 };
-use tracing::{Instrument, debug, field, info_span, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::{
+    drain::{self, Drain, DrainPhase, DrainPlan, Gate},
     identity::Principal,
     model::{IdentitySource, OriginSource, Service, ServiceTable},
     policy::PathParameters,
@@ -120,6 +122,15 @@ pub struct Waypoint {
     next_endpoint: AtomicUsize,
     /// Where L4-decidable denies are cached (the kernel), if anywhere.
     verdicts: Option<Arc<dyn VerdictSink>>,
+    /// Tells every connection how far a drain has got.
+    drain: Drain,
+}
+
+/// How a drain ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Connections still open at the drain timeout, cut off.
+    pub cut: usize,
 }
 
 /// What is known about an accepted connection once its origin is resolved.
@@ -259,6 +270,7 @@ impl Waypoint {
             config,
             next_endpoint: AtomicUsize::new(0),
             verdicts: None,
+            drain: Drain::default(),
         })
     }
 
@@ -279,11 +291,16 @@ impl Waypoint {
         waypoint
     }
 
-    /// Accepts until the task is dropped/aborted; per-connection errors are logged, never fatal.
-    /// Returns only when the listener itself fails.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        loop {
-            let (stream, peer) = match listener.accept().await {
+    /// Accepts while `gate` is open, waits while it is paused (the listener stays open:
+    /// connects queue in its backlog), and returns, dropping the listener, once it is closed.
+    /// Per-connection errors are logged, never fatal; a failing listener is returned.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut gate: watch::Receiver<Gate>,
+    ) -> io::Result<()> {
+        while let Some(accepted) = drain::accept(&listener, &mut gate).await {
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) if telemetry::is_transient_accept_error(&error) => {
                     warn!(%error, "accept failed; retrying");
@@ -303,6 +320,45 @@ impl Waypoint {
                 drop(permit);
             });
         }
+        Ok(())
+    }
+
+    /// Drains the connections this waypoint serves (stop accepting first, see [`Waypoint::serve`]):
+    /// HTTP responses say `connection: close` at once, idle HTTP connections are closed after
+    /// [`crate::drain::DRAIN_NOTICE`], and whatever is still open at `timeout` is cut off (each
+    /// cut request or connection is logged). Returns as soon as no connection is left.
+    pub async fn drain(&self, timeout: Duration) -> Drained {
+        let plan = DrainPlan::new(timeout);
+        let start = Instant::now();
+        let all = u32::try_from(self.connections_limit()).unwrap_or(u32::MAX);
+        self.drain.advance(DrainPhase::Notice);
+        let mut all_closed = Box::pin(self.connections.acquire_many(all));
+        tokio::select! {
+            _ = &mut all_closed => return Drained::default(),
+            () = tokio::time::sleep_until(start + plan.close_at) => {}
+        }
+        self.drain.advance(DrainPhase::Close);
+        tokio::select! {
+            _ = &mut all_closed => return Drained::default(),
+            () = tokio::time::sleep_until(start + plan.cut_at) => {}
+        }
+        // Give back what the waiter holds, so that the count of open connections is right.
+        drop(all_closed);
+        let cut = self.connections_limit() - self.connections.available_permits();
+        info!(
+            cut,
+            ?timeout,
+            "drain timeout: cutting off the connections still open"
+        );
+        self.drain.advance(DrainPhase::Cut);
+        // Cut connections log their lines as they end; that takes a moment, not more.
+        let _ = tokio::time::timeout(CUT_GRACE, self.connections.acquire_many(all)).await;
+        Drained { cut }
+    }
+
+    /// Permits of [`Waypoint::connections`]: the most connections served at once.
+    fn connections_limit(&self) -> usize {
+        self.config.max_connections.min(Semaphore::MAX_PERMITS)
     }
 
     /// A deny may be cached for the identity anchor the kernel saw only when that anchor stands
@@ -404,6 +460,9 @@ impl Waypoint {
         Metrics::global().add(TCP_CLOSED_TOTAL, &inbound.tcp_labels(), 1);
     }
 }
+
+/// How long cut-off connections get to log their lines and close.
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// The origin of a connection that iptables `REDIRECT` sent here: where it was headed
 /// (`SO_ORIGINAL_DST`) and the ServiceEntry route for that. `None` (logged) when the connection

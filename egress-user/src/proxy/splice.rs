@@ -30,6 +30,7 @@ use super::{
 };
 use crate::{
     config::Protocol,
+    drain::DrainPhase,
     model::ServiceTable,
     telemetry::{
         Metrics,
@@ -147,6 +148,7 @@ pub(super) async fn serve(
     };
     let mut upstream = upstream;
     let idle = waypoint.config.idle_timeout;
+    let cut = waypoint.drain.signal();
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => {
             match copied {
@@ -155,6 +157,11 @@ pub(super) async fn serve(
             }
         }
         () = activity.idle(idle) => debug!(?idle, "idle timeout; closing"),
+        () = cut.reached(DrainPhase::Cut) => {
+            info!("cut off at the drain timeout");
+            entry.response_flags = Some("DC".into());
+            entry.connection_termination_details = Some("drain_timeout".into());
+        }
     }
 
     entry.bytes_received = received.load(Ordering::Relaxed);

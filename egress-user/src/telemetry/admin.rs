@@ -17,11 +17,17 @@ use http_body_util::Full;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 use tracing::{debug, warn};
 
 use super::metrics::Metrics;
-use crate::model::{ServiceTable, Upstream};
+use crate::{
+    drain::Gate,
+    model::{ServiceTable, Upstream},
+};
 
 /// Concurrent admin connections; more are closed on accept (the endpoint is for probes and
 /// scrapers, not for traffic).
@@ -39,11 +45,16 @@ pub struct AdminState {
     pub kernel_counters: Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
 }
 
-/// Serves the admin endpoint until the task is dropped. Per-connection errors are logged.
-pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>) -> io::Result<()> {
+/// Serves the admin endpoint while `gate` is open (see [`crate::drain::accept`]); returns,
+/// dropping the listener, once it is closed. Per-connection errors are logged.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut gate: watch::Receiver<Gate>,
+) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
+    while let Some(accepted) = crate::drain::accept(&listener, &mut gate).await {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) if super::is_transient_accept_error(&error) => {
                 warn!(%error, "admin accept failed; retrying");
@@ -73,6 +84,7 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>) -> io::R
             }
         });
     }
+    Ok(())
 }
 
 fn route<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
@@ -218,7 +230,7 @@ mod tests {
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::new(vec![service()]))),
             kernel_counters: Arc::new(|| vec![("redirected_ipv4", 7)]),
         });
-        let server = tokio::spawn(serve_admin(listener, state));
+        let server = tokio::spawn(serve_admin(listener, state, crate::drain::always_open()));
 
         assert_eq!(
             get(addr, "/healthz/ready").await.0,

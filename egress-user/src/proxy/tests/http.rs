@@ -496,6 +496,7 @@ async fn admin_reports_readiness_and_request_counters() {
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::default())),
             kernel_counters: Arc::new(|| vec![("peer_recorded", 3)]),
         }),
+        crate::drain::always_open(),
     ));
 
     assert_eq!(

@@ -293,7 +293,7 @@ impl Dataplane {
             .await
             .expect("bind waypoint");
         let addr = listener.local_addr().expect("waypoint addr");
-        tokio::spawn(waypoint.serve(listener));
+        tokio::spawn(waypoint.serve(listener, crate::drain::always_open()));
         Self {
             addr,
             origins,
