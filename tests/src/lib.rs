@@ -34,4 +34,4 @@ pub use dataplane::{Builder, Dataplane, Workload};
 pub use environment::{cgroup2_mount, egress_bin, require_binary, require_privileges};
 pub use process::{Output, curl, run_bounded};
 pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};
-pub use upstream::{Hit, Upstream};
+pub use upstream::{Hit, Upstream, counter_bytes};
