@@ -250,7 +250,7 @@ fn reuse_one_port(
 /// waypoint's old socket not yet closed) must get its reply. The old socket's sockhash entry
 /// outlived its connection and took the new connection's messages.
 #[test]
-fn a_reused_local_port_loses_no_reply() {
+fn no_reply_is_lost_through_the_sockmap_when_a_local_port_is_reused() {
     if !require_privileges() {
         return;
     }
@@ -278,7 +278,7 @@ fn a_reused_local_port_loses_no_reply() {
 /// Several MiB per reply over connections that reuse one local port, half of them closed by
 /// the waypoint right after the reply: every byte arrives, in order, or a partial loss shows.
 #[test]
-fn large_replies_over_a_reused_local_port_arrive_whole() {
+fn large_replies_cross_the_sockmap_whole_over_a_reused_local_port() {
     if !require_privileges() {
         return;
     }
