@@ -120,6 +120,18 @@ pub const CONFIG_F_SOCKMAP: u16 = 4;
 /// Capacity of the sockhash (two entries per accelerated connection).
 pub const SOCKS_MAX: u32 = 65_536;
 
+// The short-cut of one app↔waypoint connection (`EG_SHORTCUT_V1`), keyed by the application's
+// end (a `SockKey` as sockops sees the application's socket), is reset when that socket is
+// established. The first to write it after the reset decides for the connection's life: the
+// waypoint's end, once both ends are in the sockhash, `SHORTCUT_PAIRED`; anything else
+// `SHORTCUT_TCP`. sk_msg redirects only on `SHORTCUT_PAIRED`.
+
+/// Both ends are in the sockhash as this connection's sockets: sk_msg may redirect.
+pub const SHORTCUT_PAIRED: u32 = 1;
+/// The connection stays on the TCP path in both directions (an end is missing from the sockhash,
+/// or a message went by TCP before the pair was complete).
+pub const SHORTCUT_TCP: u32 = 2;
+
 /// A socket in the sockhash, by its own end and its peer's, as sock_ops and sk_msg see them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -132,6 +144,18 @@ pub struct SockKey {
     pub local_port: u32,
     /// Remote port, host byte order.
     pub remote_port: u32,
+}
+
+impl SockKey {
+    /// The key of the socket at the other end of the same connection.
+    pub const fn reversed(&self) -> Self {
+        SockKey {
+            local_ip4: self.remote_ip4,
+            remote_ip4: self.local_ip4,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
 }
 
 /// Capacity of the REGISTRY_ONLY allow list.
@@ -233,6 +257,7 @@ mod tests {
         for name in crate::names::PROGRAMS
             .iter()
             .chain(crate::names::MAPS.iter())
+            .chain(crate::names::RETIRED_MAPS.iter())
         {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
         }

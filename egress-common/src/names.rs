@@ -43,8 +43,8 @@ pub const MAP_ORIGINS: &str = "EG_ORIGINS_V1";
 pub const MAP_PEERS: &str = "EG_PEERS_V1";
 /// Array with one entry: where the waypoint listens and which cgroup it runs in.
 pub const MAP_CONFIG: &str = "EG_CONFIG_V1";
-/// Per-CPU array of counters indexed by [`crate::stats`] reasons.
-pub const MAP_STATS: &str = "EG_STATS_V1";
+/// Per-CPU array of counters indexed by [`crate::stats`] reasons (V2: 16 counters).
+pub const MAP_STATS: &str = "EG_STATS_V2";
 
 /// Hash: cgroup id -> identity anchor (a cgroup that carries an identity).
 pub const MAP_IDENTITIES: &str = "EG_IDENTITY_V1";
@@ -57,9 +57,12 @@ pub const MAP_ALLOWED4: &str = "EG_ALLOWED4_V1";
 /// Sockhash of accelerated app↔waypoint sockets, with the sk_msg program attached. Pinned like
 /// the others: the kernel detaches a sockhash's programs when its last pin and descriptor go.
 pub const MAP_SOCKS: &str = "EG_SOCKS_V1";
+/// LRU hash: the application's end of an app↔waypoint connection -> whether sk_msg may take the
+/// short-cut ([`crate::SHORTCUT_PAIRED`]) or the connection stays on TCP.
+pub const MAP_SHORTCUTS: &str = "EG_SHORTCUT_V1";
 
 /// Every map, for pinning, status and cleanup.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 11] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_ORIGINS,
@@ -70,4 +73,13 @@ pub const MAPS: [&str; 10] = [
     MAP_VERDICTS,
     MAP_ALLOWED4,
     MAP_SOCKS,
+    MAP_SHORTCUTS,
+];
+
+/// Maps an earlier version pinned under a name no longer used (their layout changed). Start-up
+/// and cleanup remove their pins; programs still attached from the earlier run keep their own
+/// reference until their links are replaced.
+pub const RETIRED_MAPS: [&str; 1] = [
+    // 15 counters (13 before the sockmap short-cut, under the same name).
+    "EG_STATS_V1",
 ];

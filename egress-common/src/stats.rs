@@ -38,9 +38,13 @@ pub const REFUSED_REGISTRY_ONLY: u32 = 12;
 pub const SOCKMAP_INSERTED: u32 = 13;
 /// sk_msg handed a message straight to the peer socket (the TCP/IP stack was skipped).
 pub const SOCKMAP_REDIRECTED: u32 = 14;
+/// The waypoint's end of an accelerated connection could not be paired with the application's:
+/// a socket of an earlier connection with the same 4-tuple still held a sockhash key, or the
+/// application's first message went by TCP. The connection stays on the TCP path.
+pub const SOCKMAP_UNPAIRED: u32 = 15;
 
 /// Size of the stats array.
-pub const COUNT: u32 = 15;
+pub const COUNT: u32 = 16;
 
 /// Counter names for output, indexed by reason (prometheus-friendly snake case).
 pub const NAMES: [&str; COUNT as usize] = [
@@ -59,4 +63,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "refused_registry_only",
     "sockmap_inserted",
     "sockmap_redirected",
+    "sockmap_unpaired",
 ];

@@ -43,12 +43,15 @@ pub static EG_ALLOWED4_V1: LpmTrie<AllowKey4, u32, { ALLOWED_MAX as usize }> = L
 pub static EG_SOCKS_V1: SockHash<SockKey> = SockHash::with_max_entries(SOCKS_MAX, 0);
 
 #[btf_map]
-pub static EG_STATS_V1: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
+pub static EG_SHORTCUT_V1: LruHashMap<SockKey, u32, { SOCKS_MAX as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static EG_STATS_V2: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
 
 /// Counts one occurrence of `reason` on this CPU.
 #[inline(always)]
 pub fn count(reason: u32) {
-    if let Some(slot) = EG_STATS_V1.get_ptr_mut(reason) {
+    if let Some(slot) = EG_STATS_V2.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, and BPF programs are not preempted on one CPU mid-update.
         unsafe { *slot += 1 };
     }

@@ -5,22 +5,40 @@
 //!
 //! With `CONFIG_F_SOCKMAP`, both ends of an HTTP connection between a captured application and
 //! the waypoint also go into the sockhash (the application's at ACTIVE_ESTABLISHED, the
-//! waypoint's accepted socket at PASSIVE_ESTABLISHED), where sk_msg short-cuts their messages.
+//! waypoint's accepted socket at PASSIVE_ESTABLISHED), where sk_msg short-cuts their messages —
+//! only once the waypoint's end has paired them in `EG_SHORTCUT_V1`.
+//!
+//! Why pairing: the sockhash is keyed by 4-tuple, but an entry lives as long as its socket is
+//! open, not as long as its connection holds the 4-tuple. Since Linux 6.2 (no sockmap unhash
+//! handler; backported to stable kernels) a socket that was reset stays in the map until its
+//! owner calls close(), so that it
+//! can still read what was queued to it. A client that reuses its local port connects again
+//! while the waypoint's socket of the last connection is in CLOSE_WAIT: its SYN draws a
+//! challenge ACK, its RST resets that socket, and the new connection is accepted with the same
+//! 4-tuple while the old socket still holds the key. Without pairing, the new connection's
+//! request was redirected into the old socket, answered there, and the reply lost.
 use aya_ebpf::{
     EbpfContext as _, bindings::bpf_sock_ops, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key,
     programs::SockOpsContext,
 };
 use egress_common::{
-    CONFIG_F_SOCKMAP, Config, Origin, PeerKey, SERVICE_F_HTTP, SERVICE_KEY_PORT_BITS, ServiceKey4,
-    SockKey, stats,
+    CONFIG_F_SOCKMAP, Config, Origin, PeerKey, SERVICE_F_HTTP, SERVICE_KEY_PORT_BITS,
+    SHORTCUT_PAIRED, SHORTCUT_TCP, ServiceKey4, SockKey, stats,
 };
 
-use crate::maps::{EG_ORIGINS_V1, EG_PEERS_V1, EG_SERVICES4_V1, EG_SOCKS_V1, config, count};
+use crate::maps::{
+    EG_ORIGINS_V1, EG_PEERS_V1, EG_SERVICES4_V1, EG_SHORTCUT_V1, EG_SOCKS_V1, config, count,
+};
 
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
-/// `BPF_NOEXIST`: a socket already in the map keeps its entry.
-const BPF_NOEXIST: u64 = 1;
+/// `BPF_ANY`: create or replace.
+pub const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST`: only create. A socket already in the sockhash keeps its entry, also a stale
+/// one of an earlier connection with the same 4-tuple (the new connection then stays on TCP):
+/// replacing it would drop that socket's psock, and with it the redirected bytes its owner has
+/// not read yet.
+pub const BPF_NOEXIST: u64 = 1;
 
 pub fn sockops(ctx: &SockOpsContext) {
     match ctx.op() {
@@ -47,8 +65,15 @@ fn active_established(ctx: &SockOpsContext) {
     if EG_PEERS_V1.insert(key, origin, 0).is_ok() {
         count(stats::PEER_RECORDED);
     }
-    if config().is_some_and(|config| accelerated(&config, &origin)) {
-        insert_socket(ctx);
+    let own = sock_key(ctx);
+    // A new connection with this 4-tuple: forget what an earlier one decided, before this socket
+    // can be found in the sockhash under the key.
+    let _ = EG_SHORTCUT_V1.remove(&own);
+    let inserted =
+        config().is_some_and(|config| accelerated(&config, &origin)) && insert_socket(ctx, own);
+    if !inserted {
+        // The waypoint's end must not pair with a socket that is not this one.
+        let _ = EG_SHORTCUT_V1.insert(&own, &SHORTCUT_TCP, BPF_ANY);
     }
 }
 
@@ -74,8 +99,21 @@ fn passive_established(ctx: &SockOpsContext) {
     };
     // SAFETY: pointer from a successful lookup; copied out at once.
     let origin = unsafe { *origin };
-    if accelerated(&config, &origin) {
-        insert_socket(ctx);
+    if !accelerated(&config, &origin) {
+        return;
+    }
+    let own = sock_key(ctx);
+    let app_end = own.reversed();
+    // Paired only when both ends went into the sockhash as themselves and the application has
+    // sent nothing by TCP yet (sk_msg claims the entry first then): from here on every byte in
+    // both directions takes the short-cut, so none can overtake bytes still on the TCP path.
+    let paired = insert_socket(ctx, own)
+        && EG_SHORTCUT_V1
+            .insert(&app_end, &SHORTCUT_PAIRED, BPF_NOEXIST)
+            .is_ok();
+    if !paired {
+        let _ = EG_SHORTCUT_V1.insert(&app_end, &SHORTCUT_TCP, BPF_ANY);
+        count(stats::SOCKMAP_UNPAIRED);
     }
 }
 
@@ -99,18 +137,25 @@ fn accelerated(config: &Config, origin: &Origin) -> bool {
         .is_some_and(|service| service.flags & SERVICE_F_HTTP != 0)
 }
 
-fn insert_socket(ctx: &SockOpsContext) {
-    let mut key = SockKey {
+/// This socket's key in the sockhash: its own end, then its peer's.
+fn sock_key(ctx: &SockOpsContext) -> SockKey {
+    SockKey {
         local_ip4: ctx.local_ip4(),
         remote_ip4: ctx.remote_ip4(),
         local_port: ctx.local_port(),
         remote_port: u32::from(remote_port(ctx.remote_port())),
-    };
+    }
+}
+
+/// Puts the socket into the sockhash under `key`, unless the key is taken.
+fn insert_socket(ctx: &SockOpsContext, mut key: SockKey) -> bool {
     // SAFETY: the context pointer is the program's bpf_sock_ops.
     let ops = unsafe { &mut *(ctx.as_ptr() as *mut bpf_sock_ops) };
-    if EG_SOCKS_V1.update(&mut key, ops, BPF_NOEXIST).is_ok() {
+    let inserted = EG_SOCKS_V1.update(&mut key, ops, BPF_NOEXIST).is_ok();
+    if inserted {
         count(stats::SOCKMAP_INSERTED);
     }
+    inserted
 }
 
 /// sock_ops and sk_msg give the remote port in network byte order, in the upper half of the

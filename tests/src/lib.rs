@@ -38,4 +38,4 @@ pub use environment::{
 pub use process::{Output, curl, run_bounded};
 pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};
 pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};
-pub use upstream::{Hit, Upstream};
+pub use upstream::{Hit, Upstream, counter_bytes};

@@ -126,9 +126,16 @@ fn serve(stream: TcpStream, local: SocketAddr, hits: &Mutex<Vec<Hit>>) {
             || hit
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        // `/echo-body` answers with the request body; anything else with what the request was.
+        // `/echo-body` answers with the request body, `/counter/<len>` with `counter_bytes(len)`;
+        // anything else with what the request was.
+        let counter_len = hit
+            .path
+            .strip_prefix("/counter/")
+            .and_then(|n| n.parse().ok());
         let body = if hit.path == "/echo-body" {
             hit.body.clone()
+        } else if let Some(len) = counter_len.filter(|&len| len <= MAX_BODY) {
+            counter_bytes(len)
         } else {
             format!(
                 "method={}\npath={}\nhost={}\n",
@@ -160,6 +167,15 @@ fn serve(stream: TcpStream, local: SocketAddr, hits: &Mutex<Vec<Hit>>) {
             return;
         }
     }
+}
+
+/// `len` bytes of little-endian u64s counting up from 0 (the last one cut short): a body in
+/// which every 8-byte word is different, so a lost, repeated or reordered piece shows.
+pub fn counter_bytes(len: usize) -> Vec<u8> {
+    (0..len.div_ceil(8) as u64)
+        .flat_map(u64::to_le_bytes)
+        .take(len)
+        .collect()
 }
 
 /// Reads one request head and its `content-length` body; `true` for HTTP/1.0.

@@ -112,6 +112,9 @@ pub fn install_pinned(
         pin_dir: pin_dir.to_owned(),
         source: Box::new(source),
     })?;
+    for name in names::RETIRED_MAPS {
+        remove_pin(&pin_dir.join(name))?;
+    }
 
     if !attach_programs {
         let pinned = fs::read_dir(&links_dir)
@@ -347,7 +350,7 @@ pub fn cleanup(pin_dir: &Path) -> Result<usize, BpfError> {
         }
         let _ = fs::remove_dir(&links_dir);
     }
-    for name in names::MAPS {
+    for name in names::MAPS.iter().chain(names::RETIRED_MAPS.iter()) {
         let path = pin_dir.join(name);
         if path.exists() {
             remove_pin(&path)?;

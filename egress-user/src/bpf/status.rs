@@ -9,8 +9,8 @@ use aya::{
     },
 };
 use egress_common::{
-    Config, IdentityAnchor, Origin, PeerKey, ServiceKey4, ServiceKey6, ServiceValue, VERDICT_DENY,
-    VerdictKey, VerdictValue, names,
+    Config, IdentityAnchor, Origin, PeerKey, ServiceKey4, ServiceKey6, ServiceValue, SockKey,
+    VERDICT_DENY, VerdictKey, VerdictValue, names,
 };
 
 use super::{BpfError, loader::LINKS_DIR, maps::open_pinned};
@@ -183,7 +183,11 @@ fn count_entries(pin_dir: &Path, name: &'static str) -> Result<usize, BpfError> 
             .map_err(err)?
             .keys()
             .count(),
-        names::MAP_SOCKS => aya::maps::SockHash::<MapData, egress_common::SockKey>::try_from(map)
+        names::MAP_SHORTCUTS => HashMap::<MapData, SockKey, u32>::try_from(map)
+            .map_err(err)?
+            .keys()
+            .count(),
+        names::MAP_SOCKS => aya::maps::SockHash::<MapData, SockKey>::try_from(map)
             .map_err(err)?
             .keys()
             .count(),
