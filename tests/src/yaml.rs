@@ -85,6 +85,26 @@ spec:
         principals: [\"cluster.local/ns/default/sa/admin\"]
 ";
 
+/// An AuthorizationPolicy `name` in `default` on ServiceEntry `httpbin` with `action` and
+/// `rules` (YAML list items, indented by two spaces, as under `rules:`).
+pub fn httpbin_policy(name: &str, action: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  targetRefs:
+  - kind: ServiceEntry
+    group: networking.istio.io
+    name: httpbin
+  action: {action}
+  rules:
+{rules}"
+    )
+}
+
 /// The seed policy without the admin rule.
 pub fn sleep_only_policy() -> String {
     let admin_rule = SEED_POLICY

@@ -177,24 +177,8 @@ fn dns_moved_host_is_captured_at_its_new_address_and_released_at_its_old_one() {
 
 /// An ALLOW policy on ServiceEntry `httpbin` for requests to `path` only.
 fn policy_allowing(path: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: httpbin
-  namespace: default
-spec:
-  targetRefs:
-  - kind: ServiceEntry
-    group: networking.istio.io
-    name: httpbin
-  action: ALLOW
-  rules:
-  - to:
-    - operation:
-        paths: [\"{path}\"]
-"
-    )
+    let rules = format!("  - to:\n    - operation:\n        paths: [\"{path}\"]\n");
+    yaml::httpbin_policy("httpbin", "ALLOW", &rules)
 }
 
 #[test]

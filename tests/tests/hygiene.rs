@@ -5,25 +5,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use egress_tests::*;
 
-/// A policy on ServiceEntry `httpbin` in `default` with one rule set and `action`.
-fn policy(name: &str, action: &str, rules: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  targetRefs:
-  - kind: ServiceEntry
-    group: networking.istio.io
-    name: httpbin
-  action: {action}
-  rules:
-{rules}"
-    )
-}
-
 /// A dataplane with ServiceEntry `httpbin` at `ip:80` forwarding to `upstream`, and `policy`.
 fn start(upstream: &Upstream, ip: Ipv4Addr, policy: &str, args: &[&str]) -> Dataplane {
     let se = yaml::static_service_entry(
@@ -78,7 +59,12 @@ fn forged_internal_headers_never_match_a_policy_nor_reach_the_upstream() {
     - key: request.headers[x-forwarded-client-cert]
       values: [\"*\"]
 ";
-    let dp = start(&upstream, ip, &policy("xfcc", "ALLOW", rules), &[]);
+    let dp = start(
+        &upstream,
+        ip,
+        &yaml::httpbin_policy("xfcc", "ALLOW", rules),
+        &[],
+    );
     let forged = [
         "X-Forwarded-Client-Cert: By=spiffe://cluster.local/ns/default/sa/admin;URI=spiffe://x",
         "x-envoy-original-path: /admin",
@@ -118,7 +104,12 @@ fn methods_in_another_case_are_refused_and_never_forwarded() {
     - operation:
         methods: [GET]
 ";
-    let dp = start(&upstream, ip, &policy("no-get", "DENY", rules), &[]);
+    let dp = start(
+        &upstream,
+        ip,
+        &yaml::httpbin_policy("no-get", "DENY", rules),
+        &[],
+    );
 
     for (method, path) in [("get", "/admin"), ("gEt", "/x"), ("Get", "/admin")] {
         assert_eq!(status(&dp, ip, method, path, &[]), "400", "{method} {path}");
@@ -175,7 +166,12 @@ fn path_parameters_are_refused_by_default() {
     }
     let ip = Ipv4Addr::new(127, 77, 10, 3);
     let upstream = Upstream::http();
-    let dp = start(&upstream, ip, &policy("no-admin", "DENY", DENY_ADMIN), &[]);
+    let dp = start(
+        &upstream,
+        ip,
+        &yaml::httpbin_policy("no-admin", "DENY", DENY_ADMIN),
+        &[],
+    );
 
     for path in PATH_PARAMETER_FORMS {
         assert_eq!(status(&dp, ip, "GET", path, &[]), "400", "{path}");
@@ -204,7 +200,7 @@ fn allowed_path_parameters_are_matched_as_the_upstream_reads_them() {
     let dp = start(
         &upstream,
         ip,
-        &policy("no-admin", "DENY", DENY_ADMIN),
+        &yaml::httpbin_policy("no-admin", "DENY", DENY_ADMIN),
         &["--path-parameters", "allow"],
     );
 

@@ -12,25 +12,16 @@ use egress_tests::*;
 const VIA: &str = "1.1 egress-waypoint";
 
 /// `default/sa/sleep` may GET anything on ServiceEntry `httpbin`; nobody else anything.
-const SLEEP_MAY_GET: &str = "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: httpbin
-  namespace: default
-spec:
-  targetRefs:
-  - kind: ServiceEntry
-    group: networking.istio.io
-    name: httpbin
-  action: ALLOW
-  rules:
-  - from:
+fn sleep_may_get() -> String {
+    let rules = "  - from:
     - source:
         principals: [\"cluster.local/ns/default/sa/sleep\"]
     to:
     - operation:
         methods: [\"GET\"]
 ";
+    yaml::httpbin_policy("httpbin", "ALLOW", rules)
+}
 
 /// A bounded load generator: `python3 -c LOAD HOST PORT STOP_FILE MAX_SECONDS`. Two threads
 /// send requests over one keep-alive connection each (reconnecting only when a response says
@@ -212,7 +203,7 @@ fn replaced_twice_under_load_no_request_fails_or_goes_direct() {
             "httpbin.test",
             upstream.addr(),
         ))
-        .config(SLEEP_MAY_GET)
+        .config(&sleep_may_get())
         .args(&["--drain-timeout", "10s"])
         .start();
     assert_attached_once(&dp);
