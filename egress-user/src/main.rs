@@ -61,6 +61,13 @@ enum Command {
     /// short-lived child so that the loader's memory never stays in the waypoint).
     #[command(name = "__install", hide = true)]
     Install(InstallArgs),
+    /// Internal: write the kernel object this binary loads to PATH (for tools that inspect it,
+    /// such as the libbpf cross-check test).
+    #[command(name = "__object", hide = true)]
+    Object {
+        #[arg(long, value_name = "PATH")]
+        output: PathBuf,
+    },
     /// Detach capture and remove every pin (same as `egress run --cleanup`).
     Uninstall {
         /// Pin directory to remove.
@@ -151,6 +158,12 @@ struct RunArgs {
     /// refused in both modes.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = PathParameters::Reject)]
     path_parameters: PathParameters,
+    /// Log each kernel decision (redirected, refused and why, exempt, passed) into this
+    /// process's log at info, target egress::kernel (RUST_LOG=egress::kernel=info). For
+    /// debugging: every connect from the captured cgroup writes a line. Off, the log code is
+    /// removed by the verifier when the programs load and costs nothing.
+    #[arg(long)]
+    kernel_log: bool,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -168,6 +181,8 @@ struct InstallArgs {
     programs: String,
     #[arg(long, value_parser = ["on", "off"])]
     sockmap: String,
+    #[arg(long, value_parser = ["on", "off"], default_value = "off")]
+    kernel_log: String,
 }
 
 #[derive(Args)]
@@ -281,7 +296,12 @@ fn main() -> ExitCode {
             args.verdict_cache_size,
             args.programs == "attach",
             args.sockmap == "on",
+            args.kernel_log == "on",
         ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Object { output } => match bpf::write_object(&output) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
@@ -374,6 +394,7 @@ fn run(args: RunArgs) -> ExitCode {
         },
         sockmap: args.sockmap == "on",
         path_parameters: args.path_parameters,
+        kernel_log: args.kernel_log,
     };
     // One worker: a current-thread runtime, as an Envoy worker is one event loop (measured:
     // about a fifth less CPU per request than a one-worker multi-thread runtime). Blocking work
