@@ -475,6 +475,25 @@ fn libbpf_reads_every_pin_and_the_kernel_btf_matches_egress_common() {
         ))
         .start();
 
+    // Every pin is one of ours: the maps of egress-common and the links directory.
+    let mut pins: Vec<String> = std::fs::read_dir(dp.pin_dir())
+        .expect("the pin directory")
+        .map(|e| e.expect("a pin").file_name().to_string_lossy().into_owned())
+        .collect();
+    pins.sort();
+    let mut expected: Vec<String> = names::MAPS
+        .iter()
+        .map(|m| m.to_string())
+        .chain(["links".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(
+        pins,
+        expected,
+        "what is pinned under {}",
+        dp.pin_dir().display()
+    );
+
     let mut problems = Vec::new();
     for map in &layout::MAPS {
         let path = dp.pin_dir().join(map.map);
