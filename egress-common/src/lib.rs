@@ -5,6 +5,7 @@
 //! from BTF.
 #![no_std]
 
+pub mod layout;
 pub mod maps;
 pub mod names;
 pub mod stats;

@@ -6,6 +6,13 @@
 //! - no waypoint configured yet, origin not recordable, UDP, or an IPv6 ServiceEntry: refused
 //!   (fail closed: never a direct path);
 //! - otherwise the origin is recorded by socket cookie and the destination becomes the waypoint.
+//!
+//! Each decision is also logged through aya-log (`egress run --kernel-log`). The log statements
+//! test aya-log's `AYA_LOG_LEVEL`, a read-only global the loader sets before load: with the log
+//! off it is 0, the verifier sees a constant and removes the log code, so the hot path runs the
+//! same instructions as without logging (see the README for how that was measured).
+use core::net::{Ipv4Addr, Ipv6Addr};
+
 use aya_ebpf::{
     EbpfContext as _,
     btf_maps::lpm_trie::Key,
@@ -15,6 +22,7 @@ use aya_ebpf::{
     },
     programs::SockAddrContext,
 };
+use aya_log_ebpf::info;
 use egress_common::{
     AllowKey4, CONFIG_F_REGISTRY_ONLY, Config, FAMILY_INET, FAMILY_INET6, IDENTITY_F_CACHEABLE,
     MAX_CGROUP_LEVEL, Origin, SERVICE_F_SHARED, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6,
@@ -96,9 +104,10 @@ fn cached_deny(config: &Config, identity_id: u64, service_id: u32, port: u16) ->
 }
 
 /// A destination that is no ServiceEntry address: untouched, unless REGISTRY_ONLY refuses it
-/// (the waypoint's own connects and the allowed CIDRs excepted).
+/// (the waypoint's own connects and the allowed CIDRs excepted). `port` (network order) is only
+/// logged.
 #[inline(always)]
-pub fn not_a_service4(addr: [u8; 4]) -> Result<Action, ()> {
+pub fn not_a_service4(addr: [u8; 4], port: [u8; 2]) -> Result<Action, ()> {
     if let Some(config) = config()
         && config.flags & CONFIG_F_REGISTRY_ONLY != 0
     {
@@ -109,10 +118,23 @@ pub fn not_a_service4(addr: [u8; 4]) -> Result<Action, ()> {
             .is_some();
         if cgroup_id != config.waypoint_cgroup_id && !allowed {
             count(stats::REFUSED_REGISTRY_ONLY);
+            info!(
+                &(),
+                "refused reason=registry_only dst={}:{} cgroup={}",
+                Ipv4Addr::from(addr),
+                u16::from_be_bytes(port),
+                cgroup_id
+            );
             return Err(());
         }
     }
     count(stats::PASSED);
+    info!(
+        &(),
+        "passed reason=not_a_service_entry dst={}:{}",
+        Ipv4Addr::from(addr),
+        u16::from_be_bytes(port)
+    );
     Ok(Action::Untouched)
 }
 
@@ -131,35 +153,58 @@ fn decide4(
     family: u16,
 ) -> Result<Action, ()> {
     let Some(service) = lookup4(addr, port) else {
-        return not_a_service4(addr);
+        return not_a_service4(addr, port);
     };
+    let port_host = u16::from_be_bytes(port);
+    let dst = Ipv4Addr::from(addr);
     let Some(config) = config() else {
         count(stats::REFUSED_NO_WAYPOINT);
+        info!(&(), "refused reason=no_waypoint dst={}:{}", dst, port_host);
         return Err(());
     };
     // SAFETY: helper without preconditions, allowed for cgroup sock_addr programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if cgroup_id == config.waypoint_cgroup_id {
         count(stats::EXEMPT_WAYPOINT);
+        info!(
+            &(),
+            "exempt reason=waypoint_cgroup dst={}:{} cgroup={}", dst, port_host, cgroup_id
+        );
         return Ok(Action::Untouched);
     }
     if sock_type == SOCK_DGRAM {
         // The waypoint proxies TCP only; a UDP flow (QUIC, say) to a ServiceEntry port would be
         // a bypass, so it is refused and the client falls back to TCP.
         count(stats::REFUSED_UDP);
+        info!(
+            &(),
+            "refused reason=udp dst={}:{} cgroup={}", dst, port_host, cgroup_id
+        );
         return Err(());
     }
     if sock_type != SOCK_STREAM {
         count(stats::PASSED);
+        info!(
+            &(),
+            "passed reason=not_tcp dst={}:{} cgroup={}", dst, port_host, cgroup_id
+        );
         return Ok(Action::Untouched);
     }
-    let port_host = u16::from_be_bytes(port);
     let (identity_id, cacheable) = identity_anchor();
     let shared = service.flags & SERVICE_F_SHARED != 0;
     if cacheable && !shared && cached_deny(&config, identity_id, service.service_id, port_host) {
         // An L4-decidable deny learnt earlier: refused before a packet is sent or the waypoint
         // wakes up.
         count(stats::REFUSED_VERDICT);
+        info!(
+            &(),
+            "refused reason=verdict_cache dst={}:{} identity={} service={} port={}",
+            dst,
+            port_host,
+            identity_id,
+            service.service_id,
+            port_host
+        );
         return Err(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -179,8 +224,21 @@ fn decide4(
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if EG_ORIGINS_V1.insert(cookie, origin, 0).is_err() {
         count(stats::REFUSED_ORIGIN_FULL);
+        info!(
+            &(),
+            "refused reason=origin_full dst={}:{} cgroup={}", dst, port_host, cgroup_id
+        );
         return Err(());
     }
+    info!(
+        &(),
+        "redirected dst={}:{} cgroup={} identity={} service={}",
+        dst,
+        port_host,
+        cgroup_id,
+        identity_id,
+        service.service_id
+    );
     Ok(Action::Redirect {
         addr: config.waypoint_addr,
         port: config.waypoint_port,
@@ -231,22 +289,36 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<(), ()> {
         return Ok(());
     }
     if lookup6(ip6, port).is_none() {
-        return not_a_service6(ip6);
+        return not_a_service6(ip6, port);
     }
     // SAFETY: as above.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if config().is_some_and(|c| c.waypoint_cgroup_id == cgroup_id) {
         count(stats::EXEMPT_WAYPOINT);
+        info!(
+            &(),
+            "exempt reason=waypoint_cgroup dst=[{}]:{} cgroup={}",
+            ipv6(ip6),
+            u16::from_be_bytes(port),
+            cgroup_id
+        );
         return Ok(());
     }
     // IPv6 upstreams are not proxied yet: refusing is the only answer that is not a bypass.
     count(stats::REFUSED_IPV6);
+    info!(
+        &(),
+        "refused reason=ipv6_service_entry dst=[{}]:{} cgroup={}",
+        ipv6(ip6),
+        u16::from_be_bytes(port),
+        cgroup_id
+    );
     Err(())
 }
 
-/// The ServiceEntry at an IPv6 address (words as in `user_ip6`) and port, if any.
+/// An address from `user_ip6` words, as network-order bytes.
 #[inline(always)]
-pub fn lookup6(ip6: [u32; 4], port: [u8; 2]) -> Option<ServiceValue> {
+fn ip6_bytes(ip6: [u32; 4]) -> [u8; 16] {
     let mut addr = [0u8; 16];
     let mut i = 0;
     while i < 4 {
@@ -257,6 +329,19 @@ pub fn lookup6(ip6: [u32; 4], port: [u8; 2]) -> Option<ServiceValue> {
         addr[i * 4 + 3] = word[3];
         i += 1;
     }
+    addr
+}
+
+/// For the log.
+#[inline(always)]
+fn ipv6(ip6: [u32; 4]) -> Ipv6Addr {
+    Ipv6Addr::from(ip6_bytes(ip6))
+}
+
+/// The ServiceEntry at an IPv6 address (words as in `user_ip6`) and port, if any.
+#[inline(always)]
+pub fn lookup6(ip6: [u32; 4], port: [u8; 2]) -> Option<ServiceValue> {
+    let addr = ip6_bytes(ip6);
     let key = Key::new(
         SERVICE_KEY_PORT_BITS + 128,
         ServiceKey6 {
@@ -269,9 +354,9 @@ pub fn lookup6(ip6: [u32; 4], port: [u8; 2]) -> Option<ServiceValue> {
 }
 
 /// An IPv6 destination that is no ServiceEntry address: untouched, unless REGISTRY_ONLY
-/// refuses it. IPv6 has no allow list yet; only `::1` stays reachable.
+/// refuses it. IPv6 has no allow list yet; only `::1` stays reachable. `port` is only logged.
 #[inline(always)]
-pub fn not_a_service6(ip6: [u32; 4]) -> Result<(), ()> {
+pub fn not_a_service6(ip6: [u32; 4], port: [u8; 2]) -> Result<(), ()> {
     let loopback =
         ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == u32::from_ne_bytes([0, 0, 0, 1]);
     if !loopback
@@ -282,9 +367,22 @@ pub fn not_a_service6(ip6: [u32; 4]) -> Result<(), ()> {
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         if cgroup_id != config.waypoint_cgroup_id {
             count(stats::REFUSED_REGISTRY_ONLY);
+            info!(
+                &(),
+                "refused reason=registry_only dst=[{}]:{} cgroup={}",
+                ipv6(ip6),
+                u16::from_be_bytes(port),
+                cgroup_id
+            );
             return Err(());
         }
     }
     count(stats::PASSED);
+    info!(
+        &(),
+        "passed reason=not_a_service_entry dst=[{}]:{}",
+        ipv6(ip6),
+        u16::from_be_bytes(port)
+    );
     Ok(())
 }

@@ -11,6 +11,7 @@
 //!
 //! The address is never rewritten: there is nothing to redirect a datagram to.
 use aya_ebpf::{helpers::bpf_get_current_cgroup_id, programs::SockAddrContext};
+use aya_log_ebpf::info;
 use egress_common::stats;
 
 use crate::{
@@ -19,27 +20,38 @@ use crate::{
 };
 
 /// A datagram to a ServiceEntry address and port: only the waypoint's own sends go through.
+/// `port` (network order) is only logged.
 #[inline(always)]
-fn service_datagram() -> Result<(), ()> {
+fn service_datagram(port: [u8; 2]) -> Result<(), ()> {
+    let port = u16::from_be_bytes(port);
     let Some(config) = config() else {
         count(stats::REFUSED_NO_WAYPOINT);
+        info!(&(), "refused reason=no_waypoint udp_port={}", port);
         return Err(());
     };
     // SAFETY: helper without preconditions, allowed for cgroup sock_addr programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if cgroup_id == config.waypoint_cgroup_id {
         count(stats::EXEMPT_WAYPOINT);
+        info!(
+            &(),
+            "exempt reason=waypoint_cgroup udp_port={} cgroup={}", port, cgroup_id
+        );
         return Ok(());
     }
     count(stats::REFUSED_UDP);
+    info!(
+        &(),
+        "refused reason=udp udp_port={} cgroup={}", port, cgroup_id
+    );
     Err(())
 }
 
 #[inline(always)]
 fn datagram4(addr: [u8; 4], port: [u8; 2]) -> Result<(), ()> {
     match lookup4(addr, port) {
-        Some(_) => service_datagram(),
-        None => not_a_service4(addr).map(|_| ()),
+        Some(_) => service_datagram(port),
+        None => not_a_service4(addr, port).map(|_| ()),
     }
 }
 
@@ -66,7 +78,7 @@ pub fn sendmsg6(ctx: &SockAddrContext) -> Result<(), ()> {
         return datagram4(ip6[3].to_ne_bytes(), port);
     }
     match lookup6(ip6, port) {
-        Some(_) => service_datagram(),
-        None => not_a_service6(ip6),
+        Some(_) => service_datagram(port),
+        None => not_a_service6(ip6, port),
     }
 }

@@ -66,6 +66,13 @@ enum Command {
     /// short-lived child so that the loader's memory never stays in the waypoint).
     #[command(name = "__install", hide = true)]
     Install(InstallArgs),
+    /// Internal: write the kernel object this binary loads to PATH (for tools that inspect it,
+    /// such as the libbpf cross-check test).
+    #[command(name = "__object", hide = true)]
+    Object {
+        #[arg(long, value_name = "PATH")]
+        output: PathBuf,
+    },
     /// Detach capture, remove every pin, and remove the cgroups egress made (the captured
     /// cgroup's egress-waypoint and ns/… directories, then the captured cgroup itself when it
     /// is empty). Same as `egress run --cleanup`.
@@ -195,6 +202,12 @@ struct RunArgs {
     /// timeout is cut off (and logged). Units ms, s, m, h: 500ms, 20s, 1m30s.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_drain_timeout)]
     drain_timeout: Duration,
+    /// Log each kernel decision (redirected, refused and why, exempt, passed) into this
+    /// process's log at info, target egress::kernel (RUST_LOG=egress::kernel=info). For
+    /// debugging: every connect from the captured cgroup writes a line. Off, the log code is
+    /// removed by the verifier when the programs load and costs nothing.
+    #[arg(long)]
+    kernel_log: bool,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -212,6 +225,8 @@ struct InstallArgs {
     programs: String,
     #[arg(long, value_parser = ["on", "off"])]
     sockmap: String,
+    #[arg(long, value_parser = ["on", "off"], default_value = "off")]
+    kernel_log: String,
 }
 
 #[derive(Args)]
@@ -325,7 +340,12 @@ fn main() -> ExitCode {
             args.verdict_cache_size,
             args.programs == "attach",
             args.sockmap == "on",
+            args.kernel_log == "on",
         ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Object { output } => match bpf::write_object(&output) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
@@ -443,6 +463,7 @@ fn run(args: RunArgs) -> ExitCode {
             idle_timeout: args.idle_timeout,
         },
         drain_timeout: args.drain_timeout,
+        kernel_log: args.kernel_log,
     };
     match limits::raise_open_files(args.max_connections as usize) {
         Ok(files) if files.is_short() => tracing::warn!(

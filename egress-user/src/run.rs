@@ -78,6 +78,9 @@ pub struct RunOptions {
     pub limits: Limits,
     /// How long a drain (SIGTERM, or a successor taking over) lets connections finish.
     pub drain_timeout: Duration,
+    /// The kernel programs log each decision, read into this process's log (target
+    /// `egress::kernel`).
+    pub kernel_log: bool,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -239,7 +242,16 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         opts.verdict_cache_size,
         ebpf,
         opts.sockmap && ebpf,
+        opts.kernel_log && ebpf,
     )?);
+    if opts.kernel_log {
+        if ebpf {
+            crate::bpf::spawn_kernel_log_reader(&opts.bpffs)?;
+            info!("kernel decisions are logged (target egress::kernel)");
+        } else {
+            warn!("iptables capture: --kernel-log has no effect (no program is attached)");
+        }
+    }
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
 
     // SIGHUP reloads; install the handler before anything could send one.

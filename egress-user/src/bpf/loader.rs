@@ -19,7 +19,7 @@ use aya::{
 use egress_common::names;
 use tracing::{debug, info};
 
-use super::{BpfError, ServiceRoute, maps::Maps};
+use super::{BpfError, ServiceRoute, kernel_log, maps::Maps};
 use crate::cgroup;
 
 /// The kernel object, built by build.rs with the pinned nightly and bpf-linker.
@@ -52,12 +52,15 @@ impl Capture {
     /// [`install_pinned`]): it parses the kernel's BTF (several MiB of transient memory) and
     /// leaves nothing behind but the pins, which this process then opens. The long-running
     /// waypoint never carries the loader's peak memory.
+    ///
+    /// With `kernel_log` the programs log each decision (see [`super::spawn_kernel_log_reader`]).
     pub fn install(
         cgroup_dir: &Path,
         pin_dir: &Path,
         verdict_cache_size: Option<u32>,
         attach_programs: bool,
         sockmap: bool,
+        kernel_log: bool,
     ) -> Result<Self, BpfError> {
         run_installer(
             cgroup_dir,
@@ -65,6 +68,7 @@ impl Capture {
             verdict_cache_size,
             attach_programs,
             sockmap,
+            kernel_log,
         )?;
         let maps = Maps::open(pin_dir)?;
         maps.set_sockmap(sockmap && attach_programs)?;
@@ -80,13 +84,16 @@ impl Capture {
 /// ones) and, with `attach_programs`, attaches the programs to `cgroup_dir` and pins the links,
 /// replacing an earlier run's without a window. With `sockmap`, the sk_msg program is attached
 /// to the sockhash for as long as that map lives: the sockops program holds it, so until the
-/// next run replaces the links. Returns once everything is pinned; the caller exits.
+/// next run replaces the links. With `kernel_log`, the programs log their decisions through
+/// aya-log (its `AYA_LOG_LEVEL` global is set before load; 0 otherwise, and the verifier removes
+/// the log code). Returns once everything is pinned; the caller exits.
 pub fn install_pinned(
     cgroup_dir: &Path,
     pin_dir: &Path,
     verdict_cache_size: Option<u32>,
     attach_programs: bool,
     sockmap: bool,
+    kernel_log: bool,
 ) -> Result<(), BpfError> {
     cgroup::ensure_bpffs(pin_dir)?;
     let links_dir = pin_dir.join(LINKS_DIR);
@@ -108,6 +115,8 @@ pub fn install_pinned(
         // Applies when the map is created; a pinned one keeps its size.
         loader.map_max_entries(names::MAP_VERDICTS, size.max(1));
     }
+    let level = kernel_log::level(kernel_log);
+    loader.override_global(kernel_log::LEVEL_GLOBAL, &level, true);
     let mut ebpf = loader.load(OBJECT).map_err(|source| BpfError::Load {
         pin_dir: pin_dir.to_owned(),
         source: Box::new(source),
@@ -395,6 +404,15 @@ fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SkMsgLink, BpfError> {
     Ok(link)
 }
 
+/// `egress __object --output PATH`: writes the kernel object this binary loads, for tools that
+/// inspect it (the libbpf cross-check test).
+pub fn write_object(path: &Path) -> Result<(), BpfError> {
+    fs::write(path, OBJECT).map_err(|source| BpfError::WriteObject {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// How long `egress __install` may take (loading includes the verifier).
 const INSTALLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -406,6 +424,7 @@ fn run_installer(
     verdict_cache_size: Option<u32>,
     attach_programs: bool,
     sockmap: bool,
+    kernel_log: bool,
 ) -> Result<(), BpfError> {
     let exe = std::env::current_exe().map_err(BpfError::Installer)?;
     let mut command = std::process::Command::new(&exe);
@@ -420,6 +439,7 @@ fn run_installer(
             if attach_programs { "attach" } else { "none" },
         ])
         .args(["--sockmap", if sockmap { "on" } else { "off" }])
+        .args(["--kernel-log", if kernel_log { "on" } else { "off" }])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());

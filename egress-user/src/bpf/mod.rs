@@ -1,12 +1,14 @@
 //! The only module that talks to aya: load the kernel object, pin maps, attach and pin links,
 //! and typed handles on the maps for the rest of the binary.
 mod attached;
+mod kernel_log;
 mod loader;
 mod maps;
 mod status;
 
 pub use attached::{Attachment, attachment};
-pub use loader::{Capture, cleanup, install_pinned};
+pub use kernel_log::spawn_reader as spawn_kernel_log_reader;
+pub use loader::{Capture, cleanup, install_pinned, write_object};
 pub use maps::{ServiceRoute, register_anchor};
 pub use status::{Status, status};
 
@@ -83,6 +85,24 @@ pub enum BpfError {
     Installer(#[source] io::Error),
     #[error("the kernel-object installer (`egress __install`) failed ({status}):\n{output}")]
     InstallerFailed { status: String, output: String },
+    #[error("attaching to the kernel log of program {program_id} (aya-log's AYA_LOGS map)")]
+    KernelLog {
+        program_id: u32,
+        #[source]
+        source: aya_log::Error,
+    },
+    #[error("polling the kernel log of program {program_id}")]
+    KernelLogPoll {
+        program_id: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing the kernel object to {path}")]
+    WriteObject {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("removing pins under {path}")]
     Cleanup {
         path: PathBuf,
