@@ -72,6 +72,10 @@ pub fn control_plane() -> anyhow::Result<PathBuf> {
             apiserver.display()
         );
     }
+    step(&format!(
+        "control plane for the Kubernetes tests: {version} in {}",
+        dir.display()
+    ));
     // etcd and kubectl beside it, so the directory is a complete KUBEBUILDER_ASSETS.
     for binary in ["etcd", "kubectl"] {
         let target = which(binary).with_context(|| format!("{binary} is not on PATH"))?;
