@@ -48,6 +48,24 @@ pub fn find_tool(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether a Kubernetes control plane (kube-apiserver, etcd, kubectl) is available for
+/// [`Cluster::start`](crate::Cluster::start): from `KUBEBUILDER_ASSETS`, or the cache `cargo xtask
+/// prereqs` builds. When not, this prints why and returns `false`, or panics under
+/// `EGRESS_REQUIRE_PRIV=1`, so the Kubernetes suite never skips silently in CI. Needs no root.
+#[must_use]
+pub fn require_control_plane() -> bool {
+    let missing: Vec<String> = crate::cluster::control_plane_assets()
+        .err()
+        .into_iter()
+        .chain(
+            find_tool("curl")
+                .is_none()
+                .then(|| "`curl` is not installed".to_owned()),
+        )
+        .collect();
+    skip_unless_empty(&missing)
+}
+
 /// Whether `EGRESS_BIN` names the binary, for tests that need it but not root.
 #[must_use]
 pub fn require_binary() -> bool {

@@ -21,6 +21,7 @@
 //! Every test gets its own cgroup, pin directory, ports and temporary files, so tests run in
 //! parallel; dropping a [`Dataplane`] removes all of them, also when the test panicked.
 
+mod cluster;
 mod dataplane;
 mod environment;
 mod http;
@@ -31,11 +32,16 @@ mod tls;
 mod upstream;
 pub mod yaml;
 
+pub use cluster::{
+    CACHED_ASSETS, Cluster, ClusterBuilder, Kubectl, SERVICE_CLUSTER_IP_RANGE,
+    control_plane_assets, service_account_user,
+};
 pub use dataplane::{Builder, Dataplane, Workload};
 pub use environment::{
-    cgroup2_mount, egress_bin, find_tool, require_binary, require_privileges, require_tools,
+    cgroup2_mount, egress_bin, find_tool, require_binary, require_control_plane,
+    require_privileges, require_tools,
 };
-pub use process::{Output, curl, run_bounded};
+pub use process::{Output, curl, run_bounded, run_bounded_with_input};
 pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};
 pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};
 pub use upstream::{Hit, Upstream, counter_bytes};

@@ -103,13 +103,31 @@ pub(crate) fn bounded_curl_args<'a>(args: &'a [&'a str]) -> impl Iterator<Item =
 
 /// Runs `cmd` to completion, or kills it (by its pid) after `timeout`. Stdin is closed.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    run_bounded_with_input(cmd, None, timeout)
+}
+
+/// [`run_bounded`] with `input` written to the command's stdin (then closed).
+pub fn run_bounded_with_input(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> Output {
     let command = describe(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("could not start `{command}`: {e}"));
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let input = input.to_owned();
+        // From a thread, so a command that does not read cannot block the deadline below.
+        thread::spawn(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
     let stdout = drain(child.stdout.take().expect("stdout is piped"));
     let stderr = drain(child.stderr.take().expect("stderr is piped"));
     let deadline = Instant::now() + timeout;

@@ -5,6 +5,7 @@
 //! by hand.
 mod bench;
 mod cmd;
+mod kube;
 mod prereqs;
 mod tasks;
 
@@ -39,8 +40,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: Debian packages (bpftool, curl, iproute2, libelf-dev,
-    /// pkg-config), the pinned nightly with rust-src, and bpf-linker built against that nightly's
-    /// libLLVM. Idempotent: present tools are skipped.
+    /// pkg-config, etcd-server), the pinned nightly with rust-src, bpf-linker built against that
+    /// nightly's libLLVM, and the Kubernetes suite's control plane (KUBEBUILDER_ASSETS, or
+    /// kube-apiserver 1.20.2 built once from Debian's source, about 6 minutes, cached in
+    /// /var/cache/egress). Idempotent: present tools are skipped.
     Prereqs,
     /// Install prerequisites, then build the `egress` binary (its build script compiles the
     /// kernel programs with the pinned nightly).
@@ -117,7 +120,10 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let ws = Workspace::locate();
     match cli.task {
-        Task::Prereqs => prereqs::install(),
+        Task::Prereqs => {
+            prereqs::install()?;
+            kube::control_plane().map(drop)
+        }
         Task::Build { release } => {
             let binary = tasks::build(&ws, release)?;
             cmd::step(&format!("built {}", binary.display()));

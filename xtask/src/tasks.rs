@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     Workspace,
     cmd::{self, step},
-    prereqs,
+    kube, prereqs,
 };
 
 /// `cargo build -p egress-user`, after the prerequisites.
@@ -86,6 +86,9 @@ pub fn test(ws: &Workspace, plan: &TestPlan) -> anyhow::Result<()> {
         cmd::run(cargo(ws).arg("test"))?;
     }
     if plan.e2e {
+        // Here and not in `prereqs::install`: only the end-to-end suite needs a control plane,
+        // and building one (once) should not hold up `cargo xtask build` or `run`.
+        let control_plane = kube::control_plane()?;
         step("building the egress binary for the end-to-end tests");
         let mut build = cargo(ws);
         cmd::run(build.args(["build", "-p", "egress-user"]))?;
@@ -102,7 +105,8 @@ pub fn test(ws: &Workspace, plan: &TestPlan) -> anyhow::Result<()> {
         step("privileged end-to-end tests (cargo test -p egress-tests)");
         let mut e2e = cargo(ws);
         e2e.args(["test", "-p", "egress-tests"])
-            .env("EGRESS_BIN", &binary);
+            .env("EGRESS_BIN", &binary)
+            .env("KUBEBUILDER_ASSETS", &control_plane);
         if !plan.e2e_args.is_empty() {
             e2e.arg("--").args(&plan.e2e_args);
         }
