@@ -5,6 +5,9 @@ pub mod config;
 pub mod dns;
 pub mod exec;
 pub mod explain;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod model;
 pub mod policy;

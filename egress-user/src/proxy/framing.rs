@@ -34,6 +34,8 @@ use std::{
 };
 
 mod chunked;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 
 use chunked::{ChunkAt, Chunked};
 use http::StatusCode;
