@@ -141,6 +141,24 @@ fn cargo_fuzz(ws: &Workspace, subcommand: &str, target_dir: &Path) -> Command {
         .args(["fuzz", subcommand, "--fuzz-dir", "fuzz", "--target-dir"])
         .arg(target_dir)
         .current_dir(&ws.root);
+    // `cargo run` gave xtask its package's CARGO_MANIFEST_DIR, CARGO_PKG_*, ...; build scripts
+    // (ring's, through cc) rerun when those change, so a `cargo fuzz` run by hand would rebuild
+    // everything after this one, and the other way round. Build in a plain cargo environment.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+        {
+            cargo.env_remove(key.as_ref());
+        }
+    }
     cargo
 }
 
