@@ -294,14 +294,16 @@ impl<S> Framed<S> {
         let mut framing = None;
         while let Some(nl) = bytes[scan.at..].iter().position(|&b| b == b'\n') {
             let line_end = scan.at + nl;
+            // The size first: a head too large is 431 whatever its lines hold, as when its end
+            // has not arrived yet — the verdict must not depend on how the bytes were split.
+            if line_end + 1 > self.max_head {
+                return Err(Violation::HEADERS_TOO_LARGE);
+            }
             let Some(content) = bytes[scan.line_start..line_end].strip_suffix(b"\r") else {
                 return Err(Violation::BARE_LF);
             };
             scan.at = line_end + 1;
             scan.line_start = scan.at;
-            if scan.at > self.max_head {
-                return Err(Violation::HEADERS_TOO_LARGE);
-            }
             if scan.line(content)? {
                 framing = Some((scan.framing()?, scan.at));
                 break;
