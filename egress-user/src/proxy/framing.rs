@@ -443,6 +443,11 @@ impl HeadScan {
         }
         // hyper refuses what `http::Uri` cannot parse, with an answer of its own: check it here.
         // The usual origin-form target is plain enough to skip the parse (and its copy).
+        // Non-ASCII bytes: `http::Uri` lets them through after a `#`, httparse (and so hyper)
+        // refuses them anywhere.
+        if !target.is_ascii() {
+            return Err(Violation::INVALID_URL);
+        }
         let plain =
             target.first() == Some(&b'/') && target.iter().all(|&b| is_plain_target_byte(b));
         if !plain && http::Uri::try_from(target).is_err() {
