@@ -7,6 +7,9 @@ pub mod drain;
 pub mod exec;
 pub mod explain;
 pub mod handover;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod model;
 pub mod output;

@@ -1,4 +1,5 @@
-//! Developer tasks for the egress dataplane: `cargo xtask prereqs | build | run | test | bench`.
+//! Developer tasks for the egress dataplane:
+//! `cargo xtask prereqs | build | run | test | bench | fuzz`.
 //!
 //! The alias lives in `.cargo/config.toml`. Every task that needs the BPF toolchain installs it
 //! first (see `prereqs`), so a fresh machine with stable Rust, rustup and a C compiler needs nothing
@@ -6,6 +7,7 @@
 mod bench;
 mod cmd;
 mod kube;
+mod fuzz;
 mod prereqs;
 mod tasks;
 
@@ -30,7 +32,8 @@ use clap::{Parser, Subcommand};
         cargo xtask test                    fmt, clippy, unit tests, build, privileged e2e tests\n  \
         cargo xtask test --e2e-only -- capture --nocapture\n  \
         sudo -E cargo xtask bench --quick   D/E/I/V smoke run (about 2 minutes once built)\n  \
-        sudo -E cargo xtask bench           the full run of docs/benchmarks.md (about 15 minutes)"
+        sudo -E cargo xtask bench           the full run of docs/benchmarks.md (about 15 minutes)\n  \
+        cargo xtask fuzz --seconds 20       every fuzz target for 20 s (cargo-fuzz, pinned nightly)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -103,6 +106,35 @@ enum Task {
         #[arg(long, value_enum, value_name = "PROFILE")]
         profile: Option<bench::Profile>,
     },
+    /// Build the cargo-fuzz targets in fuzz/ (pinned nightly, libFuzzer, AddressSanitizer) and
+    /// run each for a while, one after the other: framing (the request framing gate in front
+    /// of hyper), normalize (path normalization), config (the YAML loader), policy (the
+    /// AuthorizationPolicy engine). The properties are `egress::fuzzing`; `cargo xtask test`
+    /// runs the seed corpora (fuzz/corpus/TARGET) through them as a unit test.
+    #[command(
+        after_help = "Runs start from fuzz/corpus/TARGET (the committed seeds, never \
+        written) and target/fuzz/corpus/TARGET (what earlier runs found). Each target's full \
+        libFuzzer output goes to target/fuzz/logs/TARGET.log.\n\n\
+        A failing input (panic, ASan report, a hang over 10 s, too much memory) is saved under \
+        target/fuzz/artifacts/TARGET/; the remaining targets still run and the task then exits \
+        1, printing how to reproduce it. Once fixed, copy the input into fuzz/corpus/TARGET/: \
+        it becomes a regression case of `cargo xtask test`.\n\n\
+        Installs cargo-fuzz (pinned) when it is missing. No root needed.\n\n\
+        Examples:\n  \
+        cargo xtask fuzz                           every target for 60 s\n  \
+        cargo xtask fuzz --seconds 600 --target framing\n  \
+        cargo +nightly-2026-05-20 fuzz run --fuzz-dir fuzz --target-dir target/fuzz framing \
+        target/fuzz/artifacts/framing/crash-...   replay one input"
+    )]
+    Fuzz {
+        /// How long each target runs, in seconds.
+        #[arg(long, value_name = "N", default_value_t = 60,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        seconds: u32,
+        /// Only this target (repeatable; default all).
+        #[arg(long, value_name = "NAME", value_parser = fuzz::TARGETS)]
+        target: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -158,6 +190,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 profile,
                 rounds: rounds.map(|r| r as usize),
                 only,
+            },
+        ),
+        Task::Fuzz { seconds, target } => fuzz::fuzz(
+            &ws,
+            &fuzz::FuzzOptions {
+                seconds,
+                targets: target,
             },
         ),
     }

@@ -13,6 +13,8 @@ use crate::cmd::{self, on_path, probe, step};
 pub const NIGHTLY: &str = "nightly-2026-05-20";
 /// bpf-linker release built against LLVM 22, the LLVM of [`NIGHTLY`].
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz release `cargo xtask fuzz` drives (built with stable; it runs [`NIGHTLY`]).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages and, where there is one, a command that proves the tool is present even when
 /// it was not installed by dpkg.
@@ -193,6 +195,31 @@ fn nightly_sysroot() -> Option<PathBuf> {
             .env("RUSTUP_AUTO_INSTALL", "0"),
     )?;
     Some(PathBuf::from(out.trim()))
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` only (the other tasks never need it).
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    let installed = probe(Command::new("cargo-fuzz").arg("--version"));
+    if installed
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|word| word == CARGO_FUZZ_VERSION))
+    {
+        return Ok(());
+    }
+    step(&format!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 2 CPU-minutes)"
+    ));
+    if let Some(previous) = installed {
+        println!("    replacing {}", previous.trim());
+    }
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ]))
 }
 
 /// bpf-linker built against the nightly's own libLLVM, so no system LLVM 22 is needed.

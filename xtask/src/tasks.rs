@@ -69,6 +69,8 @@ pub fn test(ws: &Workspace, plan: &TestPlan) -> anyhow::Result<()> {
     if plan.lint {
         step("checking formatting (cargo fmt --check)");
         cmd::run(cargo(ws).args(["fmt", "--all", "--", "--check"]))?;
+        // The fuzz targets are a workspace of their own (built on nightly by `cargo xtask fuzz`).
+        cmd::run(cargo(ws).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
         step("linting (cargo clippy -D warnings)");
         cmd::run(cargo(ws).args([
             "clippy",
@@ -82,7 +84,8 @@ pub fn test(ws: &Workspace, plan: &TestPlan) -> anyhow::Result<()> {
     if plan.unit {
         // The default members only: the privileged suite and the kernel crate are not among them
         // (`--workspace` would pull egress-tests in without EGRESS_BIN).
-        step("unit tests (cargo test, default members, no root needed)");
+        // egress-user's unit tests include the fuzz seed corpora (`egress::fuzzing`).
+        step("unit tests (cargo test, default members, no root needed; fuzz seed corpora)");
         cmd::run(cargo(ws).arg("test"))?;
     }
     if plan.e2e {

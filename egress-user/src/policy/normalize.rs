@@ -12,7 +12,10 @@
 //!    their `%2e` forms; a `%00` is refused;
 //! 3. merge repeated slashes.
 //!
-//! Other escapes are kept as written (`%ab` stays `%ab`). The query is kept for forwarding but
+//! Other escapes are kept as written (`%ab` stays `%ab`). A `%` that starts no escape (not
+//! followed by two hex digits) is refused: decoding once would make one of it — `/%%32e%%32e/x`
+//! becomes `/%2e%2e/x`, which authorization matches as written and an upstream that decodes
+//! reads as `/x` — so the normalized path would not be normalized (Chromium keeps such a `%`). The query is kept for forwarding but
 //! never matched; the fragment is dropped (Envoy refuses a `#` by default; design §5 strips it).
 //! Bytes that cannot appear in an HTTP/1.1 request target (controls, space, non-ASCII) are
 //! refused rather than re-escaped as Chromium would: the caller answers 400.
@@ -35,6 +38,8 @@ pub enum NormalizeError {
     NotOriginForm(String),
     #[error("%00 is not allowed in a path")]
     EncodedNul,
+    #[error("'%' at offset {offset} starts no escape (two hex digits must follow)")]
+    StrayPercent { offset: usize },
     #[error("byte 0x{byte:02x} at offset {offset} is not allowed in a request target")]
     InvalidByte { byte: u8, offset: usize },
     #[error(
@@ -251,20 +256,21 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-/// One pass over the escapes: unreserved characters and slashes decoded, `%00` refused, the
-/// rest kept verbatim; backslashes become slashes.
+/// One pass over the escapes: unreserved characters and slashes decoded, `%00` and a `%` that
+/// starts no escape refused, the rest kept verbatim; backslashes become slashes.
 fn decode(path: &str) -> Result<String, NormalizeError> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'%'
-            && let (Some(hi), Some(lo)) = (
+        if b == b'%' {
+            let (Some(hi), Some(lo)) = (
                 bytes.get(i + 1).copied().and_then(hex),
                 bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
+            ) else {
+                return Err(NormalizeError::StrayPercent { offset: i });
+            };
             let c = hi << 4 | lo;
             match c {
                 0 => return Err(NormalizeError::EncodedNul),
@@ -563,6 +569,30 @@ mod tests {
         ] {
             assert!(!is_miscased_method(method.as_bytes()), "{method}");
         }
+    }
+
+    /// Found by the `normalize` fuzz target: decoding `%32` after a stray `%` made a new
+    /// escape, so the "normalized" path still had `%2e%2e` for an upstream to decode.
+    #[test]
+    fn a_percent_that_starts_no_escape_is_refused() {
+        for (raw, offset) in [
+            ("/%%32e%%32e/admin", 1),
+            ("/%%32f..%%32fadmin", 1),
+            ("/100%", 4),
+            ("/a%2", 2),
+            ("/a%zz", 2),
+        ] {
+            assert_eq!(
+                normalize_path(raw),
+                Err(NormalizeError::StrayPercent { offset }),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            normalize_path("/a?100%").as_deref(),
+            Ok("/a"),
+            "query untouched"
+        );
     }
 
     #[test]

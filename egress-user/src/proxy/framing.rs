@@ -34,6 +34,8 @@ use std::{
 };
 
 mod chunked;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 
 use chunked::{ChunkAt, Chunked};
 use http::StatusCode;
@@ -292,14 +294,16 @@ impl<S> Framed<S> {
         let mut framing = None;
         while let Some(nl) = bytes[scan.at..].iter().position(|&b| b == b'\n') {
             let line_end = scan.at + nl;
+            // The size first: a head too large is 431 whatever its lines hold, as when its end
+            // has not arrived yet — the verdict must not depend on how the bytes were split.
+            if line_end + 1 > self.max_head {
+                return Err(Violation::HEADERS_TOO_LARGE);
+            }
             let Some(content) = bytes[scan.line_start..line_end].strip_suffix(b"\r") else {
                 return Err(Violation::BARE_LF);
             };
             scan.at = line_end + 1;
             scan.line_start = scan.at;
-            if scan.at > self.max_head {
-                return Err(Violation::HEADERS_TOO_LARGE);
-            }
             if scan.line(content)? {
                 framing = Some((scan.framing()?, scan.at));
                 break;
@@ -439,6 +443,11 @@ impl HeadScan {
         }
         // hyper refuses what `http::Uri` cannot parse, with an answer of its own: check it here.
         // The usual origin-form target is plain enough to skip the parse (and its copy).
+        // Non-ASCII bytes: `http::Uri` lets them through after a `#`, httparse (and so hyper)
+        // refuses them anywhere.
+        if !target.is_ascii() {
+            return Err(Violation::INVALID_URL);
+        }
         let plain =
             target.first() == Some(&b'/') && target.iter().all(|&b| is_plain_target_byte(b));
         if !plain && http::Uri::try_from(target).is_err() {

@@ -15,6 +15,10 @@ mod upstream;
 #[cfg(test)]
 mod tests;
 
+/// The framing gate's fuzz property, for `crate::fuzzing`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use framing::fuzz::check as check_framing;
+
 use std::{
     io,
     net::{IpAddr, SocketAddr},

@@ -3,7 +3,7 @@
 //! where a chunked message ends.
 use super::{
     MAX_CHUNK_EXTENSION_BYTES, MAX_CHUNK_SIZE_DIGITS, MAX_HEADERS, MAX_TRAILER_BYTES, Violation,
-    is_field_byte,
+    is_field_byte, is_tchar,
 };
 
 #[derive(Debug)]
@@ -38,7 +38,9 @@ pub(super) enum ChunkAt {
     DataLf,
     /// At the start of a trailer line (or of the empty line that ends the body).
     TrailerStart,
-    Trailer,
+    /// In a trailer field's name, before its `:` (hyper parses trailers as header fields).
+    TrailerName,
+    TrailerValue,
     TrailerLf {
         last: bool,
     },
@@ -113,21 +115,32 @@ impl Chunked {
             ChunkAt::TrailerStart => match b {
                 b'\r' => ChunkAt::TrailerLf { last: true },
                 b' ' | b'\t' => return Err(Violation::OBS_FOLD),
-                b if is_field_byte(b) => {
+                b if is_tchar(b) => {
                     self.trailer_lines += 1;
                     if self.trailer_lines > MAX_HEADERS {
                         return Err(Violation::TRAILERS_TOO_LARGE);
                     }
                     self.trailer_byte()?;
-                    ChunkAt::Trailer
+                    ChunkAt::TrailerName
                 }
                 _ => return Err(Violation::INVALID_TRAILER),
             },
-            ChunkAt::Trailer => match b {
+            ChunkAt::TrailerName => match b {
+                b':' => {
+                    self.trailer_byte()?;
+                    ChunkAt::TrailerValue
+                }
+                b if is_tchar(b) => {
+                    self.trailer_byte()?;
+                    ChunkAt::TrailerName
+                }
+                _ => return Err(Violation::INVALID_TRAILER),
+            },
+            ChunkAt::TrailerValue => match b {
                 b'\r' => ChunkAt::TrailerLf { last: false },
                 b if is_field_byte(b) => {
                     self.trailer_byte()?;
-                    ChunkAt::Trailer
+                    ChunkAt::TrailerValue
                 }
                 _ => return Err(Violation::INVALID_TRAILER),
             },
