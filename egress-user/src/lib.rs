@@ -6,10 +6,10 @@ pub mod dns;
 pub mod drain;
 pub mod exec;
 pub mod explain;
-pub mod handover;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handover;
 pub mod identity;
 pub mod model;
 pub mod output;

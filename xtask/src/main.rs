@@ -6,8 +6,8 @@
 //! by hand.
 mod bench;
 mod cmd;
-mod kube;
 mod fuzz;
+mod kube;
 mod prereqs;
 mod tasks;
 
