@@ -178,6 +178,36 @@ fn assert_attached_once(dp: &Dataplane) {
 
 /// Waits (bounded) until the upstream has seen more than `count` requests.
 #[track_caller]
+/// A dataplane with `--drain-timeout drain` and a curl from `default/sleep` whose request the
+/// upstream answers after `delay_ms`, in flight (the upstream has it) when this returns.
+fn slow_request_in_flight(
+    drain: &str,
+    delay_ms: u64,
+) -> (Upstream, Dataplane, thread::JoinHandle<Output>) {
+    let upstream = Upstream::http();
+    let dp = Dataplane::builder()
+        .service_entry(&yaml::service_entry(
+            "httpbin",
+            "httpbin.test",
+            upstream.addr(),
+        ))
+        .args(&["--drain-timeout", drain])
+        .start();
+    let mut slow = dp.exec("default", "sleep").command(
+        "curl",
+        &[
+            "-sS",
+            "-i",
+            "--max-time",
+            "20",
+            &upstream.url(&format!("/delay/{delay_ms}")),
+        ],
+    );
+    let slow = thread::spawn(move || run_bounded(&mut slow, Duration::from_secs(30)));
+    wait_for_hits(&upstream, 0);
+    (upstream, dp, slow)
+}
+
 fn wait_for_hits(upstream: &Upstream, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while upstream.hits().len() <= count {
@@ -293,27 +323,7 @@ fn sigterm_lets_an_in_flight_request_finish_within_the_drain_timeout() {
     if !require_privileges() {
         return;
     }
-    let upstream = Upstream::http();
-    let mut dp = Dataplane::builder()
-        .service_entry(&yaml::service_entry(
-            "httpbin",
-            "httpbin.test",
-            upstream.addr(),
-        ))
-        .args(&["--drain-timeout", "8s"])
-        .start();
-    let mut slow = dp.exec("default", "sleep").command(
-        "curl",
-        &[
-            "-sS",
-            "-i",
-            "--max-time",
-            "20",
-            &upstream.url("/delay/2000"),
-        ],
-    );
-    let slow = thread::spawn(move || run_bounded(&mut slow, Duration::from_secs(30)));
-    wait_for_hits(&upstream, 0);
+    let (_upstream, mut dp, slow) = slow_request_in_flight("8s", 2000);
 
     let signalled = Instant::now();
     dp.sigterm();
@@ -345,27 +355,7 @@ fn a_request_past_the_drain_timeout_is_cut_off_and_the_process_exits() {
     if !require_privileges() {
         return;
     }
-    let upstream = Upstream::http();
-    let mut dp = Dataplane::builder()
-        .service_entry(&yaml::service_entry(
-            "httpbin",
-            "httpbin.test",
-            upstream.addr(),
-        ))
-        .args(&["--drain-timeout", "1s"])
-        .start();
-    let mut slow = dp.exec("default", "sleep").command(
-        "curl",
-        &[
-            "-sS",
-            "-i",
-            "--max-time",
-            "20",
-            &upstream.url("/delay/15000"),
-        ],
-    );
-    let slow = thread::spawn(move || run_bounded(&mut slow, Duration::from_secs(30)));
-    wait_for_hits(&upstream, 0);
+    let (_upstream, mut dp, slow) = slow_request_in_flight("1s", 15000);
 
     let signalled = Instant::now();
     dp.sigterm();
