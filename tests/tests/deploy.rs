@@ -160,6 +160,10 @@ fn deploy_chart_lints_and_renders_the_daemonset_of_design_10() {
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], "15000");
     assert_eq!(annotations["prometheus.io/path"], "/stats/prometheus");
+    assert_eq!(
+        annotations["container.apparmor.security.beta.kubernetes.io/egress"],
+        "unconfined"
+    );
 }
 
 #[test]
@@ -201,6 +205,12 @@ fn deploy_chart_values_change_what_they_name() {
     let annotations =
         &Chart::find(&docs, "DaemonSet", "egress")["spec"]["template"]["metadata"]["annotations"];
     assert!(annotations.get("prometheus.io/scrape").is_none());
+    assert!(
+        annotations
+            .get("container.apparmor.security.beta.kubernetes.io/egress")
+            .is_none(),
+        "privileged containers are unconfined anyway"
+    );
 
     // The default image tag is the chart's appVersion.
     let docs = Chart::egress().render();
