@@ -1,5 +1,5 @@
 //! Developer tasks for the egress dataplane:
-//! `cargo xtask prereqs | build | run | test | bench | fuzz`.
+//! `cargo xtask prereqs | build | run | test | bench | fuzz | manifests`.
 //!
 //! The alias lives in `.cargo/config.toml`. Every task that needs the BPF toolchain installs it
 //! first (see `prereqs`), so a fresh machine with stable Rust, rustup and a C compiler needs nothing

