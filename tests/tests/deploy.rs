@@ -296,8 +296,8 @@ fn deploy_chart_crds_are_deploy_crds_and_skippable() {
     }
     assert!(
         read("deploy/helm/egress/crds/istio.yaml") == read("deploy/crds/istio.yaml"),
-        "deploy/helm/egress/crds/istio.yaml differs from deploy/crds/istio.yaml: \
-         cp deploy/crds/istio.yaml deploy/helm/egress/crds/istio.yaml"
+        "deploy/helm/egress/crds/istio.yaml differs from deploy/crds/istio.yaml: run `cargo \
+         xtask manifests`"
     );
     let chart = Chart::egress();
     let with = documents(&chart.template(&["--include-crds"]));

@@ -1,6 +1,7 @@
 //! `cargo xtask manifests`: deploy/manifests/egress.yaml is what helm renders from the chart in
 //! deploy/helm/egress with its default values (plus the Namespace), so `kubectl apply -f` and
-//! `helm install` deploy the same objects. tests/deploy.rs fails when the file is stale.
+//! `helm install` deploy the same objects; and the chart's crds/ is a copy of deploy/crds (helm
+//! packages no file outside the chart). tests/deploy.rs fails when either is stale.
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -13,6 +14,9 @@ use crate::{
 
 /// The committed plain manifests, relative to the workspace root.
 pub const MANIFESTS: &str = "deploy/manifests/egress.yaml";
+/// The CRDs (`egress crds` writes them) and the chart's copy.
+const CRDS: &str = "deploy/crds/istio.yaml";
+const CHART_CRDS: &str = "deploy/helm/egress/crds/istio.yaml";
 /// `helm template` arguments after the binary; tests/deploy.rs uses the same.
 pub const TEMPLATE_ARGS: &[&str] = &[
     "template",
@@ -31,8 +35,19 @@ pub const HEADER: &str = "\
 # Clusters without Istio: `kubectl apply -f deploy/crds/istio.yaml` first.
 ";
 
-/// Renders the manifests with helm; with `check`, only compares them with the committed file.
+/// Copies the CRDs into the chart and renders the manifests with helm; with `check`, only
+/// compares both with the committed files.
 pub fn manifests(ws: &Workspace, check: bool) -> anyhow::Result<()> {
+    let crds =
+        std::fs::read_to_string(ws.root.join(CRDS)).with_context(|| format!("reading {CRDS}"))?;
+    let chart_crds = ws.root.join(CHART_CRDS);
+    if std::fs::read_to_string(&chart_crds).ok().as_deref() != Some(crds.as_str()) {
+        if check {
+            bail!("{CHART_CRDS} is not {CRDS}: run `cargo xtask manifests`");
+        }
+        std::fs::write(&chart_crds, &crds).with_context(|| format!("writing {CHART_CRDS}"))?;
+        step(&format!("copied {CRDS} to {CHART_CRDS}"));
+    }
     let helm = prereqs::helm()?;
     let mut template = Command::new(&helm);
     template.args(TEMPLATE_ARGS).current_dir(&ws.root);

