@@ -79,6 +79,19 @@ pub fn require_helm() -> bool {
     )
 }
 
+/// Whether kubernetes-validate is available (`EGRESS_KUBERNETES_VALIDATE`, or the cache `cargo
+/// xtask prereqs` fills); else prints why and returns `false`, or panics under
+/// `EGRESS_REQUIRE_PRIV=1`.
+#[must_use]
+pub fn require_kubernetes_validate() -> bool {
+    skip_unless_empty(
+        &crate::helm::kubernetes_validate_bin()
+            .err()
+            .into_iter()
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// Whether `EGRESS_BIN` names the binary, for tests that need it but not root.
 #[must_use]
 pub fn require_binary() -> bool {

