@@ -650,6 +650,11 @@ fn deploy_helm_install_then_upgrades_scope_secret_access() {
     let out = Chart::egress().install(&cluster, &["--skip-crds"]);
     assert!(out.success(), "helm install --skip-crds: {out:?}");
     assert!(
+        out.stdout
+            .contains("one agent per node in namespace egress-system"),
+        "helm prints the chart's NOTES: {out:?}"
+    );
+    assert!(
         !cluster
             .kubectl(&["get", "crd", "serviceentries.networking.istio.io"])
             .run()
