@@ -66,6 +66,32 @@ pub fn require_control_plane() -> bool {
     skip_unless_empty(&missing)
 }
 
+/// Whether helm is available for [`Chart`](crate::Chart) (`EGRESS_HELM`, or the cache `cargo
+/// xtask prereqs` fills). When not, this prints why and returns `false`, or panics under
+/// `EGRESS_REQUIRE_PRIV=1`. Needs no root.
+#[must_use]
+pub fn require_helm() -> bool {
+    skip_unless_empty(
+        &crate::helm::helm_bin()
+            .err()
+            .into_iter()
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Whether kubernetes-validate is available (`EGRESS_KUBERNETES_VALIDATE`, or the cache `cargo
+/// xtask prereqs` fills); else prints why and returns `false`, or panics under
+/// `EGRESS_REQUIRE_PRIV=1`.
+#[must_use]
+pub fn require_kubernetes_validate() -> bool {
+    skip_unless_empty(
+        &crate::helm::kubernetes_validate_bin()
+            .err()
+            .into_iter()
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// Whether `EGRESS_BIN` names the binary, for tests that need it but not root.
 #[must_use]
 pub fn require_binary() -> bool {

@@ -24,6 +24,7 @@
 mod cluster;
 mod dataplane;
 mod environment;
+mod helm;
 mod http;
 pub mod iptables;
 mod process;
@@ -38,8 +39,12 @@ pub use cluster::{
 };
 pub use dataplane::{Builder, Dataplane, Workload};
 pub use environment::{
-    cgroup2_mount, egress_bin, find_tool, require_binary, require_control_plane,
-    require_privileges, require_tools,
+    cgroup2_mount, egress_bin, find_tool, require_binary, require_control_plane, require_helm,
+    require_kubernetes_validate, require_privileges, require_tools,
+};
+pub use helm::{
+    CACHED_HELM, CACHED_KUBERNETES_VALIDATE, Chart, NAMESPACE, RELEASE, documents, helm_bin,
+    kinds_and_names, kubernetes_validate, kubernetes_validate_bin, workspace_root,
 };
 pub use process::{Output, curl, run_bounded, run_bounded_with_input};
 pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};

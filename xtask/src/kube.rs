@@ -91,7 +91,7 @@ pub fn control_plane() -> anyhow::Result<PathBuf> {
 
 /// `/var/cache/egress` as root, `$XDG_CACHE_HOME/egress` or `~/.cache/egress` otherwise: outside
 /// the clone, so `cargo clean` or a fresh clone does not cost another build.
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     if cmd::is_root() {
         return PathBuf::from("/var/cache/egress");
     }
@@ -398,10 +398,10 @@ fn one_line_sources(text: &str, codename: &str) -> Vec<String> {
 }
 
 /// An exclusive `flock` on a file, released when dropped.
-struct Lock(std::fs::File);
+pub(crate) struct Lock(std::fs::File);
 
 impl Lock {
-    fn take(path: &Path) -> anyhow::Result<Lock> {
+    pub(crate) fn take(path: &Path) -> anyhow::Result<Lock> {
         use std::os::fd::AsRawFd as _;
         let file =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;

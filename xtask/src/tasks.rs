@@ -92,6 +92,9 @@ pub fn test(ws: &Workspace, plan: &TestPlan) -> anyhow::Result<()> {
         // Here and not in `prereqs::install`: only the end-to-end suite needs a control plane,
         // and building one (once) should not hold up `cargo xtask build` or `run`.
         let control_plane = kube::control_plane()?;
+        // The deploy tests render the Helm chart and validate what it renders.
+        let helm = prereqs::helm()?;
+        let kubernetes_validate = prereqs::kubernetes_validate()?;
         step("building the egress binary for the end-to-end tests");
         let mut build = cargo(ws);
         cmd::run(build.args(["build", "-p", "egress-user"]))?;
@@ -109,7 +112,9 @@ pub fn test(ws: &Workspace, plan: &TestPlan) -> anyhow::Result<()> {
         let mut e2e = cargo(ws);
         e2e.args(["test", "-p", "egress-tests"])
             .env("EGRESS_BIN", &binary)
-            .env("KUBEBUILDER_ASSETS", &control_plane);
+            .env("KUBEBUILDER_ASSETS", &control_plane)
+            .env("EGRESS_HELM", &helm)
+            .env("EGRESS_KUBERNETES_VALIDATE", &kubernetes_validate);
         if !plan.e2e_args.is_empty() {
             e2e.arg("--").args(&plan.e2e_args);
         }
