@@ -62,7 +62,7 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Origins(Mutex<HashMap<SocketAddr, Origin>>);
 
 impl OriginSource for Origins {
-    fn origin(&self, peer: SocketAddr) -> Option<Origin> {
+    fn origin(&self, _netns_cookie: u64, peer: SocketAddr) -> Option<Origin> {
         self.0.lock().expect("origins lock").get(&peer).copied()
     }
 }
