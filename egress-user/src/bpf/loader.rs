@@ -526,3 +526,25 @@ fn run_installer(
     crate::output::stderr(format_args!("{output}"));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use egress_common::{IDENTITY_F_CACHEABLE, IDENTITY_F_ENROLLED};
+
+    use super::AnchorFlags;
+
+    #[test]
+    fn anchor_flags_are_the_kernel_bits() {
+        let bits = |cacheable, enrolled| {
+            AnchorFlags {
+                cacheable,
+                enrolled,
+            }
+            .bits()
+        };
+        assert_eq!(bits(false, false), 0);
+        assert_eq!(bits(true, false), IDENTITY_F_CACHEABLE);
+        assert_eq!(bits(false, true), IDENTITY_F_ENROLLED);
+        assert_eq!(bits(true, true), IDENTITY_F_CACHEABLE | IDENTITY_F_ENROLLED);
+    }
+}
