@@ -242,7 +242,8 @@ impl Capture {
     }
 
     /// Makes the kernel's identity anchors exactly these (cgroup id, cacheable), none enrolled
-    /// (host mode). Anchors registered otherwise ([`Capture::register_anchor`]) are removed too.
+    /// (host mode). Enrolled anchors ([`Capture::register_anchor`] with
+    /// [`AnchorFlags::enrolled`]) are left alone: [`Capture::remove_anchor`] removes those.
     pub fn sync_anchors(&self, anchors: &[(u64, bool)]) -> Result<(), BpfError> {
         let anchors: Vec<(u64, u32)> = anchors
             .iter()

@@ -156,7 +156,9 @@ impl Maps {
         self.write_config(|c| c.generation = generation)
     }
 
-    /// Makes the identity anchors exactly `anchors` (cgroup id, flags).
+    /// Makes the identity anchors exactly `anchors` (cgroup id, flags), enrolled ones apart:
+    /// those (Kubernetes pods) are registered and removed one by one ([`Maps::insert_anchor`],
+    /// [`Maps::remove_anchor`]) by whoever follows the pods, and a sync leaves them alone.
     pub(super) fn sync_anchors(&self, anchors: &[(u64, u32)]) -> Result<(), BpfError> {
         let name = names::MAP_IDENTITIES;
         let mut map = lock(&self.identities);
@@ -173,9 +175,12 @@ impl Maps {
         }
         let wanted: HashSet<u64> = anchors.iter().map(|(id, _)| *id).collect();
         let stale: Vec<u64> = map
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|id| !wanted.contains(id))
+            .filter(|(id, anchor)| {
+                !wanted.contains(id) && anchor.flags & egress_common::IDENTITY_F_ENROLLED == 0
+            })
+            .map(|(id, _)| id)
             .collect();
         for id in stale {
             map.remove(&id).map_err(BpfError::map(name))?;
