@@ -512,25 +512,45 @@ impl Drop for Kernel {
     }
 }
 
-/// Connects to `addr` from a process in `cgroup` and prints `connected` or the error's name.
+/// Connects to `addr` over TCP (`tcp`: prints `connected`) or sends it one unconnected UDP
+/// datagram (`udp`: prints `sent`), or prints the error's name.
 const CLIENT: &str = r#"
 import errno, socket, sys
+addr = (sys.argv[2], int(sys.argv[3]))
 try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
-    print("connected")
+    if sys.argv[1] == "tcp":
+        socket.create_connection(addr, timeout=5).close()
+        print("connected")
+    else:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", addr)
+        print("sent")
 except OSError as e:
     print(errno.errorcode.get(e.errno, str(e)))
 "#;
 
+/// A TCP connect to `addr` from a process in `cgroup`: `connected` or the error's name.
 #[track_caller]
 fn connect_from(cgroup: &Path, addr: SocketAddrV4) -> String {
+    client_in(cgroup, "tcp", addr)
+}
+
+/// An unconnected UDP send (sendmsg4) to `addr` from a process in `cgroup`: `sent` or the
+/// error's name.
+#[track_caller]
+fn send_from(cgroup: &Path, addr: SocketAddrV4) -> String {
+    client_in(cgroup, "udp", addr)
+}
+
+#[track_caller]
+fn client_in(cgroup: &Path, protocol: &str, addr: SocketAddrV4) -> String {
     let procs = cgroup.join("cgroup.procs");
     let out = run_bounded(
         Command::new("sh").args([
             "-c",
-            r#"echo $$ > "$0" && exec python3 -c "$1" "$2" "$3""#,
+            r#"echo $$ > "$0" && exec python3 -c "$1" "$2" "$3" "$4""#,
             &procs.to_string_lossy(),
             CLIENT,
+            protocol,
             &addr.ip().to_string(),
             &addr.port().to_string(),
         ]),
@@ -609,6 +629,9 @@ fn with_enrolled_only_capture_a_task_below_no_enrolled_anchor_is_left_alone() {
     );
     assert_eq!(waypoint.take(false), 0);
     assert_eq!(kernel.counter("not_enrolled"), not_enrolled + 1);
+    // Unconnected UDP to a ServiceEntry port (sendmsg4): refused for the enrolled pod only.
+    assert_eq!(send_from(&enrolled, upstream.addr()), "EPERM");
+    assert_eq!(send_from(&other, upstream.addr()), "sent");
 
     // REGISTRY_ONLY (nothing allowed) refuses the enrolled pod's other destinations only.
     kernel.config(
