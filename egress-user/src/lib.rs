@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod handover;
 pub mod identity;
 pub mod model;
+pub mod netns;
 pub mod output;
 pub mod policy;
 pub mod proxy;

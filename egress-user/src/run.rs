@@ -142,6 +142,14 @@ pub enum RunError {
     },
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(
+        "reading the network namespace cookie of the waypoint listener on {addr} (SO_NETNS_COOKIE, Linux >= 5.14)"
+    )]
+    NetnsCookie {
+        addr: SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the waypoint stopped accepting connections")]
     Serve(#[source] std::io::Error),
 }
@@ -220,6 +228,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             ),
         };
 
+    // The kernel records each redirected client by its network namespace: this listener's
+    // (read before anything changes in the kernel).
+    let netns_cookie =
+        crate::netns::netns_cookie(&listener).map_err(|source| RunError::NetnsCookie {
+            addr: opts.listen,
+            source,
+        })?;
+
     let ebpf = opts.capture == CaptureMode::Ebpf;
     if !ebpf {
         if opts.registry_only == Some(true) {
@@ -252,6 +268,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             warn!("iptables capture: --kernel-log has no effect (no program is attached)");
         }
     }
+    // Host mode captures the whole cgroup (an enrollment-only flag a Kubernetes-mode run
+    // pinned would leave it uncaptured).
+    capture.set_enrolled_only(false)?;
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
 
     // SIGHUP reloads; install the handler before anything could send one.
@@ -312,7 +331,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             warn!(%error, "admin endpoint stopped");
         }
     });
-    let mut serving = tokio::spawn(waypoint.clone().serve(listener, gate.subscribe()));
+    let mut serving = tokio::spawn(waypoint.clone().serve_netns(
+        listener,
+        netns_cookie,
+        gate.subscribe(),
+    ));
     let (rescans, rescan_requests) = tokio::sync::mpsc::channel(crate::identity::rescan::QUEUE);
     tokio::spawn({
         let pins = opts.bpffs.clone();
