@@ -26,7 +26,7 @@ mod types;
 mod workload_identity;
 
 pub use authorization_policy::DRY_RUN_ANNOTATION;
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{load, parse_str};
 pub use types::*;
 
