@@ -44,6 +44,19 @@ pub fn parse_str(file: &Path, text: &str) -> Result<ConfigSet, ConfigErrors> {
     finish(set, errors)
 }
 
+/// Validates one object read from the Kubernetes API (JSON with `apiVersion` and `kind`), with
+/// the parser files use; every error names `source` (`Kind ns/name: field: message`).
+pub fn parse_object(value: &serde_json::Value, source: &Source) -> Result<ConfigSet, ConfigErrors> {
+    let mut set = ConfigSet::default();
+    let mut issues = Issues::default();
+    add_object(&Node::new(value, ""), source, &mut set, &mut issues);
+    if issues.len() == 0 {
+        Ok(set)
+    } else {
+        Err(ConfigErrors(issues.into_errors_of(source).collect()))
+    }
+}
+
 fn finish(set: ConfigSet, errors: Vec<ConfigError>) -> Result<ConfigSet, ConfigErrors> {
     if errors.is_empty() {
         tracing::debug!(

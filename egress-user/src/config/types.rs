@@ -254,6 +254,21 @@ pub struct ConfigSet {
     pub skipped: Vec<Skipped>,
 }
 
+impl ConfigSet {
+    /// Adds everything of `other` (a mesh config in `other` wins).
+    pub fn merge(&mut self, other: ConfigSet) {
+        self.service_entries.extend(other.service_entries);
+        self.authorization_policies
+            .extend(other.authorization_policies);
+        self.workload_identities.extend(other.workload_identities);
+        self.destination_rules.extend(other.destination_rules);
+        if other.mesh.is_some() {
+            self.mesh = other.mesh;
+        }
+        self.skipped.extend(other.skipped);
+    }
+}
+
 /// A `networking.istio.io` DestinationRule, as far as egress acts on it: the TLS settings of
 /// the connections the waypoint opens to the host's endpoints (see `config/destination_rule.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
