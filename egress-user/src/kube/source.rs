@@ -482,21 +482,19 @@ impl State {
         result
     }
 
-    /// Istio's binding: `istio.io/use-waypoint` on the ServiceEntry (`none` opts out), else on
-    /// its namespace.
+    /// Whether this agent captures `entry` (see [`bound`]).
     fn bound(&self, entry: &DynamicObject) -> bool {
-        if self.options.service_entries == Binding::All {
-            return true;
-        }
-        if let Some(value) = entry.labels().get(USE_WAYPOINT_LABEL) {
-            return value != "none";
-        }
         let namespace = entry.namespace().unwrap_or_default();
-        self.namespaces
+        let namespace_labels = self
+            .namespaces
             .items
             .get(&(String::new(), namespace))
-            .and_then(|ns| ns.labels().get(USE_WAYPOINT_LABEL))
-            .is_some_and(|value| value != "none")
+            .map(|ns| ns.labels());
+        bound(
+            self.options.service_entries,
+            entry.labels(),
+            namespace_labels,
+        )
     }
 
     /// Builds the TLS of every `credentialName` from its Secret (in the rule's namespace), and
@@ -595,6 +593,24 @@ impl State {
     }
 }
 
+/// Istio's binding: `istio.io/use-waypoint` on the ServiceEntry (`none` opts it out), else on
+/// its namespace (any value but `none`); [`Binding::All`] captures every ServiceEntry.
+fn bound(
+    binding: Binding,
+    entry: &BTreeMap<String, String>,
+    namespace: Option<&BTreeMap<String, String>>,
+) -> bool {
+    if binding == Binding::All {
+        return true;
+    }
+    if let Some(value) = entry.get(USE_WAYPOINT_LABEL) {
+        return value != "none";
+    }
+    namespace
+        .and_then(|labels| labels.get(USE_WAYPOINT_LABEL))
+        .is_some_and(|value| value != "none")
+}
+
 /// Runs a watcher until the receiver goes, retrying a broken watch with the watcher's backoff.
 fn spawn_watch<K>(
     api: Api<K>,
@@ -645,4 +661,56 @@ fn json_of<K: Serialize>(object: &K, api_version: &str, kind: &str) -> serde_jso
         }
     }
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(value: Option<&str>) -> BTreeMap<String, String> {
+        value
+            .map(|v| (USE_WAYPOINT_LABEL.to_owned(), v.to_owned()))
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn service_entries_bind_as_istio_binds_them() {
+        // (label on the ServiceEntry, label on its namespace, bound?)
+        let cases = [
+            (None, None, false),
+            (None, Some("waypoint"), true),
+            (None, Some("none"), false),
+            (Some("waypoint"), None, true),
+            (Some("egress"), Some("none"), true),
+            (Some("none"), Some("waypoint"), false),
+            (Some("none"), None, false),
+        ];
+        for (entry, namespace, want) in cases {
+            let ns = labels(namespace);
+            assert_eq!(
+                bound(Binding::Bound, &labels(entry), Some(&ns)),
+                want,
+                "entry {entry:?}, namespace {namespace:?}"
+            );
+            assert!(bound(Binding::All, &labels(entry), Some(&ns)));
+        }
+        assert!(
+            !bound(Binding::Bound, &labels(None), None),
+            "unknown namespace"
+        );
+    }
+
+    #[test]
+    fn objects_reach_the_parser_with_their_kind_and_without_managed_fields() {
+        let mut object = DynamicObject::new("httpbin", &Kind::ServiceEntry.resource());
+        object.metadata.namespace = Some("istio-egress".into());
+        object.metadata.managed_fields = Some(Vec::new());
+        object.types = None;
+        let value = json_of(&object, "networking.istio.io/v1", "ServiceEntry");
+        assert_eq!(value["apiVersion"], "networking.istio.io/v1");
+        assert_eq!(value["kind"], "ServiceEntry");
+        assert!(value["metadata"].get("managedFields").is_none(), "{value}");
+        assert_eq!(value["metadata"]["namespace"], "istio-egress");
+    }
 }
