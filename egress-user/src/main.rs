@@ -14,6 +14,7 @@ use egress::{
     dns::{self, DnsOptions},
     exec, explain,
     identity::{DEFAULT_TRUST_DOMAIN, Principal},
+    kube::{Binding, KubeOptions},
     policy::PathParameters,
     proxy::{
         CaptureMode,
@@ -56,6 +57,12 @@ enum Command {
     ///
     /// Example: egress explain -c examples/ --namespace default --service-account sleep --url http://httpbin.org/get
     Explain(ExplainArgs),
+    /// Print Istio's CRDs (ServiceEntry, DestinationRule, AuthorizationPolicy; apiextensions
+    /// v1 YAML) for clusters without Istio, generated from the types `egress run --kubernetes`
+    /// reads.
+    ///
+    /// Example: egress crds | kubectl apply -f -
+    Crds,
     /// Show pinned links, loaded programs, map entry counts and kernel counters.
     Status {
         /// Pin directory of the dataplane to inspect.
@@ -93,9 +100,29 @@ struct RunArgs {
         long = "config",
         short = 'c',
         value_name = "PATH",
-        required_unless_present = "cleanup"
+        required_unless_present_any = ["cleanup", "kubernetes"],
+        conflicts_with = "kubernetes"
     )]
     configs: Vec<PathBuf>,
+    /// Read ServiceEntries, DestinationRules, AuthorizationPolicies, Namespaces, the `istio`
+    /// ConfigMap (in --root-namespace) and DestinationRule credentialName Secrets from the
+    /// Kubernetes API instead of --config files, and follow their changes (the DaemonSet
+    /// agent). The client comes from --kubeconfig, else KUBECONFIG, ~/.kube/config, or the
+    /// pod's service account.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: the kubeconfig to use.
+    #[arg(long, value_name = "PATH", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the name of this node (a DaemonSet gives it from the downward API,
+    /// spec.nodeName). Required in Kubernetes mode.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// With --kubernetes: which ServiceEntries are captured. bound: those bound to a waypoint
+    /// as Istio binds them, by the label istio.io/use-waypoint on the ServiceEntry or on its
+    /// namespace (value `none` on the ServiceEntry opts it out). all: every ServiceEntry.
+    #[arg(long, value_name = "MODE", default_value = "bound", value_parser = ["bound", "all"])]
+    service_entries: String,
     /// cgroup v2 directory whose processes are captured (created if missing).
     /// Default: <cgroup2 mount>/egress.
     #[arg(long, value_name = "DIR")]
@@ -326,6 +353,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Explain(args) => explain(args),
+        Command::Crds => {
+            egress::out!("{}", egress::kube::crd::crds_yaml());
+            ExitCode::SUCCESS
+        }
         Command::Status { bpffs } => match bpf::status(&bpffs) {
             Ok(status) => {
                 egress::out!("{status}");
@@ -423,8 +454,30 @@ fn run(args: RunArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let trust_domain = args.trust_domain;
+    let kubernetes = if args.kubernetes {
+        let Some(node_name) = args.node_name.filter(|n| !n.is_empty()) else {
+            egress::errln!(
+                "error: --kubernetes needs the name of this node: --node-name NAME, or NODE_NAME \
+                 in the environment (a DaemonSet sets it from spec.nodeName)"
+            );
+            return ExitCode::from(2);
+        };
+        Some(KubeOptions {
+            kubeconfig: args.kubeconfig,
+            node_name,
+            service_entries: if args.service_entries == "all" {
+                Binding::All
+            } else {
+                Binding::Bound
+            },
+            root_namespace: args.root_namespace.clone(),
+        })
+    } else {
+        None
+    };
     let opts = RunOptions {
         configs: args.configs,
+        kubernetes,
         cgroup,
         listen: args.listen,
         admin: args.admin,
@@ -573,6 +626,21 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_mode_needs_no_config_and_refuses_one() {
+        let Command::Run(args) =
+            Cli::parse_from(["egress", "run", "--kubernetes", "--node-name", "n1"]).command
+        else {
+            panic!("egress run parses as Run");
+        };
+        assert!(args.kubernetes && args.configs.is_empty());
+        assert_eq!(args.service_entries, "bound");
+        let both = Cli::try_parse_from(["egress", "run", "--kubernetes", "-c", "x"]);
+        assert!(both.is_err(), "--config conflicts with --kubernetes");
+        let neither = Cli::try_parse_from(["egress", "run"]);
+        assert!(neither.is_err(), "file mode still needs --config");
+    }
 
     #[test]
     fn limit_flags_default_to_the_waypoints_defaults() {

@@ -41,6 +41,7 @@ static SWEEP: Once = Once::new();
 pub struct Builder {
     documents: Vec<String>,
     extra_args: Vec<String>,
+    kubeconfig: Option<PathBuf>,
 }
 
 impl Builder {
@@ -52,6 +53,13 @@ impl Builder {
     /// Adds one Istio YAML document (ServiceEntry, DestinationRule, AuthorizationPolicy).
     pub fn config(mut self, yaml: &str) -> Self {
         self.documents.push(yaml.to_owned());
+        self
+    }
+
+    /// Kubernetes mode: `egress run --kubernetes --kubeconfig PATH --node-name node-1` reads
+    /// its configuration from that API server instead of files.
+    pub fn kubernetes(mut self, kubeconfig: &Path) -> Self {
+        self.kubeconfig = Some(kubeconfig.to_owned());
         self
     }
 
@@ -90,6 +98,7 @@ impl Builder {
             process: None,
             draining: None,
             extra_args: self.extra_args,
+            kubeconfig: self.kubeconfig,
         };
         // The ports were free when picked, but a parallel test may take one before egress binds
         // it: pick again a bounded number of times.
@@ -120,6 +129,8 @@ pub struct Dataplane {
     draining: Option<Child>,
     /// Extra `egress run` arguments from the builder.
     extra_args: Vec<String>,
+    /// Kubernetes mode's kubeconfig, instead of the config directory.
+    kubeconfig: Option<PathBuf>,
 }
 
 impl Dataplane {
@@ -428,23 +439,32 @@ impl Dataplane {
 
     fn run_args(&self) -> Vec<String> {
         let path = |p: &Path| p.to_string_lossy().into_owned();
-        vec![
-            "--config".into(),
-            path(&self.files.path().join("config")),
-            "--cgroup".into(),
-            path(&self.cgroup),
-            "--listen".into(),
-            self.listen.to_string(),
-            "--admin".into(),
-            self.admin.to_string(),
-            "--bpffs".into(),
-            path(&self.pins),
-            "--access-log".into(),
-            path(&self.access_log()),
-        ]
-        .into_iter()
-        .chain(self.extra_args.iter().cloned())
-        .collect()
+        let source: Vec<String> = match &self.kubeconfig {
+            None => vec!["--config".into(), path(&self.files.path().join("config"))],
+            Some(kubeconfig) => vec![
+                "--kubernetes".into(),
+                "--kubeconfig".into(),
+                path(kubeconfig),
+                "--node-name".into(),
+                "node-1".into(),
+            ],
+        };
+        source
+            .into_iter()
+            .chain([
+                "--cgroup".into(),
+                path(&self.cgroup),
+                "--listen".into(),
+                self.listen.to_string(),
+                "--admin".into(),
+                self.admin.to_string(),
+                "--bpffs".into(),
+                path(&self.pins),
+                "--access-log".into(),
+                path(&self.access_log()),
+            ])
+            .chain(self.extra_args.iter().cloned())
+            .collect()
     }
 
     fn log_text(&self) -> String {

@@ -129,3 +129,45 @@ fn unreadable_and_unparsable_files_name_field_and_path() {
         );
     }
 }
+
+/// A DestinationRule as the Kubernetes source hands it over: JSON, origin `Kind ns/name`.
+fn from_api(tls: &str) -> Result<ConfigSet, ConfigErrors> {
+    let text = rule(tls);
+    let value: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
+    let source = super::super::Source::object("DestinationRule", "egress", "httpbin");
+    super::super::parse_object(&value, &source)
+}
+
+#[test]
+fn credential_name_is_read_from_kubernetes_objects_and_refused_in_files() {
+    let tls = "      mode: MUTUAL\n      credentialName: httpbin-client\n";
+    let set = from_api(tls).expect("credentialName is valid for a Kubernetes object");
+    let settings = set.destination_rules[0].tls.as_ref().expect("tls");
+    assert_eq!(settings.credential_name.as_deref(), Some("httpbin-client"));
+    assert!(settings.client.is_none(), "built when the Secret is read");
+
+    let errors = errors(&rule(tls));
+    assert!(
+        errors[0].starts_with(
+            "dr.yaml:1:spec.trafficPolicy.tls.credentialName: credentialName is not supported"
+        ),
+        "{errors:?}"
+    );
+
+    // As Istio: the Secret replaces the files, so both at once is a mistake; errors name the
+    // object.
+    let both = "      mode: MUTUAL\n      credentialName: c\n      clientCertificate: /c.pem\n";
+    let errors: Vec<String> = from_api(both)
+        .expect_err("both")
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "DestinationRule egress/httpbin: spec.trafficPolicy.tls.clientCertificate: \
+          clientCertificate cannot be set together with credentialName"
+        ]
+    );
+}
