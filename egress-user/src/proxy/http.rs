@@ -11,9 +11,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
-};
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
@@ -32,26 +32,24 @@ use super::{
     Inbound, Waypoint, authz,
     body::{Activity, BodyEnd, Metered},
     framing::{Framed, FramingSignal, Violation},
+    phases::{self, TargetRefused, UpgradeRequest},
     reply::{
         CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM, NO_SERVER_NAME,
         PATH_NORMALIZATION_FAILED, PATH_PARAMETER_REFUSED, REQUEST_HEADER_TIMEOUT,
-        STREAM_IDLE_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
+        STREAM_IDLE_TIMEOUT, UPGRADE_FAILED, UPSTREAM_RESPONSE_TIMEOUT,
     },
     upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
 };
 use crate::{
     drain::{DrainPhase, DrainSignal},
     model::Service,
-    policy::{normalize_request_target, strip_internal_headers},
+    policy::NormalizedTarget,
     telemetry::{
         AccessLog, AccessLogEntry, Metrics,
         metrics::{Labels, RequestOutcome},
     },
-    tls::UpstreamTls,
+    tls::{TlsClient, UpstreamTls},
 };
-
-/// What the waypoint adds to `via` (RFC 9110 §7.6.3: protocol version and a pseudonym).
-pub(super) const VIA: &str = "1.1 egress-waypoint";
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUF_SIZE: usize = 8192;
@@ -235,8 +233,8 @@ fn log_refusal(waypoint: &Waypoint, inbound: &Inbound, reply: &LocalReply, sent:
     );
 }
 
-/// One request: checks, authorization, endpoint choice, forward, response. Never fails: every
-/// failure is an HTTP answer, as Envoy's local replies.
+/// One request, phase by phase (see [`phases`]). Never fails: every failure is an HTTP answer,
+/// as Envoy's local replies, and every answer is logged once (the log phase, [`Exchange`]).
 async fn forward(
     waypoint: &Waypoint,
     inbound: Arc<Inbound>,
@@ -244,127 +242,212 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let mut exchange = Exchange::start(waypoint, inbound, &req);
-
-    let authority = match authority(&req, &exchange.inbound.service) {
-        Ok(authority) => authority,
-        Err(details) => {
-            return exchange.local(LocalReply::bad_request(details));
-        }
+    let request = match request_filter(waypoint, &mut exchange, req) {
+        Ok(request) => request,
+        Err(reply) => return exchange.local(reply),
     };
+    let (service, tls) = match route_and_authorize(waypoint, &mut exchange, &request) {
+        Ok(routed) => routed,
+        Err(reply) => return exchange.local(reply),
+    };
+    let peer = match upstream_peer(waypoint, &mut exchange, &service, tls) {
+        Ok(peer) => peer,
+        Err(reply) => return exchange.local(reply),
+    };
+    proxy(waypoint, exchange, framing, request, peer).await
+}
+
+/// A request that passed the request filter: what authorization sees is what is forwarded.
+pub(super) struct Filtered {
+    /// Headers cleaned ([`phases::clean_headers`]), `Host` set to [`Filtered::authority`].
+    pub(super) parts: http::request::Parts,
+    pub(super) body: Incoming,
+    pub(super) authority: Option<HeaderValue>,
+    pub(super) target: NormalizedTarget,
+    /// `Upgrade: websocket`: tunnelled once the upstream answers 101 (see `upgrade.rs`).
+    pub(super) upgrade: Option<UpgradeRequest>,
+}
+
+/// Where the request goes: the endpoint, and the TLS to originate to it.
+pub(super) struct Peer {
+    pub(super) addr: SocketAddr,
+    pub(super) tls: Option<(TlsClient, ServerName<'static>)>,
+}
+
+impl Peer {
+    pub(super) fn tls(&self) -> Option<(&TlsClient, ServerName<'static>)> {
+        self.tls
+            .as_ref()
+            .map(|(client, name)| (client, name.clone()))
+    }
+}
+
+/// Phase 1, request filter: the authority, `CONNECT` and `Upgrade`, one normalized target,
+/// header hygiene. (The framing gate ran before hyper parsed the request.)
+fn request_filter(
+    waypoint: &Waypoint,
+    exchange: &mut Exchange,
+    req: Request<Incoming>,
+) -> Result<Filtered, LocalReply> {
+    let authority = phases::authority(
+        req.uri(),
+        req.version(),
+        req.headers(),
+        &exchange.inbound.service,
+    )
+    .map_err(LocalReply::bad_request)?;
     exchange.entry.authority = authority
         .as_ref()
         .and_then(|a| a.to_str().ok())
         .map(str::to_owned);
     if req.method() == Method::CONNECT {
-        return exchange.local(CONNECT_NOT_SUPPORTED);
+        return Err(CONNECT_NOT_SUPPORTED);
     }
-    // One path for matching and forwarding (design §8.3). Absolute-form targets contribute
-    // their path and query; the authority went to `Host` above.
-    let raw_target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let mut target = match normalize_request_target(raw_target) {
-        Ok(target) => target,
-        Err(error) => {
-            info!(%error, "the request path cannot be normalized; answering 400");
-            return exchange.local(PATH_NORMALIZATION_FAILED);
+    let upgrade = phases::upgrade_request(req.method(), req.version(), req.headers());
+    let upgrade = match upgrade {
+        // Envoy's HTTP/1 codec: an h2c upgrade is not taken; its headers are removed (by
+        // `clean_headers` below) and the request is served as HTTP/1.1.
+        Some(UpgradeRequest::H2c) => {
+            debug!("an h2c upgrade request: served as HTTP/1.1, not upgraded");
+            None
         }
+        // Envoy answers an upgrade its route does not accept 403 `upgrade_failed`.
+        Some(UpgradeRequest::Other) => {
+            info!("refused an upgrade to a protocol other than websocket; answering 403");
+            return Err(UPGRADE_FAILED);
+        }
+        upgrade => upgrade,
     };
-    if let Err(error) = target.apply_path_parameters(waypoint.config.path_parameters) {
-        info!(%error, "refused a path parameter; answering 400");
-        return exchange.local(PATH_PARAMETER_REFUSED);
-    }
-
+    let raw_target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let target =
+        phases::request_target(raw_target, waypoint.config.path_parameters).map_err(|refused| {
+            match refused {
+                TargetRefused::Normalization(error) => {
+                    info!(%error, "the request path cannot be normalized; answering 400");
+                    PATH_NORMALIZATION_FAILED
+                }
+                TargetRefused::PathParameter(error) => {
+                    info!(%error, "refused a path parameter; answering 400");
+                    PATH_PARAMETER_REFUSED
+                }
+            }
+        })?;
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // Only a trusted proxy sets these; a workload's are dropped before they can match a policy
-    // or reach the upstream.
-    strip_internal_headers(&mut parts.headers);
+    phases::clean_headers(&mut parts.headers);
     if let Some(authority) = &authority {
         parts.headers.insert(header::HOST, authority.clone());
     }
+    Ok(Filtered {
+        parts,
+        body,
+        authority,
+        target,
+        upgrade,
+    })
+}
 
-    // The table may have been replaced since accept (DNS refresh, config reload): use the fresh
-    // endpoints of the *same* service, and the policies of that same generation. An id that now
-    // names another service is not followed.
-    let (service, decision, tls) = {
-        let table = waypoint.services.load();
-        let service = match table.get(exchange.inbound.service.id) {
-            Some(current) if same_service(current, &exchange.inbound.service) => current.clone(),
-            _ => return exchange.local(CLUSTER_NOT_FOUND),
-        };
-        // Several ServiceEntries on this address: the Host header says which one (as Envoy
-        // picks a virtual host); one that names none of them stays with the kernel's.
-        let service = match exchange.entry.authority.as_deref() {
-            Some(host) if table.is_shared(service.id) => match table.by_host(service.id, host) {
-                Some(sibling) => {
-                    exchange.entry.upstream_cluster = Some(sibling.cluster_name());
-                    exchange.labels = exchange.inbound.request_labels(sibling);
-                    sibling.clone()
-                }
-                None => service,
-            },
-            _ => service,
-        };
-        // What is matched is what is forwarded: the normalized path, the authority sent as
-        // `Host`, the headers left once the hop-by-hop ones are gone.
-        let request = authz::HttpRequest {
-            method: parts.method.as_str(),
-            host: exchange.entry.authority.as_deref().unwrap_or(""),
-            path: target.matched_path(),
-            headers: &parts.headers,
-        };
-        let decision = authz::authorize_request(
-            &table.policies,
-            table.generation,
-            &exchange.inbound,
-            &service,
-            &request,
-        );
-        let tls = table.tls(service.id).cloned();
-        (service, decision, tls)
+/// Phases 2 and 3, route and authorize, against one table generation: the table may have been
+/// replaced since accept (DNS refresh, config reload), and a request sees services and
+/// policies of the same generation. Returns the service and the TLS its upstream wants.
+fn route_and_authorize(
+    waypoint: &Waypoint,
+    exchange: &mut Exchange,
+    request: &Filtered,
+) -> Result<(Arc<Service>, Option<UpstreamTls>), LocalReply> {
+    let table = waypoint.services.load();
+    let route = phases::route(
+        &table,
+        &exchange.inbound.service,
+        exchange.entry.authority.as_deref(),
+    )
+    .ok_or(CLUSTER_NOT_FOUND)?;
+    if route.by_host {
+        exchange.entry.upstream_cluster = Some(route.service.cluster_name());
+        exchange.labels = exchange.inbound.request_labels(&route.service);
+    }
+    let http = phases::HttpRequest {
+        method: request.parts.method.as_str(),
+        host: exchange.entry.authority.as_deref().unwrap_or(""),
+        path: request.target.matched_path(),
+        headers: &request.parts.headers,
     };
+    let decision = authz::authorize_request(
+        &table.policies,
+        table.generation,
+        &exchange.inbound,
+        &route.service,
+        &http,
+    );
     if !decision.allowed {
         // The body is never read: hyper drains it (or closes) before the next request.
-        return exchange.local(authz::denied(&decision));
+        return Err(authz::denied(&decision));
     }
+    let tls = table.tls(route.service.id).cloned();
+    Ok((route.service, tls))
+}
 
-    let Some(upstream_addr) =
-        service.upstream_addr(exchange.inbound.original_dst.ip(), waypoint.pick())
-    else {
-        return exchange.local(NO_HEALTHY_UPSTREAM);
-    };
-    exchange.entry.upstream_host = Some(upstream_addr);
-    // DestinationRule TLS: the server name is fixed before anything is sent, and a request that
-    // cannot have one is refused rather than sent in plain text.
-    let tls = match &tls {
+/// Phase 4, upstream peer: the endpoint (round-robin), and for DestinationRule TLS the server
+/// name, fixed before anything is sent; a request that cannot have one is refused rather than
+/// sent in plain text.
+fn upstream_peer(
+    waypoint: &Waypoint,
+    exchange: &mut Exchange,
+    service: &Service,
+    tls: Option<UpstreamTls>,
+) -> Result<Peer, LocalReply> {
+    let addr = service
+        .upstream_addr(exchange.inbound.original_dst.ip(), waypoint.pick())
+        .ok_or(NO_HEALTHY_UPSTREAM)?;
+    exchange.entry.upstream_host = Some(addr);
+    let tls = match tls {
         None => None,
-        Some(tls) => match server_name(tls, &service, exchange.entry.authority.as_deref()) {
-            Some(name) => Some((&tls.client, name)),
-            None => return exchange.local(NO_SERVER_NAME),
-        },
-    };
-
-    let path = target.to_forward();
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(upstream_addr.to_string())
-        .path_and_query(path.as_str())
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => {
-            return exchange.local(LocalReply::bad_request("invalid_path"));
+        Some(tls) => {
+            let name = phases::server_name(&tls, service, exchange.entry.authority.as_deref())
+                .ok_or(NO_SERVER_NAME)?;
+            Some((tls.client, name))
         }
     };
+    Ok(Peer { addr, tls })
+}
+
+/// The request as it goes upstream: origin-form target on the endpoint's authority, HTTP/1.1,
+/// our `via`.
+pub(super) fn upstream_parts(
+    request: &mut Filtered,
+    peer: &Peer,
+) -> Result<http::request::Parts, LocalReply> {
+    let path = request.target.to_forward();
+    let mut parts = std::mem::replace(&mut request.parts, Request::new(()).into_parts().0);
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(peer.addr.to_string())
+        .path_and_query(path.as_str())
+        .build()
+        .map_err(|_| LocalReply::bad_request("invalid_path"))?;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    append_via(&mut parts.headers);
+    phases::append_via(&mut parts.headers);
+    Ok(parts)
+}
 
+/// Phase 5, forward: the request over the pooled client, the response relayed as it streams.
+async fn proxy(
+    waypoint: &Waypoint,
+    mut exchange: Exchange,
+    framing: &FramingSignal,
+    mut request: Filtered,
+    peer: Peer,
+) -> Response<ResponseBody> {
+    let parts = match upstream_parts(&mut request, &peer) {
+        Ok(parts) => parts,
+        Err(reply) => return exchange.local(reply),
+    };
     let idle = waypoint.config.idle_timeout;
     let request_end = Arc::new(Mutex::new(None));
     let body = {
         let request_end = request_end.clone();
         Metered::new(
-            body,
+            request.body,
             exchange.received.clone(),
             exchange.activity.clone(),
             idle,
@@ -372,9 +455,10 @@ async fn forward(
         )
     };
     let sent_at = Instant::now();
-    debug!(method = %parts.method, %path, %upstream_addr, "forwarding");
+    let upstream_addr = peer.addr;
+    debug!(method = %parts.method, path = %parts.uri.path(), %upstream_addr, "forwarding");
     let response = tokio::select! {
-        response = waypoint.client.send(Request::from_parts(parts, body), tls) => Some(response),
+        response = waypoint.client.send(Request::from_parts(parts, body), peer.tls()) => Some(response),
         () = exchange.activity.idle(idle) => None,
     };
     let request_end = *request_end.lock().unwrap_or_else(|e| e.into_inner());
@@ -400,13 +484,7 @@ async fn forward(
             let failure = UpstreamFailure::from_client(&error);
             info!(%upstream_addr, error = ?error, flag = failure.flag, "upstream request failed");
             exchange.entry.upstream_transport_failure_reason = failure.transport_failure.clone();
-            exchange.local(LocalReply {
-                status: failure.status,
-                body: failure.body().into(),
-                flag: Some(failure.flag),
-                details: failure.details().into(),
-                close: false,
-            })
+            exchange.local(failure.reply())
         }
     }
 }
@@ -471,7 +549,7 @@ impl Exchange {
         if reply.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        append_via(headers);
+        phases::append_via(headers);
         response
     }
 
@@ -491,8 +569,8 @@ impl Exchange {
             .or_else(|| parts.extensions.get::<UpstreamLocal>().map(|l| l.0));
         parts.extensions = http::Extensions::new();
         parts.version = Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
-        append_via(&mut parts.headers);
+        phases::strip_hop_by_hop(&mut parts.headers);
+        phases::append_via(&mut parts.headers);
 
         let sent = Arc::new(AtomicU64::new(0));
         let activity = self.activity.clone();
@@ -564,167 +642,5 @@ fn protocol(version: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
-    }
-}
-
-/// The authority to forward with. Absolute-form targets win over `Host` (RFC 9112 §3.2.2);
-/// duplicate `Host` is ambiguous and an HTTP/1.1 request without one is invalid (§3.2), both
-/// rejected, as is a `Host` that is not visible ASCII (Envoy: `invalid_authority`). An HTTP/1.0
-/// request without `Host` gets the ServiceEntry's host.
-fn authority<B>(req: &Request<B>, service: &Service) -> Result<Option<HeaderValue>, String> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next().cloned();
-    if hosts.next().is_some() {
-        return Err("duplicate_host_header".into());
-    }
-    if let Some(authority) = req.uri().authority() {
-        return HeaderValue::from_str(authority.as_str())
-            .map(Some)
-            .map_err(|_| "invalid_authority".into());
-    }
-    match host {
-        // Authorization matches the host as text: bytes it cannot read must not be forwarded.
-        Some(host) if host.to_str().is_err() => Err("invalid_authority".into()),
-        Some(host) => Ok(Some(host)),
-        None if req.version() == Version::HTTP_11 => Err("missing_host_header".into()),
-        None => Ok(service
-            .hosts
-            .first()
-            .filter(|h| !h.starts_with('*'))
-            .and_then(|h| {
-                let text = if service.port == 80 {
-                    h.clone()
-                } else {
-                    format!("{h}:{}", service.port)
-                };
-                HeaderValue::from_str(&text).ok()
-            })),
-    }
-}
-
-/// The server name to originate TLS with: the DestinationRule's `sni`, else the ServiceEntry
-/// host the request is for (its authority's host when that is one of the service's hosts, else
-/// the service's first concrete host). `None` when there is no name to send.
-fn server_name(
-    tls: &UpstreamTls,
-    service: &Service,
-    authority: Option<&str>,
-) -> Option<ServerName<'static>> {
-    if tls.sni.is_some() {
-        return tls.server_name("");
-    }
-    let requested = authority
-        .map(|a| a.rsplit_once(':').map_or(a, |(host, _)| host))
-        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
-    let host = requested
-        .filter(|h| service.hosts.iter().any(|pattern| host_matches(pattern, h)))
-        .or_else(|| service.hosts.iter().find(|h| !h.contains('*')).cloned())?;
-    tls.server_name(&host)
-}
-
-/// A ServiceEntry host (`*.example.com` wildcards included) matches `host`.
-pub(super) fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        Some(suffix) => {
-            host.len() > suffix.len()
-                && host
-                    .get(host.len() - suffix.len()..)
-                    .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
-        }
-        None => pattern.eq_ignore_ascii_case(host),
-    }
-}
-
-fn same_service(a: &Service, b: &Service) -> bool {
-    a.namespace == b.namespace && a.name == b.name && a.port == b.port && a.protocol == b.protocol
-}
-
-/// Headers that never travel past this hop (RFC 9110 §7.6.1), plus any the `Connection` header
-/// names. `Host` and `Content-Length` are kept even if named: dropping them would change where
-/// or how much a message is, which a peer must not be able to ask a proxy to do.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-}
-
-/// Appends our entry to `via`, after whatever earlier hops wrote, as one field value.
-pub(super) fn append_via(headers: &mut HeaderMap) {
-    let mut value = Vec::new();
-    for existing in headers.get_all(header::VIA) {
-        value.extend_from_slice(existing.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(VIA.as_bytes());
-    match HeaderValue::from_bytes(&value) {
-        Ok(value) => {
-            headers.insert(header::VIA, value);
-        }
-        Err(_) => {
-            headers.append(header::VIA, HeaderValue::from_static(VIA));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
-        let mut headers = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-secret, host, content-length"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-connection", "keep-alive"),
-            ("te", "trailers"),
-            ("trailer", "x-checksum"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("host", "httpbin.org"),
-            ("content-length", "3"),
-            ("x-kept", "yes"),
-        ] {
-            headers.append(k, HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut headers);
-        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["content-length", "host", "x-kept"]);
-    }
-
-    #[test]
-    fn via_is_appended_after_earlier_hops() {
-        let mut headers = HeaderMap::new();
-        append_via(&mut headers);
-        assert_eq!(headers[header::VIA], VIA);
-        let mut headers = HeaderMap::new();
-        headers.append(header::VIA, HeaderValue::from_static("1.0 fred"));
-        headers.append(header::VIA, HeaderValue::from_static("1.1 p.example.net"));
-        append_via(&mut headers);
-        assert_eq!(
-            headers.get_all(header::VIA).iter().collect::<Vec<_>>(),
-            ["1.0 fred, 1.1 p.example.net, 1.1 egress-waypoint"]
-        );
     }
 }

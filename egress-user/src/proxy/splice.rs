@@ -26,7 +26,7 @@ use tokio::{
 use tracing::{debug, info};
 
 use super::{
-    Inbound, Waypoint, authz, body::Activity, http::host_matches, upstream::UpstreamFailure,
+    Inbound, Waypoint, authz, body::Activity, phases::host_matches, upstream::UpstreamFailure,
 };
 use crate::{
     config::Protocol,

@@ -124,6 +124,17 @@ impl UpstreamFailure {
         )
     }
 
+    /// The waypoint's answer for this failure.
+    pub(super) fn reply(&self) -> super::reply::LocalReply {
+        super::reply::LocalReply {
+            status: self.status,
+            body: self.body().into(),
+            flag: Some(self.flag),
+            details: self.details().into(),
+            close: false,
+        }
+    }
+
     /// `%RESPONSE_CODE_DETAILS%`.
     pub(super) fn details(&self) -> String {
         format!(

@@ -3,9 +3,11 @@
 mod authz;
 mod framing;
 mod http;
+mod routing;
 mod splice;
 mod tls;
 mod tls_pki;
+mod upgrade;
 
 use std::{
     collections::HashMap,
@@ -320,6 +322,33 @@ impl Dataplane {
             pid: 4242,
             uid: 1000,
             gid: 1000,
+        };
+        self.origins
+            .0
+            .lock()
+            .expect("origins lock")
+            .insert(local, origin);
+        socket
+            .connect(self.addr)
+            .await
+            .expect("connect to waypoint")
+    }
+
+    /// Connects as an application in `cgroup_id` that dialled `dst`, which the kernel's service
+    /// map routed to `service_id`.
+    async fn connect_to(&self, cgroup_id: u64, dst: SocketAddrV4, service_id: u32) -> TcpStream {
+        let socket = TcpSocket::new_v4().expect("client socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind client");
+        let local = socket.local_addr().expect("client addr");
+        let origin = Origin {
+            cgroup_id,
+            dst_addr: dst.ip().octets(),
+            dst_port: dst.port(),
+            family: FAMILY_INET,
+            service_id,
+            ..Origin::default()
         };
         self.origins
             .0

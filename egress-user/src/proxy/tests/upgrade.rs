@@ -1,0 +1,1 @@
+//! WebSocket and other upgrades through the in-process waypoint.
