@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, upgrade::OnUpgrade};
 use hyper_util::{
     client::legacy::connect::HttpInfo,
     rt::{TokioIo, TokioTimer},
@@ -24,10 +24,12 @@ use rustls::pki_types::ServerName;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    sync::mpsc,
     time::{Instant, timeout},
 };
 use tracing::{debug, info};
 
+use self::upgrade::{SharedIo, Tunnels};
 use super::{
     Inbound, Waypoint, authz,
     body::{Activity, BodyEnd, Metered},
@@ -54,13 +56,23 @@ use crate::{
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUF_SIZE: usize = 8192;
 
+#[path = "upgrade.rs"]
+mod upgrade;
+
 pub(super) type ResponseBody = Either<Metered<Incoming>, Full<Bytes>>;
+
+fn empty_body() -> ResponseBody {
+    Either::Right(Full::new(Bytes::new()))
+}
 
 pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: Arc<Inbound>) {
     let config = &waypoint.config;
     // hyper reads the client only through the framing check (see `framing`).
-    let mut framed = Framed::new(stream, config.max_header_bytes);
+    let framed = Framed::new(stream, config.max_header_bytes);
     let framing = framed.signal();
+    let io = SharedIo::new(framed);
+    // Every WebSocket tunnel holds a sender; the connection is over when all are gone.
+    let (tunnels, mut tunnels_done) = mpsc::channel::<()>(1);
     let service = {
         let waypoint = waypoint.clone();
         let inbound = inbound.clone();
@@ -69,8 +81,20 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
             let waypoint = waypoint.clone();
             let inbound = inbound.clone();
             let framing = framing.clone();
+            let tunnels = tunnels.clone();
             async move {
-                let mut response = forward(&waypoint, inbound, &framing, req).await;
+                let asked_upgrade = phases::upgrade_request(req.version(), req.headers()).is_some();
+                let mut response = forward(&waypoint, inbound, &framing, req, &tunnels).await;
+                if asked_upgrade {
+                    // The framing gate holds what the client sent after the request until now.
+                    let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    framing.decide_upgrade(tunnel);
+                    if !tunnel {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
                 if waypoint.drain.phase().closes_after_response() {
                     // Draining: the client learns from this response to reconnect (to whoever
                     // listens now), rather than from a close racing its next request.
@@ -93,7 +117,8 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
             // answered 431 rather than cut off mid-read (which resets the connection before the
             // answer).
             .max_buf_size(config.max_header_bytes.saturating_add(MIN_BUF_SIZE))
-            .serve_connection(TokioIo::new(&mut framed), service);
+            .serve_connection(TokioIo::new(io.clone()), service)
+            .with_upgrades();
         tokio::pin!(connection);
         let refused = framing.refused();
         let close = drain.reached(DrainPhase::Close);
@@ -122,6 +147,11 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
                 }
             }
         }
+    };
+    // hyper is done; a WebSocket tunnel may still be using the connection.
+    while tunnels_done.recv().await.is_some() {}
+    let Some(mut framed) = io.take_back() else {
+        return;
     };
     let linger = config.header_read_timeout;
     if let Some(rejection) = framed.rejection() {
@@ -240,6 +270,7 @@ async fn forward(
     inbound: Arc<Inbound>,
     framing: &FramingSignal,
     req: Request<Incoming>,
+    tunnels: &Tunnels,
 ) -> Response<ResponseBody> {
     let mut exchange = Exchange::start(waypoint, inbound, &req);
     let request = match request_filter(waypoint, &mut exchange, req) {
@@ -254,6 +285,10 @@ async fn forward(
         Ok(peer) => peer,
         Err(reply) => return exchange.local(reply),
     };
+    let mut request = request;
+    if let Some(client) = request.on_upgrade.take() {
+        return upgrade::forward(waypoint, exchange, request, peer, client, tunnels).await;
+    }
     proxy(waypoint, exchange, framing, request, peer).await
 }
 
@@ -262,10 +297,10 @@ pub(super) struct Filtered {
     /// Headers cleaned ([`phases::clean_headers`]), `Host` set to [`Filtered::authority`].
     pub(super) parts: http::request::Parts,
     pub(super) body: Incoming,
-    pub(super) authority: Option<HeaderValue>,
     pub(super) target: NormalizedTarget,
-    /// `Upgrade: websocket`: tunnelled once the upstream answers 101 (see `upgrade.rs`).
-    pub(super) upgrade: Option<UpgradeRequest>,
+    /// `Upgrade: websocket`: the client connection once it is upgraded; tunnelled when the
+    /// upstream answers 101 (see `upgrade.rs`).
+    pub(super) on_upgrade: Option<OnUpgrade>,
 }
 
 /// Where the request goes: the endpoint, and the TLS to originate to it.
@@ -287,7 +322,7 @@ impl Peer {
 fn request_filter(
     waypoint: &Waypoint,
     exchange: &mut Exchange,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Filtered, LocalReply> {
     let authority = phases::authority(
         req.uri(),
@@ -303,7 +338,7 @@ fn request_filter(
     if req.method() == Method::CONNECT {
         return Err(CONNECT_NOT_SUPPORTED);
     }
-    let upgrade = phases::upgrade_request(req.method(), req.version(), req.headers());
+    let upgrade = phases::upgrade_request(req.version(), req.headers());
     let upgrade = match upgrade {
         // Envoy's HTTP/1 codec: an h2c upgrade is not taken; its headers are removed (by
         // `clean_headers` below) and the request is served as HTTP/1.1.
@@ -332,6 +367,7 @@ fn request_filter(
                 }
             }
         })?;
+    let on_upgrade = upgrade.map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     phases::clean_headers(&mut parts.headers);
     if let Some(authority) = &authority {
@@ -340,9 +376,8 @@ fn request_filter(
     Ok(Filtered {
         parts,
         body,
-        authority,
         target,
-        upgrade,
+        on_upgrade,
     })
 }
 

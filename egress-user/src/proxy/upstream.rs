@@ -143,6 +143,40 @@ impl UpstreamFailure {
         )
     }
 
+    /// A TLS connection (TCP connect and handshake) that could not be made: `UF`, 503.
+    pub(super) fn tls_connect(error: &ConnectError) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            flag: "UF",
+            reset_reason: if error.timed_out() {
+                "connection_timeout"
+            } else {
+                "connection_failure"
+            },
+            transport_failure: Some(error.transport_failure()),
+        }
+    }
+
+    /// The upstream connection ended before response headers: `UC`, 503.
+    pub(super) fn terminated() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            flag: "UC",
+            reset_reason: "connection_termination",
+            transport_failure: None,
+        }
+    }
+
+    /// No response headers in time: `UT`, 504.
+    pub(super) fn response_timeout() -> Self {
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            flag: "UT",
+            reset_reason: "upstream_response_timeout",
+            transport_failure: None,
+        }
+    }
+
     /// A failed connect: `UF`, 503. A connect that timed out is a `connection_timeout` reset.
     pub(super) fn connect(error: &io::Error) -> Self {
         Self {
@@ -162,16 +196,7 @@ impl UpstreamFailure {
     /// upstream connection termination before response headers.
     pub(super) fn from_client(error: &ClientError) -> Self {
         if let Some(tls) = find::<ConnectError>(error) {
-            return Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                flag: "UF",
-                reset_reason: if tls.timed_out() {
-                    "connection_timeout"
-                } else {
-                    "connection_failure"
-                },
-                transport_failure: Some(tls.transport_failure()),
-            };
+            return Self::tls_connect(tls);
         }
         let io_error = io_source(error);
         if error.is_connect() {
