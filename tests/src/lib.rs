@@ -27,6 +27,7 @@ mod environment;
 mod http;
 pub mod iptables;
 mod process;
+mod python;
 mod resolver;
 mod tls;
 mod upstream;
@@ -42,6 +43,7 @@ pub use environment::{
     require_privileges, require_tools,
 };
 pub use process::{Output, curl, run_bounded, run_bounded_with_input};
+pub use python::{PythonServer, http_venv_python, require_python_modules};
 pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};
 pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};
 pub use upstream::{Hit, Upstream, counter_bytes};
