@@ -5,7 +5,7 @@ use std::{
     convert::Infallible,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -32,7 +32,7 @@ use tracing::{debug, info};
 use self::upgrade::{SharedIo, Tunnels};
 use super::{
     Inbound, Waypoint, authz,
-    body::{Activity, BodyEnd, Metered},
+    body::{self, Activity, BodyEnd, Metered},
     framing::{Framed, FramingSignal, Violation},
     phases::{self, TargetRefused, UpgradeRequest},
     reply::{
@@ -56,6 +56,8 @@ use crate::{
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUF_SIZE: usize = 8192;
 
+#[path = "h2_server.rs"]
+mod h2_server;
 #[path = "upgrade.rs"]
 mod upgrade;
 
@@ -67,6 +69,11 @@ fn empty_body() -> ResponseBody {
 
 pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: Arc<Inbound>) {
     let config = &waypoint.config;
+    if phases::speaks_h2(inbound.service.protocol)
+        && h2_server::opens_with_preface(&stream, config.header_read_timeout).await
+    {
+        return h2_server::serve(waypoint, stream, inbound).await;
+    }
     // hyper reads the client only through the framing check (see `framing`).
     let framed = Framed::new(stream, config.max_header_bytes);
     let framing = framed.signal();
@@ -254,6 +261,7 @@ fn log_refusal(waypoint: &Waypoint, inbound: &Inbound, reply: &LocalReply, sent:
     Metrics::global().record_request(
         &inbound.request_labels(&inbound.service),
         &RequestOutcome {
+            grpc_status: None,
             code: entry.response_code,
             flags: reply.flag.unwrap_or("-"),
             duration: Duration::ZERO,
@@ -307,6 +315,8 @@ pub(super) struct Filtered {
 pub(super) struct Peer {
     pub(super) addr: SocketAddr,
     pub(super) tls: Option<(TlsClient, ServerName<'static>)>,
+    /// HTTP/2 (the ServiceEntry port is `HTTP2` or `GRPC`): h2c, or ALPN `h2` over TLS.
+    pub(super) h2: bool,
 }
 
 impl Peer {
@@ -442,7 +452,11 @@ fn upstream_peer(
             Some((tls.client, name))
         }
     };
-    Ok(Peer { addr, tls })
+    Ok(Peer {
+        addr,
+        tls,
+        h2: phases::speaks_h2(service.protocol),
+    })
 }
 
 /// The request as it goes upstream: origin-form target on the endpoint's authority, HTTP/1.1,
@@ -459,7 +473,11 @@ pub(super) fn upstream_parts(
         .path_and_query(path.as_str())
         .build()
         .map_err(|_| LocalReply::bad_request("invalid_path"))?;
-    parts.version = Version::HTTP_11;
+    parts.version = if peer.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     parts.extensions = http::Extensions::new();
     phases::append_via(&mut parts.headers);
     Ok(parts)
@@ -493,7 +511,7 @@ async fn proxy(
     let upstream_addr = peer.addr;
     debug!(method = %parts.method, path = %parts.uri.path(), %upstream_addr, "forwarding");
     let response = tokio::select! {
-        response = waypoint.client.send(Request::from_parts(parts, body), peer.tls()) => Some(response),
+        response = waypoint.client.send(Request::from_parts(parts, body), peer.tls(), peer.h2) => Some(response),
         () = exchange.activity.idle(idle) => None,
     };
     let request_end = *request_end.lock().unwrap_or_else(|e| e.into_inner());
@@ -537,6 +555,10 @@ struct Exchange {
     /// Its line has been written.
     logged: bool,
     drain: DrainSignal,
+    /// A gRPC request (`content-type: application/grpc…`): local replies are gRPC statuses.
+    grpc: bool,
+    /// The response's `grpc-status` + 1 (0: none yet), for `grpc_response_status`.
+    grpc_status: Arc<AtomicU32>,
 }
 
 impl Exchange {
@@ -555,7 +577,10 @@ impl Exchange {
         entry.x_forwarded_for = text("x-forwarded-for");
         entry.user_agent = text("user-agent");
         entry.request_id = text("x-request-id");
+        let grpc = text("content-type").is_some_and(|t| t.starts_with("application/grpc"));
         Self {
+            grpc,
+            grpc_status: Arc::new(AtomicU32::new(0)),
             log: waypoint.access_log.clone(),
             drain: waypoint.drain.signal(),
             logged: false,
@@ -570,6 +595,9 @@ impl Exchange {
 
     /// A response of the waypoint's own (Envoy's "local reply"), logged at once.
     fn local(mut self, reply: LocalReply) -> Response<ResponseBody> {
+        if self.grpc {
+            return self.local_grpc(reply);
+        }
         let body = Bytes::from(reply.body.into_owned());
         self.entry.response_code = reply.status.as_u16();
         self.entry.response_flags = reply.flag.map(str::to_owned);
@@ -584,6 +612,30 @@ impl Exchange {
         if reply.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        phases::append_via(headers);
+        response
+    }
+
+    /// A local reply to a gRPC request, as Envoy sends one: HTTP 200, trailers-only, the
+    /// status mapped to gRPC's (`httpToGrpcStatus`: 403 is PERMISSION_DENIED) and the body as
+    /// `grpc-message`. gRPC clients read statuses there, not in the HTTP status.
+    fn local_grpc(mut self, reply: LocalReply) -> Response<ResponseBody> {
+        let status = grpc_status_of(reply.status);
+        self.grpc_status.store(status + 1, Ordering::Relaxed);
+        self.entry.response_code = StatusCode::OK.as_u16();
+        self.entry.response_flags = reply.flag.map(str::to_owned);
+        self.entry.response_code_details = Some(reply.details.into_owned());
+        let message = HeaderValue::from_str(&reply.body)
+            .unwrap_or_else(|_| HeaderValue::from_static("local reply"));
+        self.finish();
+        let mut response = Response::new(empty_body());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(status));
+        headers.insert("grpc-message", message);
         phases::append_via(headers);
         response
     }
@@ -609,6 +661,11 @@ impl Exchange {
 
         let sent = Arc::new(AtomicU64::new(0));
         let activity = self.activity.clone();
+        let (grpc, grpc_status) = (self.grpc, self.grpc_status.clone());
+        if let Some(status) = body::grpc_status(&parts.headers) {
+            // Trailers-only: the status came with the headers.
+            grpc_status.store(status.saturating_add(1), Ordering::Relaxed);
+        }
         let on_end = {
             let sent = sent.clone();
             Box::new(move |end: BodyEnd| {
@@ -630,7 +687,10 @@ impl Exchange {
                 self.finish();
             })
         };
-        let body = Metered::new(body, sent, activity, idle, on_end);
+        let mut body = Metered::new(body, sent, activity, idle, on_end);
+        if grpc {
+            body = body.with_grpc_status(grpc_status);
+        }
         Response::from_parts(parts, Either::Left(body))
     }
 
@@ -643,9 +703,14 @@ impl Exchange {
         self.entry.duration = self.started.elapsed();
         self.entry.bytes_received = self.received.load(Ordering::Relaxed);
         self.log.log(&self.entry);
+        let grpc_status = match self.grpc_status.load(Ordering::Relaxed) {
+            0 => None,
+            status => Some(status - 1),
+        };
         Metrics::global().record_request(
             &self.labels,
             &RequestOutcome {
+                grpc_status,
                 code: self.entry.response_code,
                 flags: self.entry.response_flags.as_deref().unwrap_or("-"),
                 duration: self.entry.duration,
@@ -667,6 +732,19 @@ impl Drop for Exchange {
                 Some("downstream_local_disconnect(drain_timeout)".into());
             self.write();
         }
+    }
+}
+
+/// gRPC's status for an HTTP status (gRPC's "HTTP to gRPC status code mapping", as Envoy's
+/// `Grpc::Utility::httpToGrpcStatus`).
+fn grpc_status_of(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
     }
 }
 

@@ -169,9 +169,7 @@ impl Inbound {
         // connection on the hot path only clones them.
         let source = Self::source_workload(principal.as_ref(), spiffe.as_deref());
         let tcp_labels = Self::standard_labels(source, &service, "tcp");
-        let request_labels = service
-            .protocol
-            .is_http()
+        let request_labels = phases::terminates_http(service.protocol)
             .then(|| Self::standard_labels(source, &service, "http"));
         Self {
             peer,
@@ -455,7 +453,7 @@ impl Waypoint {
             "accepted a redirected connection"
         );
         Metrics::global().add(TCP_OPENED_TOTAL, &inbound.tcp_labels(), 1);
-        if inbound.service.protocol.is_http() {
+        if phases::terminates_http(inbound.service.protocol) {
             // Every request is authorized on its own, against the table current at the time.
             drop(table);
             http::serve(self.clone(), stream, inbound.clone()).await;

@@ -19,6 +19,7 @@ use rustls::pki_types::ServerName;
 
 use super::reply::VIA;
 use crate::{
+    config::Protocol,
     identity::Principal,
     model::{Service, ServiceTable},
     policy::{
@@ -27,6 +28,18 @@ use crate::{
     },
     tls::UpstreamTls,
 };
+
+/// Whether the waypoint terminates HTTP on a port of this protocol (and authorizes each
+/// request); other ports are spliced after L4 checks. `HTTP2` and `GRPC` ports take HTTP/1.1
+/// or HTTP/2 with prior knowledge from the application.
+pub(crate) fn terminates_http(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+}
+
+/// Whether the upstream of a port of this protocol speaks HTTP/2 (Istio: `HTTP2`, `GRPC`).
+pub(crate) fn speaks_h2(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Http2 | Protocol::Grpc)
+}
 
 /// Why a request target was refused.
 #[derive(Debug)]

@@ -37,8 +37,10 @@ type TlsPool = Client<TlsConnector, Metered<Incoming>>;
 /// The waypoint's upstream pools.
 pub(super) struct UpstreamClient {
     plain: PlainClient,
-    /// (settings set, server name) -> its pool; the weak handle tells a retired set.
-    tls: Mutex<HashMap<(usize, String), (WeakTlsClient, TlsPool)>>,
+    /// HTTP/2 with prior knowledge (h2c), for `HTTP2` and `GRPC` ports.
+    plain_h2: PlainClient,
+    /// (settings set, server name, HTTP/2) -> its pool; the weak handle tells a retired set.
+    tls: Mutex<HashMap<(usize, String, bool), (WeakTlsClient, TlsPool)>>,
     connect_timeout: Duration,
 }
 
@@ -51,6 +53,7 @@ pub(super) fn client(config: &WaypointConfig) -> UpstreamClient {
     connector.set_connect_timeout(Some(config.upstream_connect_timeout));
     connector.enforce_http(true);
     UpstreamClient {
+        plain_h2: h2_builder().build(connector.clone()),
         plain: builder().build(connector),
         tls: Mutex::new(HashMap::new()),
         connect_timeout: config.upstream_connect_timeout,
@@ -66,6 +69,15 @@ fn builder() -> hyper_util::client::legacy::Builder {
     builder
 }
 
+/// HTTP/2 only: every request is a stream of one pooled connection per endpoint.
+fn h2_builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = builder();
+    builder
+        .http2_only(true)
+        .http2_max_concurrent_reset_streams(100);
+    builder
+}
+
 impl UpstreamClient {
     /// Sends `req` (its URI's authority is the endpoint) in plain text, or with `tls` as
     /// `server_name`.
@@ -73,15 +85,17 @@ impl UpstreamClient {
         &self,
         req: Request<Metered<Incoming>>,
         tls: Option<(&TlsClient, ServerName<'static>)>,
+        h2: bool,
     ) -> Result<Response<Incoming>, ClientError> {
         match tls {
+            None if h2 => self.plain_h2.request(req).await,
             None => self.plain.request(req).await,
-            Some((client, name)) => self.pool(client, name).request(req).await,
+            Some((client, name)) => self.pool(client, name, h2).request(req).await,
         }
     }
 
-    fn pool(&self, client: &TlsClient, name: ServerName<'static>) -> TlsPool {
-        let key = (client.id(), name.to_str().into_owned());
+    fn pool(&self, client: &TlsClient, name: ServerName<'static>, h2: bool) -> TlsPool {
+        let key = (client.id(), name.to_str().into_owned(), h2);
         let mut pools = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((alive, pool)) = pools.get(&key)
             && alive.is_alive()
@@ -90,13 +104,16 @@ impl UpstreamClient {
         }
         // A retired settings set's pools (and idle connections) go; its address may be reused.
         pools.retain(|_, (alive, _)| alive.is_alive());
-        let connector = TlsConnector::new(
-            client.config(),
-            name,
-            self.connect_timeout,
-            self.connect_timeout,
-        );
-        let pool = builder().build(connector);
+        let config = if h2 {
+            // ALPN `h2`: the server must agree to HTTP/2 before a request is sent.
+            let mut config = (*client.config()).clone();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            std::sync::Arc::new(config)
+        } else {
+            client.config()
+        };
+        let connector = TlsConnector::new(config, name, self.connect_timeout, self.connect_timeout);
+        let pool = if h2 { h2_builder() } else { builder() }.build(connector);
         pools.insert(key, (client.downgrade(), pool.clone()));
         pool
     }

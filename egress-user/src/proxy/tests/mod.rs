@@ -2,6 +2,7 @@
 //! whose socket address is registered as "redirected by the kernel" before it connects.
 mod authz;
 mod framing;
+mod h2;
 mod http;
 mod routing;
 mod splice;
