@@ -150,7 +150,7 @@ pub fn explain(
         };
     let service = route.ok_or_else(no_service)?.service;
 
-    if phases::terminates_http(service.protocol) && is_miscased_method(request.method.as_bytes()) {
+    if service.protocol.is_http() && is_miscased_method(request.method.as_bytes()) {
         return Err(ExplainError::MiscasedMethod {
             method: request.method.to_owned(),
         });
@@ -182,7 +182,7 @@ pub fn explain(
         &policies,
         &service,
         &caller,
-        phases::terminates_http(service.protocol).then_some(&http),
+        service.protocol.is_http().then_some(&http),
         None,
     );
     Ok(Explanation {
@@ -212,7 +212,7 @@ impl fmt::Display for Explanation {
             Some(p) => writeln!(f, "principal:    {p}")?,
             None => writeln!(f, "principal:    none (a peer without identity)")?,
         }
-        if phases::terminates_http(s.protocol) {
+        if s.protocol.is_http() {
             writeln!(
                 f,
                 "request:      {} {} (authority {:?})",

@@ -25,6 +25,8 @@ const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
     // installing it starts nothing on port 53.
     ("dnsmasq-base", Some("dnsmasq")),
     ("iproute2", Some("ip")),
+    // h2load: the bounded HTTP/2 load run of the gRPC e2e tests.
+    ("nghttp2-client", Some("h2load")),
     // The e2e test of `egress run --capture iptables` adds nat REDIRECT rules.
     ("iptables", Some("iptables")),
     // For the libbpf cross-check test (libbpf-sys builds libbpf from source against libelf).

@@ -169,7 +169,9 @@ impl Inbound {
         // connection on the hot path only clones them.
         let source = Self::source_workload(principal.as_ref(), spiffe.as_deref());
         let tcp_labels = Self::standard_labels(source, &service, "tcp");
-        let request_labels = phases::terminates_http(service.protocol)
+        let request_labels = service
+            .protocol
+            .is_http()
             .then(|| Self::standard_labels(source, &service, "http"));
         Self {
             peer,
@@ -453,7 +455,7 @@ impl Waypoint {
             "accepted a redirected connection"
         );
         Metrics::global().add(TCP_OPENED_TOTAL, &inbound.tcp_labels(), 1);
-        if phases::terminates_http(inbound.service.protocol) {
+        if inbound.service.protocol.is_http() {
             // Every request is authorized on its own, against the table current at the time.
             drop(table);
             http::serve(self.clone(), stream, inbound.clone()).await;

@@ -29,13 +29,6 @@ use crate::{
     tls::UpstreamTls,
 };
 
-/// Whether the waypoint terminates HTTP on a port of this protocol (and authorizes each
-/// request); other ports are spliced after L4 checks. `HTTP2` and `GRPC` ports take HTTP/1.1
-/// or HTTP/2 with prior knowledge from the application.
-pub(crate) fn terminates_http(protocol: Protocol) -> bool {
-    matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
-}
-
 /// Whether the upstream of a port of this protocol speaks HTTP/2 (Istio: `HTTP2`, `GRPC`).
 pub(crate) fn speaks_h2(protocol: Protocol) -> bool {
     matches!(protocol, Protocol::Http2 | Protocol::Grpc)
@@ -295,8 +288,22 @@ pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
 
 /// Headers that never travel past this hop (RFC 9110 §7.6.1), plus any the `Connection` header
 /// names. `Host` and `Content-Length` are kept even if named: dropping them would change where
-/// or how much a message is, which a peer must not be able to ask a proxy to do.
+/// or how much a message is, which a peer must not be able to ask a proxy to do. `TE:
+/// trailers` is kept as `te: trailers`, as Envoy keeps it: gRPC servers require it, and it is
+/// the one TE value HTTP/2 allows (RFC 9113 §8.2.2).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        });
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -318,6 +325,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::UPGRADE,
     ] {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -351,7 +361,7 @@ mod tests {
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
-            ("te", "trailers"),
+            ("te", "trailers, deflate"),
             ("trailer", "x-checksum"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
@@ -364,7 +374,8 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
-        assert_eq!(left, ["content-length", "host", "x-kept"]);
+        assert_eq!(left, ["content-length", "host", "te", "x-kept"]);
+        assert_eq!(headers[header::TE], "trailers");
     }
 
     #[test]
