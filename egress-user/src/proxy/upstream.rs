@@ -34,13 +34,16 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 type PlainClient = Client<HttpConnector, Metered<Incoming>>;
 type TlsPool = Client<TlsConnector, Metered<Incoming>>;
 
+/// A TLS pool's settings set id, server name, and whether it speaks HTTP/2 (ALPN `h2`).
+type TlsPoolKey = (usize, String, bool);
+
 /// The waypoint's upstream pools.
 pub(super) struct UpstreamClient {
     plain: PlainClient,
     /// HTTP/2 with prior knowledge (h2c), for `HTTP2` and `GRPC` ports.
     plain_h2: PlainClient,
     /// (settings set, server name, HTTP/2) -> its pool; the weak handle tells a retired set.
-    tls: Mutex<HashMap<(usize, String, bool), (WeakTlsClient, TlsPool)>>,
+    tls: Mutex<HashMap<TlsPoolKey, (WeakTlsClient, TlsPool)>>,
     connect_timeout: Duration,
 }
 
