@@ -1,18 +1,20 @@
 //! `egress explain`: what the waypoint would decide for one request, without running anything.
 //! The same engine, the same config loader, the same normalization as the running waypoint.
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use thiserror::Error;
 
 use crate::{
-    config::{ConfigSet, IpNet},
+    config::ConfigSet,
     identity::Principal,
-    model::{self, DnsAnswers, Service},
-    policy::{
-        Attributes, Decision, HttpAttributes, NormalizeError, PathParameters, PolicySet, Target,
-        is_miscased_method, normalize_request_target, strip_internal_headers,
-    },
+    model::{self, DnsAnswers, Service, ServiceTable},
+    policy::{Decision, NormalizeError, PathParameters, PolicySet, is_miscased_method},
+    proxy::phases::{self, Caller, TargetRefused},
 };
 
 #[derive(Debug, Error)]
@@ -57,37 +59,36 @@ pub struct Request<'a> {
     pub path_parameters: PathParameters,
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    match pattern.strip_prefix('*') {
-        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
-        None => pattern == host,
+/// The destination an application that dials `host` connects to, as the kernel then routes
+/// it: an IP literal is that address; a name is resolved to the first configured address of
+/// the ServiceEntry that has it as a host (exact before wildcard). `None` when the name's
+/// ServiceEntry has no configured address (its addresses come from DNS, unknown here): the
+/// kernel would have routed the resolved address to that ServiceEntry itself.
+fn destination(table: &ServiceTable, host: &str, port: u16) -> Result<Dialled, ()> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Dialled::Address(SocketAddr::new(ip, port)));
     }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let by_name = |exact: bool| {
+        table.iter().find(|s| {
+            s.port == port
+                && s.hosts.iter().any(|h| {
+                    let h = h.trim_end_matches('.');
+                    h.starts_with('*') != exact && phases::host_matches(h, &host)
+                })
+        })
+    };
+    let service = by_name(true).or_else(|| by_name(false)).ok_or(())?;
+    Ok(match service.addresses.first() {
+        Some(net) => Dialled::Address(SocketAddr::new(net.addr, port)),
+        None => Dialled::Service(service.clone()),
+    })
 }
 
-fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
-    match (net.addr, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let bits = u32::from(net.prefix_len.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let bits = u32::from(net.prefix_len.min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
+enum Dialled {
+    Address(SocketAddr),
+    /// A ServiceEntry whose addresses only DNS knows.
+    Service(Arc<Service>),
 }
 
 pub fn explain(
@@ -111,25 +112,6 @@ pub fn explain(
         (None, Some("http") | None) => 80,
         (None, Some(_)) => return Err(url_err("scheme must be http or https")),
     };
-    let ip: Option<IpAddr> = host.parse().ok();
-
-    // Without DNS, addresses of resolved hosts are unknown: match by IP against configured
-    // addresses, else by host name.
-    let built = model::build(config, &DnsAnswers::new());
-    let service = built
-        .table
-        .iter()
-        .filter(|s| s.port == port)
-        .find(|s| match ip {
-            Some(ip) => s.addresses.iter().any(|n| net_contains(n, ip)),
-            None => s.hosts.iter().any(|h| host_matches(h, host)),
-        })
-        .cloned()
-        .ok_or_else(|| ExplainError::NoService {
-            host: host.to_owned(),
-            port,
-        })?;
-
     let mut headers = HeaderMap::new();
     for h in request.headers {
         let (name, value) = h
@@ -148,42 +130,60 @@ pub fn explain(
         .or_else(|| uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
     // What the waypoint drops before it authorizes is dropped here too.
-    strip_internal_headers(&mut headers);
+    phases::clean_headers(&mut headers);
+
+    // Route as the kernel and the waypoint do: the longest prefix on the port, then the Host
+    // among ServiceEntries sharing the address.
+    let built = model::build(config, &DnsAnswers::new());
+    let table = built.table;
+    let no_service = || ExplainError::NoService {
+        host: host.to_owned(),
+        port,
+    };
+    let (route, destination_ip) =
+        match destination(&table, host, port).map_err(|()| no_service())? {
+            Dialled::Address(dst) => (
+                phases::route_destination(&table, dst, Some(&authority)),
+                Some(dst.ip()),
+            ),
+            Dialled::Service(service) => (phases::route(&table, &service, Some(&authority)), None),
+        };
+    let service = route.ok_or_else(no_service)?.service;
+
     if service.protocol.is_http() && is_miscased_method(request.method.as_bytes()) {
         return Err(ExplainError::MiscasedMethod {
             method: request.method.to_owned(),
         });
     }
     let raw_target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let path_error = |source| ExplainError::Path {
-        url: request.url.to_owned(),
-        source,
-    };
-    let mut normalized = normalize_request_target(raw_target).map_err(path_error)?;
-    normalized
-        .apply_path_parameters(request.path_parameters)
-        .map_err(path_error)?;
+    let normalized =
+        phases::request_target(raw_target, request.path_parameters).map_err(|refused| {
+            ExplainError::Path {
+                url: request.url.to_owned(),
+                source: match refused {
+                    TargetRefused::Normalization(e) | TargetRefused::PathParameter(e) => e,
+                },
+            }
+        })?;
 
     let policies = PolicySet::new(&config.authorization_policies, root_namespace);
-    let attrs = Attributes {
+    let http = phases::HttpRequest {
+        method: request.method,
+        host: &authority,
+        path: normalized.matched_path(),
+        headers: &headers,
+    };
+    let caller = Caller {
         principal: request.principal.as_ref(),
         source_ip: None,
-        destination_ip: ip,
-        destination_port: service.port,
-        sni: None,
-        http: service.protocol.is_http().then_some(HttpAttributes {
-            method: request.method,
-            host: &authority,
-            path: normalized.matched_path(),
-            headers: &headers,
-        }),
+        destination_ip,
     };
-    let decision = policies.evaluate(
-        &Target {
-            namespace: &service.namespace,
-            service_entry: &service.name,
-        },
-        &attrs,
+    let decision = phases::authorize(
+        &policies,
+        &service,
+        &caller,
+        service.protocol.is_http().then_some(&http),
+        None,
     );
     Ok(Explanation {
         service,

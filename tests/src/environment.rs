@@ -128,7 +128,7 @@ fn binary_missing() -> Option<String> {
     }
 }
 
-fn skip_unless_empty(missing: &[String]) -> bool {
+pub(crate) fn skip_unless_empty(missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }

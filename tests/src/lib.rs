@@ -28,6 +28,7 @@ mod helm;
 mod http;
 pub mod iptables;
 mod process;
+mod python;
 mod resolver;
 mod tls;
 mod upstream;
@@ -47,6 +48,7 @@ pub use helm::{
     kinds_and_names, kubernetes_validate, kubernetes_validate_bin, workspace_root,
 };
 pub use process::{Output, curl, run_bounded, run_bounded_with_input};
+pub use python::{PythonServer, http_venv_python, require_python_modules};
 pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};
 pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};
 pub use upstream::{Hit, Upstream, counter_bytes};

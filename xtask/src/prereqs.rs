@@ -50,6 +50,8 @@ const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
     // installing it starts nothing on port 53.
     ("dnsmasq-base", Some("dnsmasq")),
     ("iproute2", Some("ip")),
+    // h2load: the bounded HTTP/2 load run of the gRPC e2e tests.
+    ("nghttp2-client", Some("h2load")),
     // The e2e test of `egress run --capture iptables` adds nat REDIRECT rules.
     ("iptables", Some("iptables")),
     // For the libbpf cross-check test (libbpf-sys builds libbpf from source against libelf).
@@ -66,6 +68,7 @@ pub fn install() -> anyhow::Result<()> {
     let sysroot = nightly()?;
     bpf_linker(&sysroot)?;
     httpbin()?;
+    http_venv()?;
     step(&format!(
         "prerequisites ready ({NIGHTLY}, bpf-linker {BPF_LINKER_VERSION}, bpftool; {:.1}s)",
         started.elapsed().as_secs_f64()
@@ -159,6 +162,36 @@ fn httpbin() -> anyhow::Result<()> {
     ));
     cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     cmd::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "httpbin", "gunicorn"]))
+}
+
+/// Test peers for the WebSocket and HTTP/2 end-to-end tests, from PyPI, in a venv under
+/// `target/`: `websockets` (client and server), `grpcio` (gRPC client and server), `h2` (the
+/// rapid-reset script).
+fn http_venv() -> anyhow::Result<()> {
+    const PACKAGES: [&str; 3] = ["websockets", "grpcio", "h2"];
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/http-venv");
+    let python = venv.join("bin/python");
+    let present =
+        probe(Command::new(&python).args(["-c", "import websockets, grpc, h2"])).is_some();
+    if present {
+        return Ok(());
+    }
+    if !on_path("python3") {
+        bail!(
+            "python3 is needed for the WebSocket and gRPC test peers (apt-get install python3-venv)"
+        );
+    }
+    step(&format!(
+        "installing {} (PyPI) into {} (about 30 seconds)",
+        PACKAGES.join(", "),
+        venv.display()
+    ));
+    cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q"])
+            .args(PACKAGES),
+    )
 }
 
 /// rustfmt and clippy for the toolchain that builds userspace (`cargo xtask test` uses both).

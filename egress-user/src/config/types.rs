@@ -93,10 +93,11 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// The waypoint terminates HTTP/1.1 on this port and authorizes each request. Everything
-    /// else (including HTTP2/GRPC for now) is spliced as opaque bytes after L4 checks.
+    /// The waypoint terminates HTTP on this port and authorizes each request (HTTP2 and GRPC
+    /// ports take HTTP/1.1 or HTTP/2 with prior knowledge). Everything else is spliced as
+    /// opaque bytes after L4 checks.
     pub fn is_http(self) -> bool {
-        matches!(self, Protocol::Http)
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
     }
 
     pub fn as_str(self) -> &'static str {

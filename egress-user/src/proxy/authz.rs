@@ -8,13 +8,17 @@
 //! [`ServiceTable`]: crate::model::ServiceTable
 use std::borrow::Cow;
 
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use tracing::{debug, info};
 
-use super::{Inbound, reply::LocalReply};
+use super::{
+    Inbound,
+    phases::{self, Caller, HttpRequest},
+    reply::LocalReply,
+};
 use crate::{
     model::Service,
-    policy::{Attributes, Decision, HttpAttributes, PolicySet, Target},
+    policy::{Decision, PolicySet},
 };
 
 /// Envoy's answer to an HTTP request its RBAC filter denies (`rbac_filter.cc`: 403, this body,
@@ -33,36 +37,17 @@ pub(super) fn denied(decision: &Decision) -> LocalReply {
     }
 }
 
-/// What is being authorized, as the engine's [`Attributes`] want it. The source is the client's
-/// socket as accepted, the destination the address it dialled (the kernel's origin record), and
-/// the port the ServiceEntry's, which is what a `ports` rule names.
-fn attributes<'a>(
-    inbound: &'a Inbound,
-    service: &Service,
-    http: Option<HttpAttributes<'a>>,
-    sni: Option<&'a str>,
-) -> Attributes<'a> {
-    Attributes {
+/// Who is asking: the client's socket as accepted, the address it dialled (the kernel's origin
+/// record), and its kernel-attested principal.
+fn caller(inbound: &Inbound) -> Caller<'_> {
+    Caller {
         principal: inbound.principal.as_ref(),
         source_ip: Some(inbound.peer.ip()),
         destination_ip: Some(inbound.original_dst.ip()),
-        destination_port: service.port,
-        // The ClientHello's server name, read on TLS ports only.
-        sni,
-        http,
     }
 }
 
-/// The request as it will be forwarded: `method` as sent, `host` the authority forwarded in
-/// `Host`, `path` normalized without its query, `headers` after the hop-by-hop ones are gone.
-pub(super) struct HttpRequest<'a> {
-    pub method: &'a str,
-    pub host: &'a str,
-    pub path: &'a str,
-    pub headers: &'a HeaderMap,
-}
-
-/// The verdict for one HTTP request to `service`.
+/// The verdict for one HTTP request to `service` (the authorize phase, see [`phases`]).
 pub(super) fn authorize_request(
     policies: &PolicySet,
     generation: u64,
@@ -70,23 +55,15 @@ pub(super) fn authorize_request(
     service: &Service,
     request: &HttpRequest<'_>,
 ) -> Decision {
-    let http = HttpAttributes {
-        method: request.method,
-        host: request.host,
-        path: request.path,
-        headers: request.headers,
-    };
-    let decision = policies.evaluate(
-        &target(service),
-        &attributes(inbound, service, Some(http), None),
-    );
+    let decision = phases::authorize(policies, service, &caller(inbound), Some(request), None);
     report(&decision, generation);
     learn(inbound, service, &decision, generation);
     decision
 }
 
 /// The verdict for a TLS or TCP connection to `service`, before anything is sent upstream.
-/// Rules are applied as Envoy applies them to a TCP filter chain (see `policy/compile.rs`).
+/// Rules are applied as Envoy applies them to a TCP filter chain (see `policy/compile.rs`);
+/// `sni` is the ClientHello's server name, read on TLS ports only.
 pub(super) fn authorize_connection(
     policies: &PolicySet,
     generation: u64,
@@ -94,7 +71,7 @@ pub(super) fn authorize_connection(
     service: &Service,
     sni: Option<&str>,
 ) -> Decision {
-    let decision = policies.evaluate(&target(service), &attributes(inbound, service, None, sni));
+    let decision = phases::authorize(policies, service, &caller(inbound), None, sni);
     report(&decision, generation);
     learn(inbound, service, &decision, generation);
     decision
@@ -110,13 +87,6 @@ fn learn(inbound: &Inbound, service: &Service, decision: &Decision, generation: 
         learner
             .sink
             .deny(learner.identity_id, service.id, service.port, generation);
-    }
-}
-
-fn target(service: &Service) -> Target<'_> {
-    Target {
-        namespace: &service.namespace,
-        service_entry: &service.name,
     }
 }
 

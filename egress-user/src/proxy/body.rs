@@ -4,7 +4,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -77,6 +77,8 @@ pub(super) struct Metered<B: Body> {
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     on_end: Option<OnEnd>,
+    /// Where a `grpc-status` trailer is recorded (status + 1; 0: none seen).
+    grpc_status: Option<Arc<AtomicU32>>,
 }
 
 impl<B: Body> Metered<B> {
@@ -94,7 +96,14 @@ impl<B: Body> Metered<B> {
             idle,
             timer: None,
             on_end: Some(on_end),
+            grpc_status: None,
         }
+    }
+
+    /// Records the `grpc-status` trailer in `slot` (status + 1) when it passes.
+    pub(super) fn with_grpc_status(mut self, slot: Arc<AtomicU32>) -> Self {
+        self.grpc_status = Some(slot);
+        self
     }
 
     fn end(&mut self, how: BodyEnd) {
@@ -144,6 +153,11 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
+                if let (Some(slot), Some(trailers)) = (&this.grpc_status, frame.trailers_ref())
+                    && let Some(status) = grpc_status(trailers)
+                {
+                    slot.store(status.saturating_add(1), Ordering::Relaxed);
+                }
                 this.activity.touch();
                 if this.inner.is_end_stream() {
                     this.end(BodyEnd::Complete);
@@ -175,6 +189,11 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The `grpc-status` of a response's headers or trailers.
+pub(super) fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 impl<B: Body> Drop for Metered<B> {

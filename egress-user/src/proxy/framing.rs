@@ -29,8 +29,8 @@
 use std::{
     io,
     pin::Pin,
-    sync::{Arc, OnceLock},
-    task::{Context, Poll, ready},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+    task::{Context, Poll, Waker, ready},
 };
 
 mod chunked;
@@ -126,9 +126,35 @@ pub(super) struct FramingSignal {
     /// Notified once a refused request's predecessors have all been handed to hyper: time for
     /// hyper to finish what it has and stop.
     refused: Notify,
+    /// The answer to an upgrade request: `Some(true)` once it is tunnelled (after the
+    /// upstream's 101), `Some(false)` when it was answered otherwise; and the gate waiting for
+    /// it.
+    upgrade: Mutex<(Option<bool>, Option<Waker>)>,
 }
 
 impl FramingSignal {
+    /// The server's answer to the held upgrade request: `tunnel` once the upstream said 101
+    /// (what follows is the upgraded protocol, passed unchecked), else the connection ends
+    /// after the response and whatever the client sent after the request is discarded.
+    pub(super) fn decide_upgrade(&self, tunnel: bool) {
+        let mut state = self.upgrade.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = Some(tunnel);
+        if let Some(waker) = state.1.take() {
+            waker.wake();
+        }
+    }
+
+    fn poll_upgrade(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut state = self.upgrade.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.0 {
+            Some(tunnel) => Poll::Ready(tunnel),
+            None => {
+                state.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
     /// The violation that ended this connection, if one did.
     pub(super) fn violation(&self) -> Option<Violation> {
         self.violation.get().copied()
@@ -160,6 +186,9 @@ pub(super) struct Framed<S> {
     /// Where the message being checked starts in `buf`, while none of it has gone to hyper.
     msg_start: Option<usize>,
     state: State,
+    /// The message being checked asks to upgrade: nothing after it goes to hyper until the
+    /// server has answered it.
+    hold_after: bool,
     max_head: usize,
     eof: bool,
     rejection: Option<Rejection>,
@@ -180,6 +209,13 @@ enum State {
     Chunked(Chunked),
     /// After a request that closes the connection: what follows is never a request.
     Drain,
+    /// After a request that asks to upgrade (`Upgrade` with `Connection: upgrade`): bytes the
+    /// client sends before the answer are neither checked nor handed to hyper — if the
+    /// upstream does not switch protocols they are discarded, so "early data" can never reach
+    /// an upstream as a request of its own (the CVE-2025-64763 class).
+    Hold,
+    /// The upgrade was taken: the rest of the connection is the upgraded protocol.
+    Tunnel,
     Rejected,
 }
 
@@ -198,6 +234,9 @@ struct HeadScan {
     chunked: bool,
     close: bool,
     keep_alive: bool,
+    /// An `Upgrade` field, and an `upgrade` token in `Connection`.
+    upgrade: bool,
+    connection_upgrade: bool,
 }
 
 /// How the message whose head was just scanned is framed.
@@ -206,6 +245,9 @@ struct Framing {
     /// The connection ends after this message (`Connection: close`, or HTTP/1.0 without
     /// `keep-alive`).
     close: bool,
+    /// It asks to switch protocols (HTTP/1.1 `Upgrade` with `Connection: upgrade`; the same
+    /// test as `phases::upgrade_request`).
+    upgrade: bool,
 }
 
 enum Body {
@@ -224,6 +266,7 @@ impl<S> Framed<S> {
             end: 0,
             msg_start: Some(0),
             state: State::Head(HeadScan::default()),
+            hold_after: false,
             max_head,
             eof: false,
             rejection: None,
@@ -282,7 +325,12 @@ impl<S> Framed<S> {
                 self.end = self.checked;
                 Ok(false)
             }
-            State::Rejected => Ok(false),
+            State::Tunnel => {
+                let moved = self.end > self.checked;
+                self.checked = self.end;
+                Ok(moved)
+            }
+            State::Hold | State::Rejected => Ok(false),
         }
     }
 
@@ -317,6 +365,7 @@ impl<S> Framed<S> {
             return Ok(false);
         };
         self.checked = start + head_len;
+        self.hold_after = framing.upgrade;
         // The head stays unsent while the body that came with it is checked: a bad first
         // chunk refuses the whole request.
         match framing.body {
@@ -365,7 +414,9 @@ impl<S> Framed<S> {
     /// The message being checked is complete; the next one starts at `checked`.
     fn next_message(&mut self, close: bool) {
         self.msg_start = Some(self.checked);
-        self.state = if close {
+        self.state = if std::mem::take(&mut self.hold_after) {
+            State::Hold
+        } else if close {
             State::Drain
         } else {
             State::Head(HeadScan::default())
@@ -508,8 +559,12 @@ impl HeadScan {
                     self.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     self.keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    self.connection_upgrade = true;
                 }
             }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.upgrade = true;
         }
         Ok(())
     }
@@ -538,6 +593,7 @@ impl HeadScan {
         Ok(Framing {
             body,
             close: self.close || (self.http10 && !self.keep_alive),
+            upgrade: !self.http10 && self.upgrade && self.connection_upgrade,
         })
     }
 }
@@ -623,6 +679,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Framed<S> {
                 // Everything before the refused request is with hyper now.
                 this.signal.refused.notify_one();
                 return Poll::Pending;
+            }
+            if matches!(this.state, State::Hold) {
+                // Not even read from the socket: the answer decides what those bytes are.
+                let tunnel = ready!(this.signal.poll_upgrade(cx));
+                this.state = if tunnel {
+                    this.msg_start = None;
+                    State::Tunnel
+                } else {
+                    State::Drain
+                };
+                continue;
             }
             if this.eof {
                 return Poll::Ready(Ok(()));

@@ -5,17 +5,17 @@ use std::{
     convert::Infallible,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
-};
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, upgrade::OnUpgrade};
 use hyper_util::{
     client::legacy::connect::HttpInfo,
     rt::{TokioIo, TokioTimer},
@@ -24,45 +24,62 @@ use rustls::pki_types::ServerName;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    sync::mpsc,
     time::{Instant, timeout},
 };
 use tracing::{debug, info};
 
+use self::upgrade::{SharedIo, Tunnels};
 use super::{
     Inbound, Waypoint, authz,
-    body::{Activity, BodyEnd, Metered},
+    body::{self, Activity, BodyEnd, Metered},
     framing::{Framed, FramingSignal, Violation},
+    phases::{self, TargetRefused, UpgradeRequest},
     reply::{
         CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM, NO_SERVER_NAME,
         PATH_NORMALIZATION_FAILED, PATH_PARAMETER_REFUSED, REQUEST_HEADER_TIMEOUT,
-        STREAM_IDLE_TIMEOUT, TLS_CREDENTIAL_UNAVAILABLE, UPSTREAM_RESPONSE_TIMEOUT,
+        STREAM_IDLE_TIMEOUT, TLS_CREDENTIAL_UNAVAILABLE, UPGRADE_FAILED, UPSTREAM_RESPONSE_TIMEOUT,
     },
     upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
 };
 use crate::{
     drain::{DrainPhase, DrainSignal},
     model::Service,
-    policy::{normalize_request_target, strip_internal_headers},
+    policy::NormalizedTarget,
     telemetry::{
         AccessLog, AccessLogEntry, Metrics,
         metrics::{Labels, RequestOutcome},
     },
-    tls::UpstreamTls,
+    tls::{TlsClient, UpstreamTls},
 };
-
-/// What the waypoint adds to `via` (RFC 9110 §7.6.3: protocol version and a pseudonym).
-pub(super) const VIA: &str = "1.1 egress-waypoint";
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUF_SIZE: usize = 8192;
 
+#[path = "h2_server.rs"]
+mod h2_server;
+#[path = "upgrade.rs"]
+mod upgrade;
+
 pub(super) type ResponseBody = Either<Metered<Incoming>, Full<Bytes>>;
+
+fn empty_body() -> ResponseBody {
+    Either::Right(Full::new(Bytes::new()))
+}
 
 pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: Arc<Inbound>) {
     let config = &waypoint.config;
+    if phases::speaks_h2(inbound.service.protocol)
+        && h2_server::opens_with_preface(&stream, config.header_read_timeout).await
+    {
+        return h2_server::serve(waypoint, stream, inbound).await;
+    }
     // hyper reads the client only through the framing check (see `framing`).
-    let mut framed = Framed::new(stream, config.max_header_bytes);
+    let framed = Framed::new(stream, config.max_header_bytes);
     let framing = framed.signal();
+    let io = SharedIo::new(framed);
+    // Every WebSocket tunnel holds a sender; the connection is over when all are gone.
+    let (tunnels, mut tunnels_done) = mpsc::channel::<()>(1);
     let service = {
         let waypoint = waypoint.clone();
         let inbound = inbound.clone();
@@ -71,8 +88,20 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
             let waypoint = waypoint.clone();
             let inbound = inbound.clone();
             let framing = framing.clone();
+            let tunnels = tunnels.clone();
             async move {
-                let mut response = forward(&waypoint, inbound, &framing, req).await;
+                let asked_upgrade = phases::upgrade_request(req.version(), req.headers()).is_some();
+                let mut response = forward(&waypoint, inbound, &framing, req, &tunnels).await;
+                if asked_upgrade {
+                    // The framing gate holds what the client sent after the request until now.
+                    let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    framing.decide_upgrade(tunnel);
+                    if !tunnel {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
                 if waypoint.drain.phase().closes_after_response() {
                     // Draining: the client learns from this response to reconnect (to whoever
                     // listens now), rather than from a close racing its next request.
@@ -95,7 +124,8 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
             // answered 431 rather than cut off mid-read (which resets the connection before the
             // answer).
             .max_buf_size(config.max_header_bytes.saturating_add(MIN_BUF_SIZE))
-            .serve_connection(TokioIo::new(&mut framed), service);
+            .serve_connection(TokioIo::new(io.clone()), service)
+            .with_upgrades();
         tokio::pin!(connection);
         let refused = framing.refused();
         let close = drain.reached(DrainPhase::Close);
@@ -124,6 +154,11 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
                 }
             }
         }
+    };
+    // hyper is done; a WebSocket tunnel may still be using the connection.
+    while tunnels_done.recv().await.is_some() {}
+    let Some(mut framed) = io.take_back() else {
+        return;
     };
     let linger = config.header_read_timeout;
     if let Some(rejection) = framed.rejection() {
@@ -226,6 +261,7 @@ fn log_refusal(waypoint: &Waypoint, inbound: &Inbound, reply: &LocalReply, sent:
     Metrics::global().record_request(
         &inbound.request_labels(&inbound.service),
         &RequestOutcome {
+            grpc_status: None,
             code: entry.response_code,
             flags: reply.flag.unwrap_or("-"),
             duration: Duration::ZERO,
@@ -235,145 +271,244 @@ fn log_refusal(waypoint: &Waypoint, inbound: &Inbound, reply: &LocalReply, sent:
     );
 }
 
-/// One request: checks, authorization, endpoint choice, forward, response. Never fails: every
-/// failure is an HTTP answer, as Envoy's local replies.
+/// One request, phase by phase (see [`phases`]). Never fails: every failure is an HTTP answer,
+/// as Envoy's local replies, and every answer is logged once (the log phase, [`Exchange`]).
 async fn forward(
     waypoint: &Waypoint,
     inbound: Arc<Inbound>,
     framing: &FramingSignal,
     req: Request<Incoming>,
+    tunnels: &Tunnels,
 ) -> Response<ResponseBody> {
     let mut exchange = Exchange::start(waypoint, inbound, &req);
-
-    let authority = match authority(&req, &exchange.inbound.service) {
-        Ok(authority) => authority,
-        Err(details) => {
-            return exchange.local(LocalReply::bad_request(details));
-        }
+    let request = match request_filter(waypoint, &mut exchange, req) {
+        Ok(request) => request,
+        Err(reply) => return exchange.local(reply),
     };
+    let (service, tls) = match route_and_authorize(waypoint, &mut exchange, &request) {
+        Ok(routed) => routed,
+        Err(reply) => return exchange.local(reply),
+    };
+    let peer = match upstream_peer(waypoint, &mut exchange, &service, tls) {
+        Ok(peer) => peer,
+        Err(reply) => return exchange.local(reply),
+    };
+    let mut request = request;
+    if let Some(client) = request.on_upgrade.take() {
+        return upgrade::forward(waypoint, exchange, request, peer, client, tunnels).await;
+    }
+    proxy(waypoint, exchange, framing, request, peer).await
+}
+
+/// A request that passed the request filter: what authorization sees is what is forwarded.
+pub(super) struct Filtered {
+    /// Headers cleaned ([`phases::clean_headers`]), `Host` set to [`Filtered::authority`].
+    pub(super) parts: http::request::Parts,
+    pub(super) body: Incoming,
+    pub(super) target: NormalizedTarget,
+    /// `Upgrade: websocket`: the client connection once it is upgraded; tunnelled when the
+    /// upstream answers 101 (see `upgrade.rs`).
+    pub(super) on_upgrade: Option<OnUpgrade>,
+}
+
+/// Where the request goes: the endpoint, and the TLS to originate to it.
+pub(super) struct Peer {
+    pub(super) addr: SocketAddr,
+    pub(super) tls: Option<(TlsClient, ServerName<'static>)>,
+    /// HTTP/2 (the ServiceEntry port is `HTTP2` or `GRPC`): h2c, or ALPN `h2` over TLS.
+    pub(super) h2: bool,
+}
+
+impl Peer {
+    pub(super) fn tls(&self) -> Option<(&TlsClient, ServerName<'static>)> {
+        self.tls
+            .as_ref()
+            .map(|(client, name)| (client, name.clone()))
+    }
+}
+
+/// Phase 1, request filter: the authority, `CONNECT` and `Upgrade`, one normalized target,
+/// header hygiene. (The framing gate ran before hyper parsed the request.)
+fn request_filter(
+    waypoint: &Waypoint,
+    exchange: &mut Exchange,
+    mut req: Request<Incoming>,
+) -> Result<Filtered, LocalReply> {
+    let authority = phases::authority(
+        req.uri(),
+        req.version(),
+        req.headers(),
+        &exchange.inbound.service,
+    )
+    .map_err(LocalReply::bad_request)?;
     exchange.entry.authority = authority
         .as_ref()
         .and_then(|a| a.to_str().ok())
         .map(str::to_owned);
     if req.method() == Method::CONNECT {
-        return exchange.local(CONNECT_NOT_SUPPORTED);
+        return Err(CONNECT_NOT_SUPPORTED);
     }
-    // One path for matching and forwarding (design §8.3). Absolute-form targets contribute
-    // their path and query; the authority went to `Host` above.
-    let raw_target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let mut target = match normalize_request_target(raw_target) {
-        Ok(target) => target,
-        Err(error) => {
-            info!(%error, "the request path cannot be normalized; answering 400");
-            return exchange.local(PATH_NORMALIZATION_FAILED);
+    let upgrade = phases::upgrade_request(req.version(), req.headers());
+    let upgrade = match upgrade {
+        // Envoy's HTTP/1 codec: an h2c upgrade is not taken; its headers are removed (by
+        // `clean_headers` below) and the request is served as HTTP/1.1.
+        Some(UpgradeRequest::H2c) => {
+            debug!("an h2c upgrade request: served as HTTP/1.1, not upgraded");
+            None
         }
+        // Envoy answers an upgrade its route does not accept 403 `upgrade_failed`.
+        Some(UpgradeRequest::Other) => {
+            info!("refused an upgrade to a protocol other than websocket; answering 403");
+            return Err(UPGRADE_FAILED);
+        }
+        upgrade => upgrade,
     };
-    if let Err(error) = target.apply_path_parameters(waypoint.config.path_parameters) {
-        info!(%error, "refused a path parameter; answering 400");
-        return exchange.local(PATH_PARAMETER_REFUSED);
-    }
-
+    let raw_target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let target =
+        phases::request_target(raw_target, waypoint.config.path_parameters).map_err(|refused| {
+            match refused {
+                TargetRefused::Normalization(error) => {
+                    info!(%error, "the request path cannot be normalized; answering 400");
+                    PATH_NORMALIZATION_FAILED
+                }
+                TargetRefused::PathParameter(error) => {
+                    info!(%error, "refused a path parameter; answering 400");
+                    PATH_PARAMETER_REFUSED
+                }
+            }
+        })?;
+    let on_upgrade = upgrade.map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // Only a trusted proxy sets these; a workload's are dropped before they can match a policy
-    // or reach the upstream.
-    strip_internal_headers(&mut parts.headers);
+    phases::clean_headers(&mut parts.headers);
     if let Some(authority) = &authority {
         parts.headers.insert(header::HOST, authority.clone());
     }
+    Ok(Filtered {
+        parts,
+        body,
+        target,
+        on_upgrade,
+    })
+}
 
-    // The table may have been replaced since accept (DNS refresh, config reload): use the fresh
-    // endpoints of the *same* service, and the policies of that same generation. An id that now
-    // names another service is not followed.
-    let (service, decision, tls, tls_unavailable) = {
-        let table = waypoint.services.load();
-        let service = match table.get(exchange.inbound.service.id) {
-            Some(current) if same_service(current, &exchange.inbound.service) => current.clone(),
-            _ => return exchange.local(CLUSTER_NOT_FOUND),
-        };
-        // Several ServiceEntries on this address: the Host header says which one (as Envoy
-        // picks a virtual host); one that names none of them stays with the kernel's.
-        let service = match exchange.entry.authority.as_deref() {
-            Some(host) if table.is_shared(service.id) => match table.by_host(service.id, host) {
-                Some(sibling) => {
-                    exchange.entry.upstream_cluster = Some(sibling.cluster_name());
-                    exchange.labels = exchange.inbound.request_labels(sibling);
-                    sibling.clone()
-                }
-                None => service,
-            },
-            _ => service,
-        };
-        // What is matched is what is forwarded: the normalized path, the authority sent as
-        // `Host`, the headers left once the hop-by-hop ones are gone.
-        let request = authz::HttpRequest {
-            method: parts.method.as_str(),
-            host: exchange.entry.authority.as_deref().unwrap_or(""),
-            path: target.matched_path(),
-            headers: &parts.headers,
-        };
-        let decision = authz::authorize_request(
-            &table.policies,
-            table.generation,
-            &exchange.inbound,
-            &service,
-            &request,
-        );
-        let tls = table.tls(service.id).cloned();
-        let tls_unavailable = table.tls_unavailable(service.id).map(str::to_owned);
-        (service, decision, tls, tls_unavailable)
+/// Phases 2 and 3, route and authorize, against one table generation: the table may have been
+/// replaced since accept (DNS refresh, config reload), and a request sees services and
+/// policies of the same generation. Returns the service and the TLS its upstream wants.
+fn route_and_authorize(
+    waypoint: &Waypoint,
+    exchange: &mut Exchange,
+    request: &Filtered,
+) -> Result<(Arc<Service>, Option<UpstreamTls>), LocalReply> {
+    let table = waypoint.services.load();
+    let route = phases::route(
+        &table,
+        &exchange.inbound.service,
+        exchange.entry.authority.as_deref(),
+    )
+    .ok_or(CLUSTER_NOT_FOUND)?;
+    if route.by_host {
+        exchange.entry.upstream_cluster = Some(route.service.cluster_name());
+        exchange.labels = exchange.inbound.request_labels(&route.service);
+    }
+    let http = phases::HttpRequest {
+        method: request.parts.method.as_str(),
+        host: exchange.entry.authority.as_deref().unwrap_or(""),
+        path: request.target.matched_path(),
+        headers: &request.parts.headers,
     };
+    let decision = authz::authorize_request(
+        &table.policies,
+        table.generation,
+        &exchange.inbound,
+        &route.service,
+        &http,
+    );
     if !decision.allowed {
         // The body is never read: hyper drains it (or closes) before the next request.
-        return exchange.local(authz::denied(&decision));
+        return Err(authz::denied(&decision));
     }
-    if let Some(reason) = tls_unavailable {
+    if let Some(reason) = table.tls_unavailable(route.service.id) {
         tracing::warn!(
-            service = %service.cluster_name(),
+            service = %route.service.cluster_name(),
             %reason,
             "DestinationRule TLS cannot be originated; refused, never sent in plain text"
         );
-        return exchange.local(TLS_CREDENTIAL_UNAVAILABLE);
+        return Err(TLS_CREDENTIAL_UNAVAILABLE);
     }
+    let tls = table.tls(route.service.id).cloned();
+    Ok((route.service, tls))
+}
 
-    let Some(upstream_addr) =
-        service.upstream_addr(exchange.inbound.original_dst.ip(), waypoint.pick())
-    else {
-        return exchange.local(NO_HEALTHY_UPSTREAM);
-    };
-    exchange.entry.upstream_host = Some(upstream_addr);
-    // DestinationRule TLS: the server name is fixed before anything is sent, and a request that
-    // cannot have one is refused rather than sent in plain text.
-    let tls = match &tls {
+/// Phase 4, upstream peer: the endpoint (round-robin), and for DestinationRule TLS the server
+/// name, fixed before anything is sent; a request that cannot have one is refused rather than
+/// sent in plain text.
+fn upstream_peer(
+    waypoint: &Waypoint,
+    exchange: &mut Exchange,
+    service: &Service,
+    tls: Option<UpstreamTls>,
+) -> Result<Peer, LocalReply> {
+    let addr = service
+        .upstream_addr(exchange.inbound.original_dst.ip(), waypoint.pick())
+        .ok_or(NO_HEALTHY_UPSTREAM)?;
+    exchange.entry.upstream_host = Some(addr);
+    let tls = match tls {
         None => None,
-        Some(tls) => match server_name(tls, &service, exchange.entry.authority.as_deref()) {
-            Some(name) => Some((&tls.client, name)),
-            None => return exchange.local(NO_SERVER_NAME),
-        },
-    };
-
-    let path = target.to_forward();
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(upstream_addr.to_string())
-        .path_and_query(path.as_str())
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => {
-            return exchange.local(LocalReply::bad_request("invalid_path"));
+        Some(tls) => {
+            let name = phases::server_name(&tls, service, exchange.entry.authority.as_deref())
+                .ok_or(NO_SERVER_NAME)?;
+            Some((tls.client, name))
         }
     };
-    parts.version = Version::HTTP_11;
-    parts.extensions = http::Extensions::new();
-    append_via(&mut parts.headers);
+    Ok(Peer {
+        addr,
+        tls,
+        h2: phases::speaks_h2(service.protocol),
+    })
+}
 
+/// The request as it goes upstream: origin-form target on the endpoint's authority, HTTP/1.1,
+/// our `via`.
+pub(super) fn upstream_parts(
+    request: &mut Filtered,
+    peer: &Peer,
+) -> Result<http::request::Parts, LocalReply> {
+    let path = request.target.to_forward();
+    let mut parts = std::mem::replace(&mut request.parts, Request::new(()).into_parts().0);
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(peer.addr.to_string())
+        .path_and_query(path.as_str())
+        .build()
+        .map_err(|_| LocalReply::bad_request("invalid_path"))?;
+    parts.version = if peer.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    parts.extensions = http::Extensions::new();
+    phases::append_via(&mut parts.headers);
+    Ok(parts)
+}
+
+/// Phase 5, forward: the request over the pooled client, the response relayed as it streams.
+async fn proxy(
+    waypoint: &Waypoint,
+    mut exchange: Exchange,
+    framing: &FramingSignal,
+    mut request: Filtered,
+    peer: Peer,
+) -> Response<ResponseBody> {
+    let parts = match upstream_parts(&mut request, &peer) {
+        Ok(parts) => parts,
+        Err(reply) => return exchange.local(reply),
+    };
     let idle = waypoint.config.idle_timeout;
     let request_end = Arc::new(Mutex::new(None));
     let body = {
         let request_end = request_end.clone();
         Metered::new(
-            body,
+            request.body,
             exchange.received.clone(),
             exchange.activity.clone(),
             idle,
@@ -381,9 +516,10 @@ async fn forward(
         )
     };
     let sent_at = Instant::now();
-    debug!(method = %parts.method, %path, %upstream_addr, "forwarding");
+    let upstream_addr = peer.addr;
+    debug!(method = %parts.method, path = %parts.uri.path(), %upstream_addr, "forwarding");
     let response = tokio::select! {
-        response = waypoint.client.send(Request::from_parts(parts, body), tls) => Some(response),
+        response = waypoint.client.send(Request::from_parts(parts, body), peer.tls(), peer.h2) => Some(response),
         () = exchange.activity.idle(idle) => None,
     };
     let request_end = *request_end.lock().unwrap_or_else(|e| e.into_inner());
@@ -409,13 +545,7 @@ async fn forward(
             let failure = UpstreamFailure::from_client(&error);
             info!(%upstream_addr, error = ?error, flag = failure.flag, "upstream request failed");
             exchange.entry.upstream_transport_failure_reason = failure.transport_failure.clone();
-            exchange.local(LocalReply {
-                status: failure.status,
-                body: failure.body().into(),
-                flag: Some(failure.flag),
-                details: failure.details().into(),
-                close: false,
-            })
+            exchange.local(failure.reply())
         }
     }
 }
@@ -433,6 +563,10 @@ struct Exchange {
     /// Its line has been written.
     logged: bool,
     drain: DrainSignal,
+    /// A gRPC request (`content-type: application/grpc…`): local replies are gRPC statuses.
+    grpc: bool,
+    /// The response's `grpc-status` + 1 (0: none yet), for `grpc_response_status`.
+    grpc_status: Arc<AtomicU32>,
 }
 
 impl Exchange {
@@ -451,7 +585,10 @@ impl Exchange {
         entry.x_forwarded_for = text("x-forwarded-for");
         entry.user_agent = text("user-agent");
         entry.request_id = text("x-request-id");
+        let grpc = text("content-type").is_some_and(|t| t.starts_with("application/grpc"));
         Self {
+            grpc,
+            grpc_status: Arc::new(AtomicU32::new(0)),
             log: waypoint.access_log.clone(),
             drain: waypoint.drain.signal(),
             logged: false,
@@ -466,6 +603,9 @@ impl Exchange {
 
     /// A response of the waypoint's own (Envoy's "local reply"), logged at once.
     fn local(mut self, reply: LocalReply) -> Response<ResponseBody> {
+        if self.grpc {
+            return self.local_grpc(reply);
+        }
         let body = Bytes::from(reply.body.into_owned());
         self.entry.response_code = reply.status.as_u16();
         self.entry.response_flags = reply.flag.map(str::to_owned);
@@ -480,7 +620,31 @@ impl Exchange {
         if reply.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        append_via(headers);
+        phases::append_via(headers);
+        response
+    }
+
+    /// A local reply to a gRPC request, as Envoy sends one: HTTP 200, trailers-only, the
+    /// status mapped to gRPC's (`httpToGrpcStatus`: 403 is PERMISSION_DENIED) and the body as
+    /// `grpc-message`. gRPC clients read statuses there, not in the HTTP status.
+    fn local_grpc(mut self, reply: LocalReply) -> Response<ResponseBody> {
+        let status = grpc_status_of(reply.status);
+        self.grpc_status.store(status + 1, Ordering::Relaxed);
+        self.entry.response_code = StatusCode::OK.as_u16();
+        self.entry.response_flags = reply.flag.map(str::to_owned);
+        self.entry.response_code_details = Some(reply.details.into_owned());
+        let message = HeaderValue::from_str(&reply.body)
+            .unwrap_or_else(|_| HeaderValue::from_static("local reply"));
+        self.finish();
+        let mut response = Response::new(empty_body());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(status));
+        headers.insert("grpc-message", message);
+        phases::append_via(headers);
         response
     }
 
@@ -500,11 +664,16 @@ impl Exchange {
             .or_else(|| parts.extensions.get::<UpstreamLocal>().map(|l| l.0));
         parts.extensions = http::Extensions::new();
         parts.version = Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
-        append_via(&mut parts.headers);
+        phases::strip_hop_by_hop(&mut parts.headers);
+        phases::append_via(&mut parts.headers);
 
         let sent = Arc::new(AtomicU64::new(0));
         let activity = self.activity.clone();
+        let (grpc, grpc_status) = (self.grpc, self.grpc_status.clone());
+        if let Some(status) = body::grpc_status(&parts.headers) {
+            // Trailers-only: the status came with the headers.
+            grpc_status.store(status.saturating_add(1), Ordering::Relaxed);
+        }
         let on_end = {
             let sent = sent.clone();
             Box::new(move |end: BodyEnd| {
@@ -526,7 +695,10 @@ impl Exchange {
                 self.finish();
             })
         };
-        let body = Metered::new(body, sent, activity, idle, on_end);
+        let mut body = Metered::new(body, sent, activity, idle, on_end);
+        if grpc {
+            body = body.with_grpc_status(grpc_status);
+        }
         Response::from_parts(parts, Either::Left(body))
     }
 
@@ -539,9 +711,14 @@ impl Exchange {
         self.entry.duration = self.started.elapsed();
         self.entry.bytes_received = self.received.load(Ordering::Relaxed);
         self.log.log(&self.entry);
+        let grpc_status = match self.grpc_status.load(Ordering::Relaxed) {
+            0 => None,
+            status => Some(status - 1),
+        };
         Metrics::global().record_request(
             &self.labels,
             &RequestOutcome {
+                grpc_status,
                 code: self.entry.response_code,
                 flags: self.entry.response_flags.as_deref().unwrap_or("-"),
                 duration: self.entry.duration,
@@ -566,6 +743,19 @@ impl Drop for Exchange {
     }
 }
 
+/// gRPC's status for an HTTP status (gRPC's "HTTP to gRPC status code mapping", as Envoy's
+/// `Grpc::Utility::httpToGrpcStatus`).
+fn grpc_status_of(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
 fn protocol(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -573,167 +763,5 @@ fn protocol(version: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
-    }
-}
-
-/// The authority to forward with. Absolute-form targets win over `Host` (RFC 9112 §3.2.2);
-/// duplicate `Host` is ambiguous and an HTTP/1.1 request without one is invalid (§3.2), both
-/// rejected, as is a `Host` that is not visible ASCII (Envoy: `invalid_authority`). An HTTP/1.0
-/// request without `Host` gets the ServiceEntry's host.
-fn authority<B>(req: &Request<B>, service: &Service) -> Result<Option<HeaderValue>, String> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next().cloned();
-    if hosts.next().is_some() {
-        return Err("duplicate_host_header".into());
-    }
-    if let Some(authority) = req.uri().authority() {
-        return HeaderValue::from_str(authority.as_str())
-            .map(Some)
-            .map_err(|_| "invalid_authority".into());
-    }
-    match host {
-        // Authorization matches the host as text: bytes it cannot read must not be forwarded.
-        Some(host) if host.to_str().is_err() => Err("invalid_authority".into()),
-        Some(host) => Ok(Some(host)),
-        None if req.version() == Version::HTTP_11 => Err("missing_host_header".into()),
-        None => Ok(service
-            .hosts
-            .first()
-            .filter(|h| !h.starts_with('*'))
-            .and_then(|h| {
-                let text = if service.port == 80 {
-                    h.clone()
-                } else {
-                    format!("{h}:{}", service.port)
-                };
-                HeaderValue::from_str(&text).ok()
-            })),
-    }
-}
-
-/// The server name to originate TLS with: the DestinationRule's `sni`, else the ServiceEntry
-/// host the request is for (its authority's host when that is one of the service's hosts, else
-/// the service's first concrete host). `None` when there is no name to send.
-fn server_name(
-    tls: &UpstreamTls,
-    service: &Service,
-    authority: Option<&str>,
-) -> Option<ServerName<'static>> {
-    if tls.sni.is_some() {
-        return tls.server_name("");
-    }
-    let requested = authority
-        .map(|a| a.rsplit_once(':').map_or(a, |(host, _)| host))
-        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
-    let host = requested
-        .filter(|h| service.hosts.iter().any(|pattern| host_matches(pattern, h)))
-        .or_else(|| service.hosts.iter().find(|h| !h.contains('*')).cloned())?;
-    tls.server_name(&host)
-}
-
-/// A ServiceEntry host (`*.example.com` wildcards included) matches `host`.
-pub(super) fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        Some(suffix) => {
-            host.len() > suffix.len()
-                && host
-                    .get(host.len() - suffix.len()..)
-                    .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
-        }
-        None => pattern.eq_ignore_ascii_case(host),
-    }
-}
-
-fn same_service(a: &Service, b: &Service) -> bool {
-    a.namespace == b.namespace && a.name == b.name && a.port == b.port && a.protocol == b.protocol
-}
-
-/// Headers that never travel past this hop (RFC 9110 §7.6.1), plus any the `Connection` header
-/// names. `Host` and `Content-Length` are kept even if named: dropping them would change where
-/// or how much a message is, which a peer must not be able to ask a proxy to do.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-}
-
-/// Appends our entry to `via`, after whatever earlier hops wrote, as one field value.
-pub(super) fn append_via(headers: &mut HeaderMap) {
-    let mut value = Vec::new();
-    for existing in headers.get_all(header::VIA) {
-        value.extend_from_slice(existing.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(VIA.as_bytes());
-    match HeaderValue::from_bytes(&value) {
-        Ok(value) => {
-            headers.insert(header::VIA, value);
-        }
-        Err(_) => {
-            headers.append(header::VIA, HeaderValue::from_static(VIA));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
-        let mut headers = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-secret, host, content-length"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-connection", "keep-alive"),
-            ("te", "trailers"),
-            ("trailer", "x-checksum"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("host", "httpbin.org"),
-            ("content-length", "3"),
-            ("x-kept", "yes"),
-        ] {
-            headers.append(k, HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut headers);
-        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["content-length", "host", "x-kept"]);
-    }
-
-    #[test]
-    fn via_is_appended_after_earlier_hops() {
-        let mut headers = HeaderMap::new();
-        append_via(&mut headers);
-        assert_eq!(headers[header::VIA], VIA);
-        let mut headers = HeaderMap::new();
-        headers.append(header::VIA, HeaderValue::from_static("1.0 fred"));
-        headers.append(header::VIA, HeaderValue::from_static("1.1 p.example.net"));
-        append_via(&mut headers);
-        assert_eq!(
-            headers.get_all(header::VIA).iter().collect::<Vec<_>>(),
-            ["1.0 fred, 1.1 p.example.net, 1.1 egress-waypoint"]
-        );
     }
 }

@@ -8,6 +8,7 @@ mod body;
 mod framing;
 mod http;
 pub mod limits;
+pub(crate) mod phases;
 mod reply;
 mod splice;
 mod upstream;

@@ -4,6 +4,9 @@ use std::borrow::Cow;
 
 use http::StatusCode;
 
+/// What the waypoint adds to `via` (RFC 9110 §7.6.3: protocol version and a pseudonym).
+pub(super) const VIA: &str = "1.1 egress-waypoint";
+
 /// A response of the waypoint's own: what Envoy would answer, flag and details included.
 pub(super) struct LocalReply {
     pub(super) status: StatusCode,
@@ -60,7 +63,7 @@ impl LocalReply {
              connection: close\r\nvia: {}\r\n\r\n",
             self.status.as_u16(),
             self.body.len(),
-            super::http::VIA,
+            VIA,
         )
         .into_bytes();
         bytes.extend_from_slice(self.body.as_bytes());
@@ -130,6 +133,15 @@ pub(super) const CLUSTER_NOT_FOUND: LocalReply = LocalReply::fixed(
     "cluster not found",
     Some("NC"),
     "cluster_not_found",
+    true,
+);
+/// An `Upgrade` to anything but WebSocket: Envoy answers an upgrade its route does not accept
+/// 403 `upgrade_failed`.
+pub(super) const UPGRADE_FAILED: LocalReply = LocalReply::fixed(
+    StatusCode::FORBIDDEN,
+    "upgrade failed",
+    None,
+    "upgrade_failed",
     true,
 );
 pub(super) const CONNECT_NOT_SUPPORTED: LocalReply = LocalReply::fixed(

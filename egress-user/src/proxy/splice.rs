@@ -26,7 +26,7 @@ use tokio::{
 use tracing::{debug, info};
 
 use super::{
-    Inbound, Waypoint, authz, body::Activity, http::host_matches, upstream::UpstreamFailure,
+    Inbound, Waypoint, authz, body::Activity, phases::host_matches, upstream::UpstreamFailure,
 };
 use crate::{
     config::Protocol,
@@ -173,11 +173,11 @@ pub(super) async fn serve(
 }
 
 /// Counts the bytes read from and written to the client, and marks the connection active.
-struct Counted<T> {
-    inner: T,
-    read: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
-    activity: Arc<Activity>,
+pub(super) struct Counted<T> {
+    pub(super) inner: T,
+    pub(super) read: Arc<AtomicU64>,
+    pub(super) written: Arc<AtomicU64>,
+    pub(super) activity: Arc<Activity>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {

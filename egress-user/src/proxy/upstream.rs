@@ -34,11 +34,16 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 type PlainClient = Client<HttpConnector, Metered<Incoming>>;
 type TlsPool = Client<TlsConnector, Metered<Incoming>>;
 
+/// A TLS pool's settings set id, server name, and whether it speaks HTTP/2 (ALPN `h2`).
+type TlsPoolKey = (usize, String, bool);
+
 /// The waypoint's upstream pools.
 pub(super) struct UpstreamClient {
     plain: PlainClient,
-    /// (settings set, server name) -> its pool; the weak handle tells a retired set.
-    tls: Mutex<HashMap<(usize, String), (WeakTlsClient, TlsPool)>>,
+    /// HTTP/2 with prior knowledge (h2c), for `HTTP2` and `GRPC` ports.
+    plain_h2: PlainClient,
+    /// (settings set, server name, HTTP/2) -> its pool; the weak handle tells a retired set.
+    tls: Mutex<HashMap<TlsPoolKey, (WeakTlsClient, TlsPool)>>,
     connect_timeout: Duration,
 }
 
@@ -51,6 +56,7 @@ pub(super) fn client(config: &WaypointConfig) -> UpstreamClient {
     connector.set_connect_timeout(Some(config.upstream_connect_timeout));
     connector.enforce_http(true);
     UpstreamClient {
+        plain_h2: h2_builder().build(connector.clone()),
         plain: builder().build(connector),
         tls: Mutex::new(HashMap::new()),
         connect_timeout: config.upstream_connect_timeout,
@@ -66,6 +72,15 @@ fn builder() -> hyper_util::client::legacy::Builder {
     builder
 }
 
+/// HTTP/2 only: every request is a stream of one pooled connection per endpoint.
+fn h2_builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = builder();
+    builder
+        .http2_only(true)
+        .http2_max_concurrent_reset_streams(100);
+    builder
+}
+
 impl UpstreamClient {
     /// Sends `req` (its URI's authority is the endpoint) in plain text, or with `tls` as
     /// `server_name`.
@@ -73,15 +88,17 @@ impl UpstreamClient {
         &self,
         req: Request<Metered<Incoming>>,
         tls: Option<(&TlsClient, ServerName<'static>)>,
+        h2: bool,
     ) -> Result<Response<Incoming>, ClientError> {
         match tls {
+            None if h2 => self.plain_h2.request(req).await,
             None => self.plain.request(req).await,
-            Some((client, name)) => self.pool(client, name).request(req).await,
+            Some((client, name)) => self.pool(client, name, h2).request(req).await,
         }
     }
 
-    fn pool(&self, client: &TlsClient, name: ServerName<'static>) -> TlsPool {
-        let key = (client.id(), name.to_str().into_owned());
+    fn pool(&self, client: &TlsClient, name: ServerName<'static>, h2: bool) -> TlsPool {
+        let key = (client.id(), name.to_str().into_owned(), h2);
         let mut pools = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((alive, pool)) = pools.get(&key)
             && alive.is_alive()
@@ -90,13 +107,16 @@ impl UpstreamClient {
         }
         // A retired settings set's pools (and idle connections) go; its address may be reused.
         pools.retain(|_, (alive, _)| alive.is_alive());
-        let connector = TlsConnector::new(
-            client.config(),
-            name,
-            self.connect_timeout,
-            self.connect_timeout,
-        );
-        let pool = builder().build(connector);
+        let config = if h2 {
+            // ALPN `h2`: the server must agree to HTTP/2 before a request is sent.
+            let mut config = (*client.config()).clone();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            std::sync::Arc::new(config)
+        } else {
+            client.config()
+        };
+        let connector = TlsConnector::new(config, name, self.connect_timeout, self.connect_timeout);
+        let pool = if h2 { h2_builder() } else { builder() }.build(connector);
         pools.insert(key, (client.downgrade(), pool.clone()));
         pool
     }
@@ -124,12 +144,57 @@ impl UpstreamFailure {
         )
     }
 
+    /// The waypoint's answer for this failure.
+    pub(super) fn reply(&self) -> super::reply::LocalReply {
+        super::reply::LocalReply {
+            status: self.status,
+            body: self.body().into(),
+            flag: Some(self.flag),
+            details: self.details().into(),
+            close: false,
+        }
+    }
+
     /// `%RESPONSE_CODE_DETAILS%`.
     pub(super) fn details(&self) -> String {
         format!(
             "upstream_reset_before_response_started{{{}}}",
             self.reset_reason
         )
+    }
+
+    /// A TLS connection (TCP connect and handshake) that could not be made: `UF`, 503.
+    pub(super) fn tls_connect(error: &ConnectError) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            flag: "UF",
+            reset_reason: if error.timed_out() {
+                "connection_timeout"
+            } else {
+                "connection_failure"
+            },
+            transport_failure: Some(error.transport_failure()),
+        }
+    }
+
+    /// The upstream connection ended before response headers: `UC`, 503.
+    pub(super) fn terminated() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            flag: "UC",
+            reset_reason: "connection_termination",
+            transport_failure: None,
+        }
+    }
+
+    /// No response headers in time: `UT`, 504.
+    pub(super) fn response_timeout() -> Self {
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            flag: "UT",
+            reset_reason: "upstream_response_timeout",
+            transport_failure: None,
+        }
     }
 
     /// A failed connect: `UF`, 503. A connect that timed out is a `connection_timeout` reset.
@@ -151,16 +216,7 @@ impl UpstreamFailure {
     /// upstream connection termination before response headers.
     pub(super) fn from_client(error: &ClientError) -> Self {
         if let Some(tls) = find::<ConnectError>(error) {
-            return Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                flag: "UF",
-                reset_reason: if tls.timed_out() {
-                    "connection_timeout"
-                } else {
-                    "connection_failure"
-                },
-                transport_failure: Some(tls.transport_failure()),
-            };
+            return Self::tls_connect(tls);
         }
         let io_error = io_source(error);
         if error.is_connect() {

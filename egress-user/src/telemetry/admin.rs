@@ -258,6 +258,7 @@ mod tests {
                 ("source_principal", "admin-unit-test"),
             ]),
             &RequestOutcome {
+                grpc_status: None,
                 code: 200,
                 flags: "-",
                 duration: Duration::from_millis(3),

@@ -157,6 +157,8 @@ impl ConnectionLabels<'_> {
 #[derive(Clone, Copy, Debug)]
 pub struct RequestOutcome<'a> {
     pub code: u16,
+    /// `grpc-status` of a gRPC response (its headers or trailers); `None` for plain HTTP.
+    pub grpc_status: Option<u32>,
     /// Envoy's response flags (`-` for none).
     pub flags: &'a str,
     pub duration: Duration,
@@ -189,6 +191,7 @@ impl Histogram {
 struct RequestKey {
     labels: Labels,
     code: u16,
+    grpc_status: Option<u32>,
     flags: Box<str>,
 }
 
@@ -200,9 +203,13 @@ impl RequestKey {
         text.push_str(self.labels.as_str());
         let _ = write!(
             text,
-            ",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"",
+            ",response_code=\"{}\",grpc_response_status=\"",
             self.code
         );
+        if let Some(status) = self.grpc_status {
+            let _ = write!(text, "{status}");
+        }
+        text.push_str("\",response_flags=\"");
         escape_label(&self.flags, &mut text);
         text.push('"');
         text
@@ -244,6 +251,7 @@ impl Metrics {
         let key = RequestKey {
             labels: labels.clone(),
             code: outcome.code,
+            grpc_status: outcome.grpc_status,
             flags: outcome.flags.into(),
         };
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -445,6 +453,7 @@ mod tests {
         let labels = Labels::new(&[("reporter", "waypoint")]);
         let outcome = |ms: u64, code: u16, bytes: u64| RequestOutcome {
             code,
+            grpc_status: None,
             flags: "-",
             duration: Duration::from_micros(ms),
             request_bytes: bytes,

@@ -121,7 +121,7 @@ async fn hop_by_hop_headers_do_not_cross_the_waypoint() {
     let response = raw_exchange(
         &mut stream,
         b"POST /post HTTP/1.1\r\nHost: httpbin.org\r\nConnection: close, x-secret\r\n\
-          X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+          X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\n\
           Transfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;

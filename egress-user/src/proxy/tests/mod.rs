@@ -2,11 +2,14 @@
 //! whose socket address is registered as "redirected by the kernel" before it connects.
 mod authz;
 mod framing;
+mod h2;
 mod http;
 mod netns;
+mod routing;
 mod splice;
 mod tls;
 mod tls_pki;
+mod upgrade;
 
 use std::{
     collections::HashMap,
@@ -354,6 +357,33 @@ impl Dataplane {
             .expect("origins lock")
             .insert((netns_cookie, local), origin);
         socket.connect(listener).await.expect("connect to waypoint")
+    }
+
+    /// Connects as an application in `cgroup_id` that dialled `dst`, which the kernel's service
+    /// map routed to `service_id`.
+    async fn connect_to(&self, cgroup_id: u64, dst: SocketAddrV4, service_id: u32) -> TcpStream {
+        let socket = TcpSocket::new_v4().expect("client socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind client");
+        let local = socket.local_addr().expect("client addr");
+        let origin = Origin {
+            cgroup_id,
+            dst_addr: dst.ip().octets(),
+            dst_port: dst.port(),
+            family: FAMILY_INET,
+            service_id,
+            ..Origin::default()
+        };
+        self.origins
+            .0
+            .lock()
+            .expect("origins lock")
+            .insert((self.netns_cookie, local), origin);
+        socket
+            .connect(self.addr)
+            .await
+            .expect("connect to waypoint")
     }
 
     /// A keep-alive HTTP/1.1 client connection as an application in `cgroup_id`.
