@@ -106,7 +106,12 @@ const ORIGIN: Layout = layout!(Origin {
     uid,
     gid,
 });
-const PEER_KEY: Layout = layout!(PeerKey { addr, port, _pad });
+const PEER_KEY: Layout = layout!(PeerKey {
+    netns_cookie,
+    addr,
+    port,
+    _pad,
+});
 const CONFIG: Layout = layout!(Config {
     waypoint_cgroup_id,
     generation,
@@ -129,6 +134,7 @@ const VERDICT_VALUE: Layout = layout!(VerdictValue {
 });
 const ALLOW_KEY4: Layout = layout!(AllowKey4 { addr });
 const SOCK_KEY: Layout = layout!(SockKey {
+    netns_cookie,
     local_ip4,
     remote_ip4,
     local_port,

@@ -78,10 +78,15 @@ pub struct Origin {
     pub gid: u32,
 }
 
-/// The client end of a redirected connection, as the waypoint sees it on accept.
+/// The client end of a redirected connection, as the waypoint sees it on accept. Loopback
+/// addresses and ports repeat across network namespaces (one per Kubernetes pod), so the key
+/// names the client's namespace too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PeerKey {
+    /// Network namespace cookie of the client socket (`bpf_get_netns_cookie`, the value
+    /// `SO_NETNS_COOKIE` reads on the waypoint's listener in that namespace).
+    pub netns_cookie: u64,
     /// Client address, network byte order.
     pub addr: [u8; 4],
     /// Client port, host byte order.
@@ -117,10 +122,15 @@ pub const CONFIG_F_REGISTRY_ONLY: u16 = 2;
 /// to the peer socket (`--sockmap on`).
 pub const CONFIG_F_SOCKMAP: u16 = 4;
 
+/// Kubernetes mode: only tasks whose deepest identity anchor carries [`IDENTITY_F_ENROLLED`]
+/// are captured (their connects redirected, REGISTRY_ONLY applied); every other task on the
+/// node is left alone. Without it (host mode) the whole attached cgroup is captured.
+pub const CONFIG_F_ENROLLED_ONLY: u16 = 8;
+
 /// Capacity of the sockhash (two entries per accelerated connection).
 pub const SOCKS_MAX: u32 = 65_536;
 
-// The short-cut of one app↔waypoint connection (`EG_SHORTCUT_V1`), keyed by the application's
+// The short-cut of one app↔waypoint connection (`EG_SHORTCUT_V2`), keyed by the application's
 // end (a `SockKey` as sockops sees the application's socket), is reset when that socket is
 // established. The first to write it after the reset decides for the connection's life: the
 // waypoint's end, once both ends are in the sockhash, `SHORTCUT_PAIRED`; anything else
@@ -132,10 +142,13 @@ pub const SHORTCUT_PAIRED: u32 = 1;
 /// or a message went by TCP before the pair was complete).
 pub const SHORTCUT_TCP: u32 = 2;
 
-/// A socket in the sockhash, by its own end and its peer's, as sock_ops and sk_msg see them.
+/// A socket in the sockhash, by its network namespace, its own end and its peer's, as sock_ops
+/// and sk_msg see them (both ends of an app↔waypoint connection share the namespace).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockKey {
+    /// Network namespace cookie of the socket (`bpf_get_netns_cookie`).
+    pub netns_cookie: u64,
     /// Local IPv4 address, network byte order.
     pub local_ip4: u32,
     /// Remote IPv4 address, network byte order.
@@ -150,6 +163,7 @@ impl SockKey {
     /// The key of the socket at the other end of the same connection.
     pub const fn reversed(&self) -> Self {
         SockKey {
+            netns_cookie: self.netns_cookie,
             local_ip4: self.remote_ip4,
             remote_ip4: self.local_ip4,
             local_port: self.remote_port,
@@ -189,6 +203,9 @@ pub struct IdentityAnchor {
 
 /// Verdicts for this anchor may be cached (it has a principal).
 pub const IDENTITY_F_CACHEABLE: u32 = 1;
+/// The anchor is an enrolled workload (a Kubernetes pod): with [`CONFIG_F_ENROLLED_ONLY`], only
+/// tasks below such an anchor are captured.
+pub const IDENTITY_F_ENROLLED: u32 = 2;
 
 /// Key of the verdict cache: identity anchor, service and port.
 #[repr(C)]
@@ -245,11 +262,29 @@ mod tests {
         assert_eq!(size_of::<ServiceKey6>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 8);
         assert_eq!(size_of::<Origin>(), 40);
-        assert_eq!(size_of::<PeerKey>(), 8);
+        assert_eq!(size_of::<PeerKey>(), 16);
         assert_eq!(size_of::<Config>(), 24);
         assert_eq!(size_of::<IdentityAnchor>(), 8);
         assert_eq!(size_of::<VerdictKey>(), 16);
         assert_eq!(size_of::<VerdictValue>(), 24);
+        assert_eq!(size_of::<SockKey>(), 24);
+    }
+
+    #[test]
+    fn a_reversed_sock_key_keeps_its_namespace() {
+        let key = SockKey {
+            netns_cookie: 7,
+            local_ip4: 1,
+            remote_ip4: 2,
+            local_port: 3,
+            remote_port: 4,
+        };
+        let peer = key.reversed();
+        assert_eq!(
+            (peer.netns_cookie, peer.local_ip4, peer.remote_port),
+            (7, 2, 3)
+        );
+        assert_eq!(peer.reversed(), key);
     }
 
     #[test]

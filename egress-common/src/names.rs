@@ -40,11 +40,12 @@ pub const MAP_SERVICES6: &str = "EG_SERVICES6_V1";
 /// LRU hash: socket cookie -> origin, written by connect4/connect6, read by getpeername.
 pub const MAP_ORIGINS: &str = "EG_ORIGINS_V1";
 /// LRU hash: client (ip, port) -> origin, written by sockops, read by the waypoint on accept.
-pub const MAP_PEERS: &str = "EG_PEERS_V1";
+/// (V2: the key holds the client's network namespace cookie.)
+pub const MAP_PEERS: &str = "EG_PEERS_V2";
 /// Array with one entry: where the waypoint listens and which cgroup it runs in.
 pub const MAP_CONFIG: &str = "EG_CONFIG_V1";
-/// Per-CPU array of counters indexed by [`crate::stats`] reasons (V2: 16 counters).
-pub const MAP_STATS: &str = "EG_STATS_V2";
+/// Per-CPU array of counters indexed by [`crate::stats`] reasons (V3: 17 counters).
+pub const MAP_STATS: &str = "EG_STATS_V3";
 
 /// Hash: cgroup id -> identity anchor (a cgroup that carries an identity).
 pub const MAP_IDENTITIES: &str = "EG_IDENTITY_V1";
@@ -56,10 +57,12 @@ pub const MAP_ALLOWED4: &str = "EG_ALLOWED4_V1";
 
 /// Sockhash of accelerated app↔waypoint sockets, with the sk_msg program attached. Pinned like
 /// the others: the kernel detaches a sockhash's programs when its last pin and descriptor go.
-pub const MAP_SOCKS: &str = "EG_SOCKS_V1";
+/// (V2: the key holds the sockets' network namespace cookie.)
+pub const MAP_SOCKS: &str = "EG_SOCKS_V2";
 /// LRU hash: the application's end of an app↔waypoint connection -> whether sk_msg may take the
-/// short-cut ([`crate::SHORTCUT_PAIRED`]) or the connection stays on TCP.
-pub const MAP_SHORTCUTS: &str = "EG_SHORTCUT_V1";
+/// short-cut ([`crate::SHORTCUT_PAIRED`]) or the connection stays on TCP (V2: keyed with the
+/// network namespace cookie, as the sockhash).
+pub const MAP_SHORTCUTS: &str = "EG_SHORTCUT_V2";
 
 /// Every map, for pinning, status and cleanup.
 pub const MAPS: [&str; 11] = [
@@ -79,7 +82,13 @@ pub const MAPS: [&str; 11] = [
 /// Maps an earlier version pinned under a name no longer used (their layout changed). Start-up
 /// and cleanup remove their pins; programs still attached from the earlier run keep their own
 /// reference until their links are replaced.
-pub const RETIRED_MAPS: [&str; 1] = [
+pub const RETIRED_MAPS: [&str; 5] = [
     // 15 counters (13 before the sockmap short-cut, under the same name).
     "EG_STATS_V1",
+    // 16 counters (before `not_enrolled`).
+    "EG_STATS_V2",
+    // Keys without the network namespace cookie.
+    "EG_PEERS_V1",
+    "EG_SOCKS_V1",
+    "EG_SHORTCUT_V1",
 ];

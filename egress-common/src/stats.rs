@@ -43,8 +43,13 @@ pub const SOCKMAP_REDIRECTED: u32 = 14;
 /// application's first message went by TCP. The connection stays on the TCP path.
 pub const SOCKMAP_UNPAIRED: u32 = 15;
 
+/// Kubernetes mode (`CONFIG_F_ENROLLED_ONLY`): a connect or UDP send that capture would have
+/// acted on (a ServiceEntry destination, or a REGISTRY_ONLY refusal) came from a task below no
+/// enrolled anchor, and was left alone.
+pub const NOT_ENROLLED: u32 = 16;
+
 /// Size of the stats array.
-pub const COUNT: u32 = 16;
+pub const COUNT: u32 = 17;
 
 /// Counter names for output, indexed by reason (prometheus-friendly snake case).
 pub const NAMES: [&str; COUNT as usize] = [
@@ -64,4 +69,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "sockmap_inserted",
     "sockmap_redirected",
     "sockmap_unpaired",
+    "not_enrolled",
 ];

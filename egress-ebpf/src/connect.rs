@@ -2,6 +2,8 @@
 //!
 //! The decision for one destination:
 //! - not a ServiceEntry address and port: untouched;
+//! - Kubernetes mode (`CONFIG_F_ENROLLED_ONLY`) and the task is below no enrolled anchor (not a
+//!   pod of the mesh): untouched, also where REGISTRY_ONLY would refuse;
 //! - from the waypoint's own cgroup (by cgroup id, which a workload cannot forge): untouched;
 //! - no waypoint configured yet, origin not recordable, UDP, or an IPv6 ServiceEntry: refused
 //!   (fail closed: never a direct path);
@@ -25,13 +27,13 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use egress_common::{
     AllowKey4, CONFIG_F_REGISTRY_ONLY, Config, FAMILY_INET, FAMILY_INET6, IDENTITY_F_CACHEABLE,
-    MAX_CGROUP_LEVEL, Origin, SERVICE_F_SHARED, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6,
-    ServiceValue, VERDICT_DENY, VerdictKey, stats,
+    IDENTITY_F_ENROLLED, MAX_CGROUP_LEVEL, Origin, SERVICE_F_SHARED, SERVICE_KEY_PORT_BITS,
+    ServiceKey4, ServiceKey6, ServiceValue, VERDICT_DENY, VerdictKey, stats,
 };
 
 use crate::maps::{
     EG_ALLOWED4_V1, EG_IDENTITY_V1, EG_ORIGINS_V1, EG_SERVICES4_V1, EG_SERVICES6_V1,
-    EG_VERDICTS_V1, config, count,
+    EG_VERDICTS_V1, config, count, enrolled_only,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -59,12 +61,34 @@ pub fn lookup4(addr: [u8; 4], port: [u8; 2]) -> Option<ServiceValue> {
     EG_SERVICES4_V1.get(&key).copied()
 }
 
+/// An identity anchor: a registered cgroup and its `IDENTITY_F_*` flags.
+#[derive(Clone, Copy)]
+struct Anchor {
+    /// cgroup id, 0 for none.
+    id: u64,
+    flags: u32,
+}
+
+impl Anchor {
+    /// Verdicts for it may be cached.
+    #[inline(always)]
+    fn cacheable(&self) -> bool {
+        self.flags & IDENTITY_F_CACHEABLE != 0
+    }
+
+    /// An enrolled workload (Kubernetes mode captures only these).
+    #[inline(always)]
+    fn enrolled(&self) -> bool {
+        self.flags & IDENTITY_F_ENROLLED != 0
+    }
+}
+
 /// The identity anchor of the current task: the deepest of its cgroup's ancestors (itself
-/// included) that userspace registered as carrying an identity, and whether verdicts for it may
-/// be cached. (0, false) when none is registered.
+/// included) that userspace registered as carrying an identity. Id 0 and no flags when none is
+/// registered.
 #[inline(always)]
-fn identity_anchor() -> (u64, bool) {
-    let mut anchor = (0, false);
+fn identity_anchor() -> Anchor {
+    let mut anchor = Anchor { id: 0, flags: 0 };
     for level in 0..MAX_CGROUP_LEVEL {
         // SAFETY: helper without preconditions (Linux >= 5.7 for sock_addr programs).
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
@@ -74,10 +98,25 @@ fn identity_anchor() -> (u64, bool) {
         }
         // SAFETY: value copied out at once.
         if let Some(found) = unsafe { EG_IDENTITY_V1.get(id) } {
-            anchor = (id, found.flags & IDENTITY_F_CACHEABLE != 0);
+            anchor = Anchor {
+                id,
+                flags: found.flags,
+            };
         }
     }
     anchor
+}
+
+/// Kubernetes mode: the current task is below no enrolled anchor, so capture leaves it alone
+/// (counted). Host mode: never. Callers ask only where capture would act (a ServiceEntry
+/// destination, a REGISTRY_ONLY refusal), so a plain connect never pays for the ancestor walk.
+#[inline(always)]
+pub fn left_alone() -> bool {
+    if !enrolled_only() || identity_anchor().enrolled() {
+        return false;
+    }
+    count(stats::NOT_ENROLLED);
+    true
 }
 
 /// A cached deny for (anchor, service, port) of the current generation refuses the connect.
@@ -117,6 +156,16 @@ pub fn not_a_service4(addr: [u8; 4], port: [u8; 2]) -> Result<Action, ()> {
             .get(&Key::new(32, AllowKey4 { addr }))
             .is_some();
         if cgroup_id != config.waypoint_cgroup_id && !allowed {
+            if left_alone() {
+                info!(
+                    &(),
+                    "passed reason=not_enrolled dst={}:{} cgroup={}",
+                    Ipv4Addr::from(addr),
+                    u16::from_be_bytes(port),
+                    cgroup_id
+                );
+                return Ok(Action::Untouched);
+            }
             count(stats::REFUSED_REGISTRY_ONLY);
             info!(
                 &(),
@@ -157,6 +206,22 @@ fn decide4(
     };
     let port_host = u16::from_be_bytes(port);
     let dst = Ipv4Addr::from(addr);
+    // Kubernetes mode: only enrolled pods are captured. The anchor found here is the one the
+    // origin records.
+    let enrolled = if enrolled_only() {
+        let anchor = identity_anchor();
+        if !anchor.enrolled() {
+            count(stats::NOT_ENROLLED);
+            info!(
+                &(),
+                "passed reason=not_enrolled dst={}:{} anchor={}", dst, port_host, anchor.id
+            );
+            return Ok(Action::Untouched);
+        }
+        Some(anchor)
+    } else {
+        None
+    };
     let Some(config) = config() else {
         count(stats::REFUSED_NO_WAYPOINT);
         info!(&(), "refused reason=no_waypoint dst={}:{}", dst, port_host);
@@ -190,9 +255,16 @@ fn decide4(
         );
         return Ok(Action::Untouched);
     }
-    let (identity_id, cacheable) = identity_anchor();
+    let anchor = match enrolled {
+        Some(anchor) => anchor,
+        None => identity_anchor(),
+    };
+    let identity_id = anchor.id;
     let shared = service.flags & SERVICE_F_SHARED != 0;
-    if cacheable && !shared && cached_deny(&config, identity_id, service.service_id, port_host) {
+    if anchor.cacheable()
+        && !shared
+        && cached_deny(&config, identity_id, service.service_id, port_host)
+    {
         // An L4-decidable deny learnt earlier: refused before a packet is sent or the waypoint
         // wakes up.
         count(stats::REFUSED_VERDICT);
@@ -291,6 +363,15 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<(), ()> {
     if lookup6(ip6, port).is_none() {
         return not_a_service6(ip6, port);
     }
+    if left_alone() {
+        info!(
+            &(),
+            "passed reason=not_enrolled dst=[{}]:{}",
+            ipv6(ip6),
+            u16::from_be_bytes(port)
+        );
+        return Ok(());
+    }
     // SAFETY: as above.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if config().is_some_and(|c| c.waypoint_cgroup_id == cgroup_id) {
@@ -366,6 +447,16 @@ pub fn not_a_service6(ip6: [u32; 4], port: [u8; 2]) -> Result<(), ()> {
         // SAFETY: helper without preconditions.
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         if cgroup_id != config.waypoint_cgroup_id {
+            if left_alone() {
+                info!(
+                    &(),
+                    "passed reason=not_enrolled dst=[{}]:{} cgroup={}",
+                    ipv6(ip6),
+                    u16::from_be_bytes(port),
+                    cgroup_id
+                );
+                return Ok(());
+            }
             count(stats::REFUSED_REGISTRY_ONLY);
             info!(
                 &(),

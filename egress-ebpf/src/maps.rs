@@ -22,7 +22,7 @@ pub static EG_SERVICES6_V1: LpmTrie<ServiceKey6, ServiceValue, { SERVICES_MAX as
 pub static EG_ORIGINS_V1: LruHashMap<u64, Origin, { ORIGINS_MAX as usize }> = LruHashMap::new();
 
 #[btf_map]
-pub static EG_PEERS_V1: LruHashMap<PeerKey, Origin, { ORIGINS_MAX as usize }> = LruHashMap::new();
+pub static EG_PEERS_V2: LruHashMap<PeerKey, Origin, { ORIGINS_MAX as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static EG_CONFIG_V1: Array<Config, 1> = Array::new();
@@ -40,21 +40,31 @@ pub static EG_ALLOWED4_V1: LpmTrie<AllowKey4, u32, { ALLOWED_MAX as usize }> = L
 
 /// The kernel cannot attach BTF to a sockhash, so this one map is a legacy definition.
 #[map]
-pub static EG_SOCKS_V1: SockHash<SockKey> = SockHash::with_max_entries(SOCKS_MAX, 0);
+pub static EG_SOCKS_V2: SockHash<SockKey> = SockHash::with_max_entries(SOCKS_MAX, 0);
 
 #[btf_map]
-pub static EG_SHORTCUT_V1: LruHashMap<SockKey, u32, { SOCKS_MAX as usize }> = LruHashMap::new();
+pub static EG_SHORTCUT_V2: LruHashMap<SockKey, u32, { SOCKS_MAX as usize }> = LruHashMap::new();
 
 #[btf_map]
-pub static EG_STATS_V2: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
+pub static EG_STATS_V3: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
 
 /// Counts one occurrence of `reason` on this CPU.
 #[inline(always)]
 pub fn count(reason: u32) {
-    if let Some(slot) = EG_STATS_V2.get_ptr_mut(reason) {
+    if let Some(slot) = EG_STATS_V3.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, and BPF programs are not preempted on one CPU mid-update.
         unsafe { *slot += 1 };
     }
+}
+
+/// Whether the config says ENROLLED_ONLY (Kubernetes mode: capture acts only on tasks below an
+/// anchor with `IDENTITY_F_ENROLLED`). Read whether or not the config is READY, so that a node's
+/// unenrolled pods are left alone also before the agent has written the rest.
+#[inline(always)]
+pub fn enrolled_only() -> bool {
+    EG_CONFIG_V1
+        .get(0)
+        .is_some_and(|c| c.flags & egress_common::CONFIG_F_ENROLLED_ONLY != 0)
 }
 
 /// The waypoint's configuration, if it has been written.

@@ -6,6 +6,7 @@
 //! through a cgroup `bpf_link`, >= 5.7). The decision mirrors connect4/connect6 for a UDP socket:
 //! - a ServiceEntry address and port: refused, since the waypoint proxies TCP only and no
 //!   ServiceEntry port is served over UDP (fail closed); the waypoint's own cgroup is exempt;
+//! - Kubernetes mode (`CONFIG_F_ENROLLED_ONLY`), a task below no enrolled anchor: untouched;
 //! - anything else: untouched, unless REGISTRY_ONLY refuses it (allowed CIDRs, such as the
 //!   resolv.conf nameservers, and the waypoint excepted).
 //!
@@ -15,7 +16,9 @@ use aya_log_ebpf::info;
 use egress_common::stats;
 
 use crate::{
-    connect::{V4_MAPPED_WORD, lookup4, lookup6, not_a_service4, not_a_service6, port_bytes},
+    connect::{
+        V4_MAPPED_WORD, left_alone, lookup4, lookup6, not_a_service4, not_a_service6, port_bytes,
+    },
     maps::{config, count},
 };
 
@@ -24,6 +27,10 @@ use crate::{
 #[inline(always)]
 fn service_datagram(port: [u8; 2]) -> Result<(), ()> {
     let port = u16::from_be_bytes(port);
+    if left_alone() {
+        info!(&(), "passed reason=not_enrolled udp_port={}", port);
+        return Ok(());
+    }
     let Some(config) = config() else {
         count(stats::REFUSED_NO_WAYPOINT);
         info!(&(), "refused reason=no_waypoint udp_port={}", port);

@@ -1,12 +1,12 @@
 //! sk_msg on the sockhash: a message one accelerated socket sends goes straight to its peer's
 //! ingress queue, skipping the TCP/IP stack of the loopback hop — only when sockops paired the
-//! connection's two ends (`EG_SHORTCUT_V1`, see sockops.rs for why a 4-tuple alone does not
+//! connection's two ends (`EG_SHORTCUT_V2`, see sockops.rs for why a 4-tuple alone does not
 //! name the peer). Otherwise the message takes the normal path, which always reaches the peer.
-use aya_ebpf::programs::SkMsgContext;
+use aya_ebpf::{EbpfContext as _, helpers::bpf_get_netns_cookie, programs::SkMsgContext};
 use egress_common::{SHORTCUT_PAIRED, SHORTCUT_TCP, SockKey, stats};
 
 use crate::{
-    maps::{EG_SHORTCUT_V1, EG_SOCKS_V1, config, count},
+    maps::{EG_SHORTCUT_V2, EG_SOCKS_V2, config, count},
     sockops::{BPF_ANY, BPF_NOEXIST, remote_port},
 };
 
@@ -29,6 +29,9 @@ pub fn redirect(ctx: &SkMsgContext) {
         return;
     }
     let own = SockKey {
+        // The sending socket's namespace, as sockops keyed it (sk_msg: Linux >= 5.15).
+        // SAFETY: the context is a valid sk_msg_md for this program type.
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         local_ip4: md.local_ip4,
         remote_ip4: md.remote_ip4,
         local_port: md.local_port,
@@ -54,7 +57,7 @@ pub fn redirect(ctx: &SkMsgContext) {
     if !claim(&app_end) {
         return;
     }
-    if EG_SOCKS_V1.redirect_msg(ctx, &mut peer, BPF_F_INGRESS) == SK_PASS {
+    if EG_SOCKS_V2.redirect_msg(ctx, &mut peer, BPF_F_INGRESS) == SK_PASS {
         count(stats::SOCKMAP_REDIRECTED);
     } else {
         // The peer left the sockhash (it was closed): this message goes by TCP, later ones too.
@@ -71,7 +74,7 @@ fn claim(app_end: &SockKey) -> bool {
         return decided == SHORTCUT_PAIRED;
     }
     // Create-only, like the waypoint's end pairing: whichever comes first decides.
-    EG_SHORTCUT_V1
+    EG_SHORTCUT_V2
         .insert(app_end, &SHORTCUT_TCP, BPF_NOEXIST)
         .is_err()
         && decided(app_end) == Some(SHORTCUT_PAIRED)
@@ -80,14 +83,14 @@ fn claim(app_end: &SockKey) -> bool {
 /// A message of this connection went by TCP: so do all later ones, in both directions.
 #[inline(always)]
 fn stay_on_tcp(app_end: &SockKey) {
-    let _ = EG_SHORTCUT_V1.insert(app_end, &SHORTCUT_TCP, BPF_ANY);
+    let _ = EG_SHORTCUT_V2.insert(app_end, &SHORTCUT_TCP, BPF_ANY);
 }
 
 /// What was decided for the connection whose application end is `app_end`, if anything.
 #[inline(always)]
 fn decided(app_end: &SockKey) -> Option<u32> {
     // SAFETY: pointer from a successful lookup; copied out at once.
-    EG_SHORTCUT_V1
+    EG_SHORTCUT_V2
         .get_ptr(app_end)
         .map(|value| unsafe { *value })
 }

@@ -1,12 +1,15 @@
 //! sockops: when a redirected connection is established, re-key its origin by the client's
-//! (ip, port) — the only thing the waypoint knows about the socket it accepts.
+//! (netns, ip, port) — the only thing the waypoint knows about the socket it accepts (it knows
+//! the namespace by the listener that accepted it). Loopback addresses and ports repeat across
+//! network namespaces (one per Kubernetes pod), so every key with an ip:port holds the netns
+//! cookie too (`bpf_get_netns_cookie` in sock_ops: Linux >= 5.15).
 //! ACTIVE_ESTABLISHED runs before the client's final ACK is sent, so the entry exists before
 //! the waypoint can accept the connection.
 //!
 //! With `CONFIG_F_SOCKMAP`, both ends of an HTTP connection between a captured application and
 //! the waypoint also go into the sockhash (the application's at ACTIVE_ESTABLISHED, the
 //! waypoint's accepted socket at PASSIVE_ESTABLISHED), where sk_msg short-cuts their messages —
-//! only once the waypoint's end has paired them in `EG_SHORTCUT_V1`.
+//! only once the waypoint's end has paired them in `EG_SHORTCUT_V2`.
 //!
 //! Why pairing: the sockhash is keyed by 4-tuple, but an entry lives as long as its socket is
 //! open, not as long as its connection holds the 4-tuple. Since Linux 6.2 (no sockmap unhash
@@ -18,7 +21,10 @@
 //! 4-tuple while the old socket still holds the key. Without pairing, the new connection's
 //! request was redirected into the old socket, answered there, and the reply lost.
 use aya_ebpf::{
-    EbpfContext as _, bindings::bpf_sock_ops, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key,
+    EbpfContext as _,
+    bindings::bpf_sock_ops,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    maps::lpm_trie::Key,
     programs::SockOpsContext,
 };
 use egress_common::{
@@ -27,7 +33,7 @@ use egress_common::{
 };
 
 use crate::maps::{
-    EG_ORIGINS_V1, EG_PEERS_V1, EG_SERVICES4_V1, EG_SHORTCUT_V1, EG_SOCKS_V1, config, count,
+    EG_ORIGINS_V1, EG_PEERS_V2, EG_SERVICES4_V1, EG_SHORTCUT_V2, EG_SOCKS_V2, config, count,
 };
 
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
@@ -56,24 +62,26 @@ fn active_established(ctx: &SockOpsContext) {
     };
     // SAFETY: pointer from a successful lookup; copied out at once.
     let origin = unsafe { *origin };
+    let netns_cookie = netns_cookie(ctx);
     let key = PeerKey {
+        netns_cookie,
         // local_ip4 is the IPv4 source address, also for a v6 socket talking to a v4-mapped peer.
         addr: ctx.local_ip4().to_ne_bytes(),
         port: ctx.local_port() as u16,
         _pad: 0,
     };
-    if EG_PEERS_V1.insert(key, origin, 0).is_ok() {
+    if EG_PEERS_V2.insert(key, origin, 0).is_ok() {
         count(stats::PEER_RECORDED);
     }
-    let own = sock_key(ctx);
+    let own = sock_key(ctx, netns_cookie);
     // A new connection with this 4-tuple: forget what an earlier one decided, before this socket
     // can be found in the sockhash under the key.
-    let _ = EG_SHORTCUT_V1.remove(&own);
+    let _ = EG_SHORTCUT_V2.remove(&own);
     let inserted =
         config().is_some_and(|config| accelerated(&config, &origin)) && insert_socket(ctx, own);
     if !inserted {
         // The waypoint's end must not pair with a socket that is not this one.
-        let _ = EG_SHORTCUT_V1.insert(&own, &SHORTCUT_TCP, BPF_ANY);
+        let _ = EG_SHORTCUT_V2.insert(&own, &SHORTCUT_TCP, BPF_ANY);
     }
 }
 
@@ -89,12 +97,15 @@ fn passive_established(ctx: &SockOpsContext) {
     {
         return;
     }
+    // The accepted socket lives in its listener's namespace, which is the client's.
+    let netns_cookie = netns_cookie(ctx);
     let client = PeerKey {
+        netns_cookie,
         addr: ctx.remote_ip4().to_ne_bytes(),
         port: remote_port(ctx.remote_port()),
         _pad: 0,
     };
-    let Some(origin) = EG_PEERS_V1.get_ptr(&client) else {
+    let Some(origin) = EG_PEERS_V2.get_ptr(&client) else {
         return;
     };
     // SAFETY: pointer from a successful lookup; copied out at once.
@@ -102,17 +113,17 @@ fn passive_established(ctx: &SockOpsContext) {
     if !accelerated(&config, &origin) {
         return;
     }
-    let own = sock_key(ctx);
+    let own = sock_key(ctx, netns_cookie);
     let app_end = own.reversed();
     // Paired only when both ends went into the sockhash as themselves and the application has
     // sent nothing by TCP yet (sk_msg claims the entry first then): from here on every byte in
     // both directions takes the short-cut, so none can overtake bytes still on the TCP path.
     let paired = insert_socket(ctx, own)
-        && EG_SHORTCUT_V1
+        && EG_SHORTCUT_V2
             .insert(&app_end, &SHORTCUT_PAIRED, BPF_NOEXIST)
             .is_ok();
     if !paired {
-        let _ = EG_SHORTCUT_V1.insert(&app_end, &SHORTCUT_TCP, BPF_ANY);
+        let _ = EG_SHORTCUT_V2.insert(&app_end, &SHORTCUT_TCP, BPF_ANY);
         count(stats::SOCKMAP_UNPAIRED);
     }
 }
@@ -137,9 +148,17 @@ fn accelerated(config: &Config, origin: &Origin) -> bool {
         .is_some_and(|service| service.flags & SERVICE_F_HTTP != 0)
 }
 
-/// This socket's key in the sockhash: its own end, then its peer's.
-fn sock_key(ctx: &SockOpsContext) -> SockKey {
+/// The cookie of the socket's network namespace (never 0; Linux >= 5.15 for sock_ops).
+#[inline(always)]
+fn netns_cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: the context is a valid bpf_sock_ops for this program type.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+}
+
+/// This socket's key in the sockhash: its namespace, its own end, then its peer's.
+fn sock_key(ctx: &SockOpsContext, netns_cookie: u64) -> SockKey {
     SockKey {
+        netns_cookie,
         local_ip4: ctx.local_ip4(),
         remote_ip4: ctx.remote_ip4(),
         local_port: ctx.local_port(),
@@ -151,7 +170,7 @@ fn sock_key(ctx: &SockOpsContext) -> SockKey {
 fn insert_socket(ctx: &SockOpsContext, mut key: SockKey) -> bool {
     // SAFETY: the context pointer is the program's bpf_sock_ops.
     let ops = unsafe { &mut *(ctx.as_ptr() as *mut bpf_sock_ops) };
-    let inserted = EG_SOCKS_V1.update(&mut key, ops, BPF_NOEXIST).is_ok();
+    let inserted = EG_SOCKS_V2.update(&mut key, ops, BPF_NOEXIST).is_ok();
     if inserted {
         count(stats::SOCKMAP_INSERTED);
     }

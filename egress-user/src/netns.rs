@@ -1,8 +1,11 @@
-//! Network namespaces: the cookie the kernel tells them apart by, and listeners opened inside a
-//! pod's namespace (ztunnel's in-pod model, design §10). A socket belongs to the namespace it was
-//! created in for life, so the agent enters a pod's namespace on a throwaway thread, binds there,
-//! and hands the listener back to its own (host-namespace) threads; connections it makes upstream
-//! still leave from the agent's namespace.
+//! Network namespaces. The kernel keys every client ip:port by the client's network namespace
+//! cookie (loopback addresses and ports repeat across namespaces, one per Kubernetes pod); the
+//! waypoint learns a listener's namespace by the same cookie.
+//!
+//! The agent opens listeners inside a pod's namespace: a socket belongs to the namespace it
+//! was created in for life, so a throwaway thread enters the pod's namespace, binds there, and
+//! hands the listener back to the agent's (host-namespace) threads; connections it makes
+//! upstream still leave from the agent's namespace.
 use std::{
     fs::File,
     io,
@@ -14,8 +17,7 @@ use std::{
 
 use thiserror::Error;
 
-/// `SO_NETNS_COOKIE` (Linux ≥ 5.14): the cookie of the namespace a socket belongs to, the value
-/// `bpf_get_netns_cookie()` returns for it in the kernel programs.
+/// `SO_NETNS_COOKIE` (Linux >= 5.14), not in every libc crate release yet.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
 #[derive(Debug, Error)]
@@ -55,11 +57,12 @@ pub enum NetnsError {
     },
 }
 
-/// The network namespace cookie of a socket (`SO_NETNS_COOKIE`).
+/// The cookie of the network namespace `fd` (a socket) lives in: the value
+/// `bpf_get_netns_cookie` gives the kernel programs for the sockets of that namespace.
 pub fn netns_cookie(fd: &impl AsRawFd) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `cookie` is a writable u64 of `len` bytes; the fd is open for the call.
+    // SAFETY: `cookie` is a writable u64 of `len` bytes; the fd is borrowed for the call.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
@@ -143,18 +146,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cookie_of_a_socket_in_this_namespace_is_stable() {
-        let a = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let b = TcpListener::bind("127.0.0.1:0").expect("bind");
-        match (netns_cookie(&a), netns_cookie(&b)) {
-            (Ok(x), Ok(y)) => {
-                assert_eq!(x, y, "one namespace, one cookie");
-                assert_ne!(x, 0);
-            }
-            // Kernels before 5.14 have no SO_NETNS_COOKIE.
-            (Err(e), _) => assert_eq!(e.raw_os_error(), Some(libc::ENOPROTOOPT), "{e}"),
-            (_, Err(e)) => panic!("{e}"),
-        }
+    fn sockets_of_one_namespace_share_its_cookie() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let cookie = netns_cookie(&a).expect("SO_NETNS_COOKIE");
+        assert_ne!(cookie, 0, "the kernel never hands out cookie 0");
+        assert_eq!(netns_cookie(&b).expect("SO_NETNS_COOKIE"), cookie);
+    }
+
+    #[test]
+    fn a_file_that_is_no_socket_is_an_error() {
+        let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let error = netns_cookie(&file).expect_err("not a socket");
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTSOCK));
     }
 
     #[test]

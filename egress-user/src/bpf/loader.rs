@@ -32,6 +32,29 @@ pub(super) const LINKS_DIR: &str = "links";
 /// (bpffs refuses names with dots.)
 const NEXT_SUFFIX: &str = "_next";
 
+/// How the kernel treats an identity anchor (`IDENTITY_F_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnchorFlags {
+    /// Verdicts for it may be cached in the kernel (it has a principal).
+    pub cacheable: bool,
+    /// An enrolled workload (a Kubernetes pod): under enrollment-only capture
+    /// ([`Capture::set_enrolled_only`]) only tasks below such an anchor are captured.
+    pub enrolled: bool,
+}
+
+impl AnchorFlags {
+    fn bits(self) -> u32 {
+        let mut bits = 0;
+        if self.cacheable {
+            bits |= egress_common::IDENTITY_F_CACHEABLE;
+        }
+        if self.enrolled {
+            bits |= egress_common::IDENTITY_F_ENROLLED;
+        }
+        bits
+    }
+}
+
 /// Capture attached to one cgroup, with handles on its pinned maps. Dropping it leaves the
 /// links and maps pinned: capture (and fail-closed refusal) outlives the process.
 pub struct Capture {
@@ -218,20 +241,48 @@ impl Capture {
         self.maps.set_generation(generation)
     }
 
-    /// Makes the kernel's identity anchors exactly these (cgroup id, cacheable).
+    /// Makes the kernel's identity anchors exactly these (cgroup id, cacheable), none enrolled
+    /// (host mode). Anchors registered otherwise ([`Capture::register_anchor`]) are removed too.
     pub fn sync_anchors(&self, anchors: &[(u64, bool)]) -> Result<(), BpfError> {
         let anchors: Vec<(u64, u32)> = anchors
             .iter()
             .map(|(id, cacheable)| {
-                let flags = if *cacheable {
-                    egress_common::IDENTITY_F_CACHEABLE
-                } else {
-                    0
+                let flags = AnchorFlags {
+                    cacheable: *cacheable,
+                    enrolled: false,
                 };
-                (*id, flags)
+                (*id, flags.bits())
             })
             .collect();
         self.maps.sync_anchors(&anchors)
+    }
+
+    /// Makes the kernel's identity anchors exactly these, each with its flags (Kubernetes mode:
+    /// pod anchors are enrolled).
+    pub fn sync_anchors_flagged(&self, anchors: &[(u64, AnchorFlags)]) -> Result<(), BpfError> {
+        let anchors: Vec<(u64, u32)> = anchors.iter().map(|(id, f)| (*id, f.bits())).collect();
+        self.maps.sync_anchors(&anchors)
+    }
+
+    /// Registers (or updates) one identity anchor: the cgroup `cgroup_id` and every cgroup below
+    /// it (up to a deeper anchor) carry its identity in the kernel. For Kubernetes pods:
+    /// [`AnchorFlags::enrolled`] makes the pod captured under enrollment-only capture.
+    pub fn register_anchor(&self, cgroup_id: u64, flags: AnchorFlags) -> Result<(), BpfError> {
+        self.maps.insert_anchor(cgroup_id, flags.bits())
+    }
+
+    /// Removes one identity anchor and every verdict cached for it (a pod deleted). Returns how
+    /// many cached verdicts went with it.
+    pub fn remove_anchor(&self, cgroup_id: u64) -> Result<usize, BpfError> {
+        self.maps.remove_anchor(cgroup_id)
+    }
+
+    /// Enrollment-only capture (Kubernetes mode): with `on`, connect4/6 and sendmsg4/6 leave
+    /// every task alone that is not below an anchor registered with [`AnchorFlags::enrolled`]
+    /// (no redirect, no REGISTRY_ONLY refusal). Off (host mode): the whole attached cgroup is
+    /// captured. Kept in the pinned config across restarts until set again.
+    pub fn set_enrolled_only(&self, on: bool) -> Result<(), BpfError> {
+        self.maps.set_enrolled_only(on)
     }
 
     /// Caches an L4-decidable deny for (identity anchor, service, port).
@@ -481,4 +532,26 @@ fn run_installer(
     // The child logs as this process would (same RUST_LOG); pass its lines on.
     crate::output::stderr(format_args!("{output}"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use egress_common::{IDENTITY_F_CACHEABLE, IDENTITY_F_ENROLLED};
+
+    use super::AnchorFlags;
+
+    #[test]
+    fn anchor_flags_are_the_kernel_bits() {
+        let bits = |cacheable, enrolled| {
+            AnchorFlags {
+                cacheable,
+                enrolled,
+            }
+            .bits()
+        };
+        assert_eq!(bits(false, false), 0);
+        assert_eq!(bits(true, false), IDENTITY_F_CACHEABLE);
+        assert_eq!(bits(false, true), IDENTITY_F_ENROLLED);
+        assert_eq!(bits(true, true), IDENTITY_F_CACHEABLE | IDENTITY_F_ENROLLED);
+    }
 }

@@ -139,6 +139,18 @@ impl Maps {
         })
     }
 
+    /// Enrollment-only capture (Kubernetes mode) on or off: with it, connect and sendmsg act only
+    /// for tasks below an anchor registered as enrolled.
+    pub(super) fn set_enrolled_only(&self, on: bool) -> Result<(), BpfError> {
+        self.write_config(|c| {
+            if on {
+                c.flags |= egress_common::CONFIG_F_ENROLLED_ONLY;
+            } else {
+                c.flags &= !egress_common::CONFIG_F_ENROLLED_ONLY;
+            }
+        })
+    }
+
     /// A new policy generation: every cached verdict of another one is stale from now on.
     pub(super) fn set_generation(&self, generation: u64) -> Result<(), BpfError> {
         self.write_config(|c| c.generation = generation)
@@ -169,6 +181,43 @@ impl Maps {
             map.remove(&id).map_err(BpfError::map(name))?;
         }
         Ok(())
+    }
+
+    /// Registers (or updates) one identity anchor.
+    pub(super) fn insert_anchor(&self, cgroup_id: u64, flags: u32) -> Result<(), BpfError> {
+        lock(&self.identities)
+            .insert(cgroup_id, IdentityAnchor { flags, _pad: 0 }, 0)
+            .map_err(BpfError::map(names::MAP_IDENTITIES))
+    }
+
+    /// Removes one identity anchor and then every verdict cached for it, so a cgroup id the
+    /// kernel reuses never inherits them. Returns how many verdicts were removed. An anchor
+    /// that is not registered is fine.
+    pub(super) fn remove_anchor(&self, cgroup_id: u64) -> Result<usize, BpfError> {
+        match lock(&self.identities).remove(&cgroup_id) {
+            Ok(()) => {}
+            Err(source) if not_found(&source) => {}
+            Err(source) => {
+                return Err(BpfError::Map {
+                    name: names::MAP_IDENTITIES,
+                    source,
+                });
+            }
+        }
+        let mut verdicts = lock(&self.verdicts);
+        let keys: Vec<VerdictKey> = verdicts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.identity_id == cgroup_id)
+            .collect();
+        let mut removed = 0;
+        for key in keys {
+            // Already gone (evicted, or removed by connect4 as stale) is fine.
+            if verdicts.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Caches a deny. A full LRU evicts its oldest entry: only speed is lost.
@@ -255,8 +304,9 @@ impl Maps {
         read_counters(&self.stats)
     }
 
-    pub(super) fn take_origin(&self, peer: SocketAddrV4) -> Option<Origin> {
+    pub(super) fn take_origin(&self, netns_cookie: u64, peer: SocketAddrV4) -> Option<Origin> {
         let key = PeerKey {
+            netns_cookie,
             addr: peer.ip().octets(),
             port: peer.port(),
             _pad: 0,
@@ -312,21 +362,30 @@ where
     Ok(())
 }
 
+/// A delete of a key the map does not hold (`ENOENT`).
+fn not_found(error: &aya::maps::MapError) -> bool {
+    match error {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding a map handle leaves the map itself consistent (the kernel owns it).
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OriginSource for super::Capture {
-    fn origin(&self, peer: SocketAddr) -> Option<Origin> {
+    fn origin(&self, netns_cookie: u64, peer: SocketAddr) -> Option<Origin> {
         match peer {
-            SocketAddr::V4(v4) => self.maps.take_origin(v4),
+            SocketAddr::V4(v4) => self.maps.take_origin(netns_cookie, v4),
             // A v4-mapped client shows up as IPv4 on our IPv4 listener; anything else was not
             // redirected by us.
-            SocketAddr::V6(v6) => v6
-                .ip()
-                .to_ipv4_mapped()
-                .and_then(|ip| self.maps.take_origin(SocketAddrV4::new(ip, v6.port()))),
+            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().and_then(|ip| {
+                self.maps
+                    .take_origin(netns_cookie, SocketAddrV4::new(ip, v6.port()))
+            }),
         }
     }
 }

@@ -8,7 +8,7 @@ mod status;
 
 pub use attached::{Attachment, attachment};
 pub use kernel_log::spawn_reader as spawn_kernel_log_reader;
-pub use loader::{Capture, cleanup, install_pinned, write_object};
+pub use loader::{AnchorFlags, Capture, cleanup, install_pinned, write_object};
 pub use maps::{ServiceRoute, register_anchor};
 pub use status::{Status, status};
 

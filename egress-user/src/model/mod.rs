@@ -247,8 +247,10 @@ fn contains(net: &IpNet, ip: IpAddr) -> bool {
 
 /// Where the waypoint learns what the kernel recorded for a redirected connection.
 pub trait OriginSource: Send + Sync + 'static {
-    /// The origin of the connection whose client end is `peer` (as seen on accept).
-    fn origin(&self, peer: SocketAddr) -> Option<Origin>;
+    /// The origin of the connection whose client end is `peer` (as seen on accept), in the
+    /// network namespace with cookie `netns_cookie` (the accepting listener's: see
+    /// [`crate::netns::netns_cookie`]).
+    fn origin(&self, netns_cookie: u64, peer: SocketAddr) -> Option<Origin>;
 }
 
 /// Where the waypoint learns who a cgroup is.

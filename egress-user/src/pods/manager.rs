@@ -24,6 +24,8 @@ use super::{
     layout,
 };
 use crate::{
+    bpf::Capture,
+    cgroup,
     drain::Gate,
     identity::{CgroupIdentities, Principal, rescan::Rescan},
     netns,
@@ -99,6 +101,17 @@ impl ClusterView {
     }
 }
 
+/// Registers the identities of the pods already enrolled (start-up, before the reconciler
+/// first syncs the kernel's anchors, so a restart never drops the anchor of a pod that is still
+/// there).
+pub fn preregister(opts: &PodOptions, identities: &CgroupIdentities, view: &ClusterView) {
+    for (uid, wanted) in view.enrolled(&opts.dataplane_mode, &opts.trust_domain) {
+        if let Some(cgroup) = layout::find_pod(&opts.pod_root, &uid) {
+            identities.set_pod(&cgroup, wanted.principal);
+        }
+    }
+}
+
 /// Retry delays for a pod not ready to adopt: short first (a pod's cgroup and sandbox appear
 /// within milliseconds of each other), then at most one a second.
 pub fn retry_delay(attempt: u32) -> Duration {
@@ -112,8 +125,8 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// One pod being served (or on its way to).
 struct Adopted {
     wanted: Wanted,
-    /// The pod cgroup (the anchor), once the kubelet made it.
-    cgroup: Option<PathBuf>,
+    /// The pod cgroup (the anchor) and its id, once the kubelet made it.
+    cgroup: Option<(PathBuf, u64)>,
     serving: Option<Serving>,
     attempts: u32,
     next_try: Instant,
@@ -143,6 +156,8 @@ pub struct PodManager {
     rescans: mpsc::Sender<Rescan>,
     waypoint: Arc<Waypoint>,
     gate: watch::Receiver<Gate>,
+    /// Where a released pod's anchor and cached verdicts are removed.
+    capture: Option<Arc<Capture>>,
     adopted: HashMap<String, Adopted>,
     status: Arc<RwLock<Vec<PodStatus>>>,
 }
@@ -154,6 +169,7 @@ impl PodManager {
         rescans: mpsc::Sender<Rescan>,
         waypoint: Arc<Waypoint>,
         gate: watch::Receiver<Gate>,
+        capture: Option<Arc<Capture>>,
     ) -> Self {
         Self {
             opts,
@@ -161,6 +177,7 @@ impl PodManager {
             rescans,
             waypoint,
             gate,
+            capture,
             adopted: HashMap::new(),
             status: Arc::new(RwLock::new(Vec::new())),
         }
@@ -169,18 +186,6 @@ impl PodManager {
     /// What `egress status` shows: the enrolled pods and how far each got.
     pub fn status(&self) -> Arc<RwLock<Vec<PodStatus>>> {
         self.status.clone()
-    }
-
-    /// Registers the identities of the pods already enrolled (start-up, before the reconciler
-    /// first syncs the kernel's anchors, so a restart never drops the anchor of a pod that is
-    /// still there).
-    pub fn preregister(&self, view: &ClusterView) {
-        let root = &self.opts.pod_root;
-        for (uid, wanted) in view.enrolled(&self.opts.dataplane_mode, &self.opts.trust_domain) {
-            if let Some(cgroup) = layout::find_pod(root, &uid) {
-                self.identities.set_pod(&cgroup, wanted.principal);
-            }
-        }
     }
 
     /// Runs until `view` closes (the watchers stopped) or the task is dropped.
@@ -239,9 +244,11 @@ impl PodManager {
                 }
             });
             if adopted.cgroup.is_none() && adopted.next_try <= now {
-                if let Some(cgroup) = layout::find_pod(&self.opts.pod_root, uid) {
+                if let Some(cgroup) = layout::find_pod(&self.opts.pod_root, uid)
+                    && let Ok(id) = cgroup::id(&cgroup)
+                {
                     self.identities.set_pod(&cgroup, w.principal.clone());
-                    adopted.cgroup = Some(cgroup);
+                    adopted.cgroup = Some((cgroup, id));
                     kernel_changed = true;
                 }
             }
@@ -261,7 +268,7 @@ impl PodManager {
             }
             let outcome = match &adopted.cgroup {
                 None => Err("its cgroup".to_owned()),
-                Some(cgroup) => open_listener(opts, cgroup),
+                Some((cgroup, _)) => open_listener(opts, cgroup),
             };
             match outcome {
                 Ok(listener) => {
@@ -302,13 +309,17 @@ impl PodManager {
         let pod = format!("{}/{}", adopted.wanted.namespace, adopted.wanted.name);
         drop(adopted.serving);
         info!(%pod, %uid, "pod no longer served: listener closed, anchor removed");
-        match &adopted.cgroup {
-            Some(cgroup) => {
-                self.identities.remove_pod(cgroup);
-                true
+        let Some((cgroup, id)) = &adopted.cgroup else {
+            return false;
+        };
+        self.identities.remove_pod(cgroup);
+        if let Some(capture) = &self.capture {
+            match capture.remove_anchor(*id) {
+                Ok(verdicts) => debug!(%pod, verdicts, "anchor and its cached verdicts removed"),
+                Err(error) => warn!(%pod, %error, "removing the pod's anchor failed"),
             }
-            None => false,
         }
+        true
     }
 
     /// Has the reconciler bring the kernel's anchors and verdicts in line with the identities.
@@ -332,7 +343,7 @@ impl PodManager {
                 name: a.wanted.name.clone(),
                 uid: uid.clone(),
                 principal: a.wanted.principal.to_string(),
-                cgroup: a.cgroup.clone(),
+                cgroup: a.cgroup.as_ref().map(|(path, _)| path.clone()),
                 netns_cookie: a.serving.as_ref().map(|s| s.cookie),
                 listener: a.serving.as_ref().map(|_| self.opts.listen),
                 waiting_for: (!a.waiting.is_empty()).then(|| a.waiting.clone()),
@@ -349,12 +360,13 @@ fn serve(
     gate: &watch::Receiver<Gate>,
     listener: netns::NetnsListener,
 ) -> Result<JoinHandle<()>, String> {
+    let cookie = listener.cookie;
     let listener = tokio::net::TcpListener::from_std(listener.listener)
         .map_err(|e| format!("registering the listener with the runtime: {e}"))?;
     let waypoint = waypoint.clone();
     let gate = gate.clone();
     Ok(tokio::spawn(async move {
-        if let Err(error) = waypoint.serve(listener, gate).await {
+        if let Err(error) = waypoint.serve_netns(listener, cookie, gate).await {
             warn!(%error, "a pod's waypoint listener failed");
         }
     }))

@@ -298,9 +298,26 @@ impl Waypoint {
     /// Accepts while `gate` is open, waits while it is paused (the listener stays open:
     /// connects queue in its backlog), and returns, dropping the listener, once it is closed.
     /// Per-connection errors are logged, never fatal; a failing listener is returned.
+    ///
+    /// The listener's network namespace is read from it ([`crate::netns::netns_cookie`]); an
+    /// error doing so is returned before anything is accepted. See [`Waypoint::serve_netns`].
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        gate: watch::Receiver<Gate>,
+    ) -> io::Result<()> {
+        let netns_cookie = crate::netns::netns_cookie(&listener)?;
+        self.serve_netns(listener, netns_cookie, gate).await
+    }
+
+    /// As [`Waypoint::serve`], for a listener in the network namespace with cookie
+    /// `netns_cookie` (the kernel records each redirected client by namespace, ip and port).
+    /// One waypoint serves any number of listeners at once — one per Kubernetes pod namespace —
+    /// each with its own cookie; they share the connection limit and [`Waypoint::drain`].
+    pub async fn serve_netns(
+        self: Arc<Self>,
+        listener: TcpListener,
+        netns_cookie: u64,
         mut gate: watch::Receiver<Gate>,
     ) -> io::Result<()> {
         while let Some(accepted) = drain::accept(&listener, &mut gate).await {
@@ -320,7 +337,7 @@ impl Waypoint {
             };
             let waypoint = self.clone();
             tokio::spawn(async move {
-                waypoint.handle(stream, peer).await;
+                waypoint.handle(stream, netns_cookie, peer).await;
                 drop(permit);
             });
         }
@@ -387,22 +404,24 @@ impl Waypoint {
         self.next_endpoint.fetch_add(1, Ordering::Relaxed)
     }
 
-    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, stream: TcpStream, netns_cookie: u64, peer: SocketAddr) {
         let span = info_span!(
             "inbound",
             peer = %peer,
             service = field::Empty,
             principal = field::Empty
         );
-        self.proxy(stream, peer).instrument(span).await
+        self.proxy(stream, netns_cookie, peer)
+            .instrument(span)
+            .await
     }
 
-    async fn proxy(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn proxy(self: Arc<Self>, stream: TcpStream, netns_cookie: u64, peer: SocketAddr) {
         // One generation for the service and, on TCP ports, the policies that authorize it.
         let table = self.services.load_full();
         let (origin, principal) = match &self.config.capture {
             CaptureMode::Ebpf => {
-                let Some(origin) = self.origins.origin(peer) else {
+                let Some(origin) = self.origins.origin(netns_cookie, peer) else {
                     // A direct connection to the listener. Proxying it would hand any local
                     // process a path to the services without the identity and destination the
                     // kernel attests.
@@ -447,6 +466,7 @@ impl Waypoint {
         let inbound = Arc::new(inbound);
         debug!(
             %original_dst,
+            netns_cookie,
             cgroup_id = origin.cgroup_id,
             pid = origin.pid,
             uid = origin.uid,

@@ -3,6 +3,7 @@
 mod authz;
 mod framing;
 mod http;
+mod netns;
 mod splice;
 mod tls;
 mod tls_pki;
@@ -57,13 +58,17 @@ const CGROUP_ANONYMOUS: u64 = 7;
 /// Bound on every wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Origins the "kernel" recorded, keyed by client address.
+/// Origins the "kernel" recorded, keyed by network namespace cookie and client address.
 #[derive(Default)]
-struct Origins(Mutex<HashMap<SocketAddr, Origin>>);
+struct Origins(Mutex<HashMap<(u64, SocketAddr), Origin>>);
 
 impl OriginSource for Origins {
-    fn origin(&self, peer: SocketAddr) -> Option<Origin> {
-        self.0.lock().expect("origins lock").get(&peer).copied()
+    fn origin(&self, netns_cookie: u64, peer: SocketAddr) -> Option<Origin> {
+        self.0
+            .lock()
+            .expect("origins lock")
+            .get(&(netns_cookie, peer))
+            .copied()
     }
 }
 
@@ -247,6 +252,9 @@ fn http_service(host: &str, upstream: SocketAddr) -> Service {
 /// A waypoint serving one service, with its registry of origins and its access log.
 struct Dataplane {
     addr: SocketAddr,
+    /// The namespace cookie of the listener at `addr` (the test's own namespace).
+    netns_cookie: u64,
+    waypoint: Arc<Waypoint>,
     origins: Arc<Origins>,
     log: MemoryLog,
     /// The table the waypoint serves; storing a new one is a config reload.
@@ -293,9 +301,16 @@ impl Dataplane {
             .await
             .expect("bind waypoint");
         let addr = listener.local_addr().expect("waypoint addr");
-        tokio::spawn(waypoint.serve(listener, crate::drain::always_open()));
+        let netns_cookie = crate::netns::netns_cookie(&listener).expect("SO_NETNS_COOKIE");
+        tokio::spawn(
+            waypoint
+                .clone()
+                .serve(listener, crate::drain::always_open()),
+        );
         Self {
             addr,
+            netns_cookie,
+            waypoint,
             origins,
             log,
             services,
@@ -305,6 +320,18 @@ impl Dataplane {
 
     /// Connects as an application in `cgroup_id` whose connect() the kernel redirected.
     async fn connect(&self, cgroup_id: u64) -> TcpStream {
+        self.connect_in(self.netns_cookie, self.addr, cgroup_id)
+            .await
+    }
+
+    /// Connects to the waypoint listener at `listener` as an application in `cgroup_id` whose
+    /// connect() the kernel redirected and recorded in the namespace `netns_cookie`.
+    async fn connect_in(
+        &self,
+        netns_cookie: u64,
+        listener: SocketAddr,
+        cgroup_id: u64,
+    ) -> TcpStream {
         let socket = TcpSocket::new_v4().expect("client socket");
         socket
             .bind("127.0.0.1:0".parse().expect("addr"))
@@ -325,11 +352,8 @@ impl Dataplane {
             .0
             .lock()
             .expect("origins lock")
-            .insert(local, origin);
-        socket
-            .connect(self.addr)
-            .await
-            .expect("connect to waypoint")
+            .insert((netns_cookie, local), origin);
+        socket.connect(listener).await.expect("connect to waypoint")
     }
 
     /// A keep-alive HTTP/1.1 client connection as an application in `cgroup_id`.

@@ -333,7 +333,7 @@ async fn connect_to(dataplane: &Dataplane, cgroup_id: u64, service_id: u32) -> T
         .0
         .lock()
         .expect("origins lock")
-        .insert(local, origin);
+        .insert((dataplane.netns_cookie, local), origin);
     socket
         .connect(dataplane.addr)
         .await
