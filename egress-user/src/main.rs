@@ -61,6 +61,10 @@ enum Command {
         /// Pin directory of the dataplane to inspect.
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/egress")]
         bpffs: PathBuf,
+        /// Admin endpoint of the running agent; in Kubernetes mode its enrolled pods (principal,
+        /// netns cookie, listener) are shown too.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
     },
     /// Internal: load the kernel object and pin maps and links (what `egress run` runs in a
     /// short-lived child so that the loader's memory never stays in the waypoint).
@@ -350,9 +354,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Explain(args) => explain(args),
-        Command::Status { bpffs } => match bpf::status(&bpffs) {
+        Command::Status { bpffs, admin } => match bpf::status(&bpffs) {
             Ok(status) => {
                 egress::out!("{status}");
+                if let Some(pods) = egress::pods::status::fetch(admin) {
+                    egress::out!("{}", egress::pods::status::render(&pods));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),

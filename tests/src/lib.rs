@@ -26,6 +26,7 @@ mod dataplane;
 mod environment;
 mod http;
 pub mod iptables;
+mod pod;
 mod process;
 mod resolver;
 mod tls;
@@ -41,6 +42,7 @@ pub use environment::{
     cgroup2_mount, egress_bin, find_tool, require_binary, require_control_plane,
     require_privileges, require_tools,
 };
+pub use pod::{Node, Pod, PodBuilder};
 pub use process::{Output, curl, run_bounded, run_bounded_with_input};
 pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};
 pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};

@@ -152,7 +152,12 @@ impl<'n, 'c> PodBuilder<'n, 'c> {
         );
         cluster.apply(&yaml);
         let uid = cluster.get("pod", &self.namespace, &self.name, "{.metadata.uid}");
-        assert!(!uid.is_empty(), "pod {}/{} has no UID", self.namespace, self.name);
+        assert!(
+            !uid.is_empty(),
+            "pod {}/{} has no UID",
+            self.namespace,
+            self.name
+        );
 
         let netns = (!self.host_network).then(|| {
             let name = format!(
@@ -160,9 +165,15 @@ impl<'n, 'c> PodBuilder<'n, 'c> {
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::SeqCst)
             );
-            let _ = run_bounded(Command::new("ip").args(["netns", "del", &name]), COMMAND_TIMEOUT);
-            run_bounded(Command::new("ip").args(["netns", "add", &name]), COMMAND_TIMEOUT)
-                .expect_success("ip netns add");
+            let _ = run_bounded(
+                Command::new("ip").args(["netns", "del", &name]),
+                COMMAND_TIMEOUT,
+            );
+            run_bounded(
+                Command::new("ip").args(["netns", "add", &name]),
+                COMMAND_TIMEOUT,
+            )
+            .expect_success("ip netns add");
             run_bounded(
                 Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]),
                 COMMAND_TIMEOUT,
@@ -210,7 +221,10 @@ impl<'n, 'c> PodBuilder<'n, 'c> {
             .trim()
             .is_empty()
         {
-            assert!(Instant::now() < deadline, "the sandbox never entered its cgroup");
+            assert!(
+                Instant::now() < deadline,
+                "the sandbox never entered its cgroup"
+            );
             thread::sleep(Duration::from_millis(10));
         }
         pod
@@ -265,7 +279,9 @@ impl Pod<'_, '_> {
         let mut command = match &self.netns {
             Some(netns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{netns}")).arg("--").arg("sh");
+                c.arg(format!("--net=/run/netns/{netns}"))
+                    .arg("--")
+                    .arg("sh");
                 c
             }
             None => Command::new("sh"),
@@ -346,7 +362,10 @@ impl Drop for Pod<'_, '_> {
         }
         remove_cgroup_tree(&self.cgroup);
         if let Some(netns) = &self.netns {
-            let out = run_bounded(Command::new("ip").args(["netns", "del", netns]), COMMAND_TIMEOUT);
+            let out = run_bounded(
+                Command::new("ip").args(["netns", "del", netns]),
+                COMMAND_TIMEOUT,
+            );
             if !out.success() {
                 eprintln!("removing network namespace {netns}: {out:?}");
             }

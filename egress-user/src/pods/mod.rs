@@ -5,6 +5,7 @@
 pub mod enrollment;
 pub mod layout;
 pub mod manager;
+pub mod status;
 pub mod watch;
 
 use std::{net::SocketAddrV4, path::PathBuf};
