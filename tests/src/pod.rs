@@ -327,12 +327,18 @@ impl Pod<'_, '_> {
         })
     }
 
-    /// `kubectl delete pod` (the sandbox keeps running, as a terminating pod's would, until the
-    /// pod is dropped).
+    /// `kubectl delete pod --grace-period=0 --force`: the object is gone at once, as when the
+    /// kubelet (which the test cluster lacks) confirms a deletion. The sandbox keeps running
+    /// until the pod is dropped.
     pub fn delete(&mut self) {
-        self.node
-            .cluster
-            .delete(&["pod", &self.name, "-n", &self.namespace]);
+        self.node.cluster.delete(&[
+            "pod",
+            &self.name,
+            "-n",
+            &self.namespace,
+            "--grace-period=0",
+            "--force",
+        ]);
         self.deleted = true;
     }
 }
@@ -353,6 +359,8 @@ impl Drop for Pod<'_, '_> {
                     &self.name,
                     "-n",
                     &self.namespace,
+                    "--grace-period=0",
+                    "--force",
                     "--wait=false",
                 ])
                 .run();

@@ -174,15 +174,15 @@ fn kube_pods_two_pods_on_the_same_local_port_are_told_apart() {
     wait_served(&agent, &sleep);
     wait_served(&agent, &admin);
 
-    // Both apps bind local port 40000 (loopback ports repeat across pods): the kernel keys each
-    // redirected client by its netns cookie, so each connection keeps its own pod's identity,
-    // also when both are in flight at once.
-    for round in 0..4 {
+    // Both apps bind one local port (loopback ports repeat across pods; a new one each round,
+    // the last round's is in TIME_WAIT): the kernel keys each redirected client by its netns
+    // cookie, so each connection keeps its own pod's identity, also when both are in flight.
+    for round in 0..4u16 {
+        let port = (40000 + round).to_string();
+        let local = ["--local-port", port.as_str()];
         let (denied, allowed) = thread::scope(|s| {
-            let a =
-                s.spawn(|| curl_in(&sleep, "POST", address, "/post", &["--local-port", "40000"]));
-            let b =
-                s.spawn(|| curl_in(&admin, "POST", address, "/post", &["--local-port", "40000"]));
+            let a = s.spawn(|| curl_in(&sleep, "POST", address, "/post", &local));
+            let b = s.spawn(|| curl_in(&admin, "POST", address, "/post", &local));
             (
                 a.join().expect("sleep's curl"),
                 b.join().expect("admin's curl"),
@@ -208,11 +208,15 @@ fn kube_pods_two_pods_on_the_same_local_port_are_told_apart() {
         "{}",
         lines.join("\n")
     );
-    assert!(
-        lines.iter().all(|l| l.contains("127.0.0.1:40000")),
-        "every client came from local port 40000:\n{}",
-        lines.join("\n")
-    );
+    for round in 0..4u16 {
+        let client = format!("127.0.0.1:{} ", 40000 + round);
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(&client)).count(),
+            2,
+            "both pods' clients on {client}:\n{}",
+            lines.join("\n")
+        );
+    }
 }
 
 #[test]
