@@ -11,6 +11,7 @@ pub mod explain;
 pub mod fuzzing;
 pub mod handover;
 pub mod identity;
+pub mod kube;
 pub mod model;
 pub mod netns;
 pub mod output;

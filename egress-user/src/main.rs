@@ -14,6 +14,7 @@ use egress::{
     dns::{self, DnsOptions},
     exec, explain,
     identity::{DEFAULT_TRUST_DOMAIN, Principal},
+    kube::{Binding, KubeOptions},
     policy::PathParameters,
     proxy::{
         CaptureMode,
@@ -56,6 +57,12 @@ enum Command {
     ///
     /// Example: egress explain -c examples/ --namespace default --service-account sleep --url http://httpbin.org/get
     Explain(ExplainArgs),
+    /// Print Istio's CRDs (ServiceEntry, DestinationRule, AuthorizationPolicy; apiextensions
+    /// v1 YAML) for clusters without Istio, generated from the types `egress run --kubernetes`
+    /// reads.
+    ///
+    /// Example: egress crds | kubectl apply -f -
+    Crds,
     /// Show pinned links, loaded programs, map entry counts and kernel counters.
     Status {
         /// Pin directory of the dataplane to inspect.
@@ -97,9 +104,36 @@ struct RunArgs {
         long = "config",
         short = 'c',
         value_name = "PATH",
-        required_unless_present = "cleanup"
+        required_unless_present_any = ["cleanup", "kubernetes"],
+        conflicts_with = "kubernetes"
     )]
     configs: Vec<PathBuf>,
+    /// Read ServiceEntries, DestinationRules, AuthorizationPolicies, Namespaces, the `istio`
+    /// ConfigMap (in --root-namespace) and DestinationRule credentialName Secrets from the
+    /// Kubernetes API instead of --config files, and follow their changes (the DaemonSet
+    /// agent). The client comes from --kubeconfig, else KUBECONFIG, ~/.kube/config, or the
+    /// pod's service account.
+    ///
+    /// Pods: capture attaches once at the kubelet's pod cgroup root (--cgroup, default
+    /// <cgroup2 mount>/kubepods.slice or kubepods), and only this node's enrolled pods are
+    /// captured: pod or namespace label istio.io/dataplane-mode=<--dataplane-mode>, a pod label
+    /// of another value (none) opts out, hostNetwork pods never. Each enrolled pod gets the
+    /// waypoint listener (--listen) inside its own network namespace and the principal
+    /// <trust-domain>/ns/<namespace>/sa/<serviceAccountName>.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: the kubeconfig to use.
+    #[arg(long, value_name = "PATH", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the name of this node (a DaemonSet gives it from the downward API,
+    /// spec.nodeName). Required in Kubernetes mode.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// With --kubernetes: which ServiceEntries are captured. bound: those bound to a waypoint
+    /// as Istio binds them, by the label istio.io/use-waypoint on the ServiceEntry or on its
+    /// namespace (value `none` on the ServiceEntry opts it out). all: every ServiceEntry.
+    #[arg(long, value_name = "MODE", default_value = "bound", value_parser = ["bound", "all"])]
+    service_entries: String,
     /// cgroup v2 directory whose processes are captured (created if missing).
     /// Default: <cgroup2 mount>/egress.
     #[arg(long, value_name = "DIR")]
@@ -215,22 +249,11 @@ struct RunArgs {
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
-    /// Kubernetes mode (the DaemonSet agent): capture attaches once at the kubelet's pod cgroup
-    /// root (--cgroup, default <cgroup2 mount>/kubepods.slice or kubepods), and only this
-    /// node's enrolled pods are captured: pod or namespace label
-    /// istio.io/dataplane-mode=<--dataplane-mode>, a pod label of another value (none) opts
-    /// out, hostNetwork pods never. Each enrolled pod gets the waypoint listener (--listen)
-    /// inside its own network namespace and the principal
-    /// <trust-domain>/ns/<namespace>/sa/<serviceAccountName>.
-    #[arg(long)]
-    kubernetes: bool,
-    /// With --kubernetes: the kubeconfig to use. Default: KUBECONFIG, ~/.kube/config, else
-    /// the in-cluster service account.
-    #[arg(long, value_name = "PATH", requires = "kubernetes")]
-    kubeconfig: Option<PathBuf>,
-    /// With --kubernetes: this node's name (pods with spec.nodeName = it are served).
-    #[arg(long, value_name = "NAME", env = "NODE_NAME", requires = "kubernetes")]
-    node_name: Option<String>,
+    /// With --kubernetes: `on` serves this node's enrolled pods (above). `off` captures
+    /// --cgroup as in host mode (workloads through `egress exec`), with the configuration from
+    /// the API server: for nodes without kubelet pods, and for tests.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    pods: String,
     /// With --kubernetes: the host's /proc, where a pod's network namespace is found through
     /// a process of its cgroup (/proc/<pid>/ns/net). The DaemonSet mounts it at /host/proc.
     #[arg(long, value_name = "DIR", default_value = "/proc")]
@@ -354,6 +377,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Explain(args) => explain(args),
+        Command::Crds => {
+            egress::out!("{}", egress::kube::crd::crds_yaml());
+            ExitCode::SUCCESS
+        }
         Command::Status { bpffs, admin } => match bpf::status(&bpffs) {
             Ok(status) => {
                 egress::out!("{status}");
@@ -455,7 +482,8 @@ fn run(args: RunArgs) -> ExitCode {
     if args.cleanup {
         return cleanup(&args.bpffs, args.cgroup);
     }
-    let default_cgroup = if args.kubernetes {
+    let serve_pods = args.kubernetes && args.pods == "on";
+    let default_cgroup = if serve_pods {
         kubelet_pod_root
     } else {
         cgroup::default_captured_cgroup
@@ -464,26 +492,38 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    let trust_domain = args.trust_domain;
+    let mut pods = None;
     let kubernetes = if args.kubernetes {
         let Some(node_name) = args.node_name.filter(|n| !n.is_empty()) else {
             egress::errln!(
-                "error: --kubernetes needs --node-name (or NODE_NAME, from the downward API: \
-                 fieldRef spec.nodeName)"
+                "error: --kubernetes needs the name of this node: --node-name NAME, or NODE_NAME \
+                 in the environment (a DaemonSet sets it from spec.nodeName)"
             );
             return ExitCode::from(2);
         };
-        Some(egress::pods::KubernetesOptions {
-            kubeconfig: args.kubeconfig,
-            node_name,
+        pods = serve_pods.then(|| egress::pods::KubernetesOptions {
+            kubeconfig: args.kubeconfig.clone(),
+            node_name: node_name.clone(),
             proc: args.proc,
             dataplane_mode: args.dataplane_mode,
+        });
+        Some(KubeOptions {
+            kubeconfig: args.kubeconfig,
+            node_name,
+            service_entries: if args.service_entries == "all" {
+                Binding::All
+            } else {
+                Binding::Bound
+            },
+            root_namespace: args.root_namespace.clone(),
         })
     } else {
         None
     };
-    let trust_domain = args.trust_domain;
     let opts = RunOptions {
         configs: args.configs,
+        kubernetes,
         cgroup,
         listen: args.listen,
         admin: args.admin,
@@ -523,7 +563,7 @@ fn run(args: RunArgs) -> ExitCode {
         },
         drain_timeout: args.drain_timeout,
         kernel_log: args.kernel_log,
-        kubernetes,
+        pods,
     };
     match limits::raise_open_files(args.max_connections as usize) {
         Ok(files) if files.is_short() => tracing::warn!(
@@ -633,6 +673,21 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_mode_needs_no_config_and_refuses_one() {
+        let Command::Run(args) =
+            Cli::parse_from(["egress", "run", "--kubernetes", "--node-name", "n1"]).command
+        else {
+            panic!("egress run parses as Run");
+        };
+        assert!(args.kubernetes && args.configs.is_empty());
+        assert_eq!(args.service_entries, "bound");
+        let both = Cli::try_parse_from(["egress", "run", "--kubernetes", "-c", "x"]);
+        assert!(both.is_err(), "--config conflicts with --kubernetes");
+        let neither = Cli::try_parse_from(["egress", "run"]);
+        assert!(neither.is_err(), "file mode still needs --config");
+    }
 
     #[test]
     fn limit_flags_default_to_the_waypoints_defaults() {

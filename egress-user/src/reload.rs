@@ -1,11 +1,14 @@
-//! Keeping the running configuration current: config files changed on disk (polled) or SIGHUP
-//! reload the whole set; DNS answers come from a background task ([`crate::dns`]) that refreshes
-//! each host when its TTL runs out. Each change builds a complete new service table and swaps it
-//! in atomically; an invalid new set is logged and the previous one keeps serving. A reload never
-//! waits on DNS: it publishes at once with the last known answers, and hosts it adds are
-//! published when they answer.
+//! Keeping the running configuration current. A [`ConfigSource`] yields complete, validated
+//! configurations ([`Snapshot`]): [`FileSource`] when config files change on disk (polled) or on
+//! SIGHUP, the Kubernetes source ([`crate::kube`]) when watched objects change; the
+//! [`Reconciler`] does not know which it has. DNS answers come from a background task
+//! ([`crate::dns`]) that refreshes each host when its TTL runs out. Each change builds a complete
+//! new service table and swaps it in atomically; an invalid new set is logged by its source and
+//! the previous one keeps serving. A reload never waits on DNS: it publishes at once with the
+//! last known answers, and hosts it adds are published when they answer.
 use std::{
     fs,
+    future::Future,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -16,9 +19,9 @@ use tokio::{signal::unix::Signal, sync::watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{AnchorFlags, Capture},
+    bpf::{AnchorFlags, BpfError, Capture, ServiceRoute},
     cgroup,
-    config::{self, ConfigSet},
+    config::{self, ConfigErrors, ConfigSet, IpNet},
     dns::{self, Dns, DnsOptions, LOOKUP_TIMEOUT, Resolution},
     identity::{CgroupIdentities, Principal},
     model::{self, DnsAnswers, ServiceTable},
@@ -78,9 +81,142 @@ pub struct Outbound {
     pub allowed: Vec<crate::config::IpNet>,
 }
 
+/// One complete, validated configuration from a [`ConfigSource`], and why it was read.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub config: ConfigSet,
+    /// For the log: `config files changed`, `SIGHUP`, `Kubernetes objects changed`.
+    pub reason: String,
+}
+
+/// Where configurations come from: files, or the Kubernetes API. A source validates what it
+/// reads, reports what it rejects itself, and yields only complete configurations.
+pub trait ConfigSource: Send + 'static {
+    /// The next configuration. Cancel-safe (the reconciler also waits on other things); `None`
+    /// when the source has ended, after which the last configuration keeps serving.
+    fn next(&mut self) -> impl Future<Output = Option<Snapshot>> + Send;
+}
+
+/// Config files and directories: polled for changes every [`POLL`], and reloaded on SIGHUP. An
+/// invalid set is logged (`FILE:DOC:FIELD: message`) and not yielded.
+pub struct FileSource {
+    paths: Vec<PathBuf>,
+    fingerprint: Fingerprint,
+    hangup: Signal,
+    poll: tokio::time::Interval,
+}
+
+impl FileSource {
+    pub fn new(paths: Vec<PathBuf>, hangup: Signal) -> Self {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            fingerprint: Fingerprint::of(&paths),
+            paths,
+            hangup,
+            poll,
+        }
+    }
+
+    /// Reads the files now (start-up: errors stop it).
+    pub fn load(&mut self) -> Result<ConfigSet, ConfigErrors> {
+        self.fingerprint = Fingerprint::of(&self.paths);
+        config::load(&self.paths)
+    }
+
+    fn reload(&mut self, why: &str) -> Option<Snapshot> {
+        match self.load() {
+            Err(errors) => {
+                error!(
+                    reason = why,
+                    errors = errors.0.len(),
+                    "configuration rejected; the previous one keeps serving"
+                );
+                for e in &errors.0 {
+                    error!("{e}");
+                }
+                None
+            }
+            Ok(config) => Some(Snapshot {
+                config,
+                reason: why.to_owned(),
+            }),
+        }
+    }
+}
+
+impl ConfigSource for FileSource {
+    async fn next(&mut self) -> Option<Snapshot> {
+        loop {
+            let why = tokio::select! {
+                _ = self.poll.tick() => {
+                    if Fingerprint::of(&self.paths) == self.fingerprint {
+                        continue;
+                    }
+                    "config files changed"
+                }
+                _ = self.hangup.recv() => "SIGHUP",
+            };
+            if let Some(snapshot) = self.reload(why) {
+                return Some(snapshot);
+            }
+        }
+    }
+}
+
+/// What the reconciler writes to the kernel (the real one is [`Capture`]; unit tests have a
+/// fake).
+pub trait Kernel: Send + Sync {
+    /// The captured cgroup.
+    fn cgroup(&self) -> &Path;
+    fn set_outbound_policy(&self, registry_only: bool, allowed: &[IpNet]) -> Result<(), BpfError>;
+    fn sync_services(&self, routes: &[ServiceRoute]) -> Result<(), BpfError>;
+    fn set_generation(&self, generation: u64) -> Result<(), BpfError>;
+    /// Makes the kernel's identity anchors exactly these, with their flags (pod anchors are
+    /// enrolled in Kubernetes mode).
+    fn sync_anchors(&self, anchors: &[(u64, AnchorFlags)]) -> Result<(), BpfError>;
+    fn cache_deny(
+        &self,
+        identity_id: u64,
+        service_id: u32,
+        port: u16,
+        generation: u64,
+    ) -> Result<(), BpfError>;
+    fn sweep_verdicts(&self, generation: u64) -> Result<usize, BpfError>;
+}
+
+impl Kernel for Capture {
+    fn cgroup(&self) -> &Path {
+        Capture::cgroup(self)
+    }
+    fn set_outbound_policy(&self, registry_only: bool, allowed: &[IpNet]) -> Result<(), BpfError> {
+        Capture::set_outbound_policy(self, registry_only, allowed)
+    }
+    fn sync_services(&self, routes: &[ServiceRoute]) -> Result<(), BpfError> {
+        Capture::sync_services(self, routes)
+    }
+    fn set_generation(&self, generation: u64) -> Result<(), BpfError> {
+        Capture::set_generation(self, generation)
+    }
+    fn sync_anchors(&self, anchors: &[(u64, AnchorFlags)]) -> Result<(), BpfError> {
+        Capture::sync_anchors_flagged(self, anchors)
+    }
+    fn cache_deny(
+        &self,
+        identity_id: u64,
+        service_id: u32,
+        port: u16,
+        generation: u64,
+    ) -> Result<(), BpfError> {
+        Capture::cache_deny(self, identity_id, service_id, port, generation)
+    }
+    fn sweep_verdicts(&self, generation: u64) -> Result<usize, BpfError> {
+        Capture::sweep_verdicts(self, generation)
+    }
+}
+
 /// Owns the current config and DNS answers, and publishes service tables built from them.
 pub struct Reconciler {
-    configs: Vec<PathBuf>,
     /// Identity anchors registered in the kernel.
     anchors: Vec<Anchor>,
     /// Whether L4-decidable denies are written to the kernel at all.
@@ -91,10 +227,9 @@ pub struct Reconciler {
     identities: Arc<CgroupIdentities>,
     root_namespace: String,
     generation: u64,
-    capture: Arc<Capture>,
+    capture: Arc<dyn Kernel>,
     services: Arc<ArcSwap<ServiceTable>>,
     config: ConfigSet,
-    fingerprint: Fingerprint,
     dns_options: DnsOptions,
     /// The background resolver, once some config needed one.
     resolution: Option<Resolution>,
@@ -112,19 +247,16 @@ impl Reconciler {
     /// published when it does.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
-        configs: Vec<PathBuf>,
         root_namespace: &str,
         config: ConfigSet,
-        capture: Arc<Capture>,
+        capture: Arc<dyn Kernel>,
         identities: Arc<CgroupIdentities>,
         verdict_cache: bool,
         outbound: Outbound,
         dns_options: DnsOptions,
     ) -> Result<Self, RunError> {
-        let fingerprint = Fingerprint::of(&configs);
         let (answers_tx, answers_rx) = watch::channel(DnsAnswers::new());
         let mut this = Self {
-            configs,
             anchors: Vec::new(),
             verdict_cache,
             outbound,
@@ -138,7 +270,6 @@ impl Reconciler {
             capture,
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::default())),
             config,
-            fingerprint,
             dns_options,
             resolution: None,
             answers_tx: Some(answers_tx),
@@ -319,7 +450,7 @@ impl Reconciler {
                     (a.cgroup_id, flags)
                 })
                 .collect();
-            self.capture.sync_anchors_flagged(&registered)?;
+            self.capture.sync_anchors(&registered)?;
             let fresh: Vec<Anchor> = if new_generation {
                 anchors.clone()
             } else {
@@ -372,60 +503,49 @@ impl Reconciler {
         }
     }
 
-    /// Reloads the config files; an invalid set is logged and ignored.
-    pub fn reload(&mut self, why: &str) {
-        self.fingerprint = Fingerprint::of(&self.configs);
-        match config::load(&self.configs) {
-            Err(errors) => {
-                error!(
-                    reason = why,
-                    errors = errors.0.len(),
-                    "configuration rejected; the previous one keeps serving"
-                );
-                for e in &errors.0 {
-                    error!("{e}");
-                }
-            }
-            Ok(config) => {
-                if config == self.config {
-                    info!(reason = why, "configuration unchanged");
-                    return;
-                }
-                self.config = config;
-                if let Err(error) = self.apply_outbound() {
-                    error!(%error, "applying the outbound traffic policy failed");
-                }
-                self.apply_identities();
-                if let Err(error) = self.update_hosts() {
-                    error!(%error, "DNS setup for the new configuration failed");
-                }
-                let policies = self.policies();
-                self.publish(&policies);
-                info!(reason = why, "configuration reloaded");
-            }
+    /// Applies a configuration from the source, unless it is the running one.
+    fn apply(&mut self, snapshot: Snapshot) {
+        let why = snapshot.reason.as_str();
+        if snapshot.config == self.config {
+            info!(reason = why, "configuration unchanged");
+            return;
         }
+        self.config = snapshot.config;
+        if let Err(error) = self.apply_outbound() {
+            error!(%error, "applying the outbound traffic policy failed");
+        }
+        self.apply_identities();
+        if let Err(error) = self.update_hosts() {
+            error!(%error, "DNS setup for the new configuration failed");
+        }
+        let policies = self.policies();
+        self.publish(&policies);
+        info!(reason = why, "configuration reloaded");
     }
 
-    /// Runs until the task is dropped: config polling, SIGHUP, DNS answers that changed.
-    pub async fn run(
+    /// Runs until the task is dropped: configurations from `source`, identities that appeared,
+    /// DNS answers that changed.
+    pub async fn run<S: ConfigSource>(
         mut self,
-        mut hangup: Signal,
+        mut source: S,
         mut rescans: tokio::sync::mpsc::Receiver<crate::identity::rescan::Rescan>,
     ) {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut answers = self.answers_rx.clone();
         let mut resolver_alive = true;
+        let mut source_alive = true;
         loop {
             tokio::select! {
-                _ = poll.tick() => {
-                    if Fingerprint::of(&self.configs) != self.fingerprint {
-                        self.reload("config files changed");
+                // Identities that appeared since (a new service-account cgroup).
+                _ = poll.tick() => self.refresh_verdicts(false),
+                snapshot = source.next(), if source_alive => match snapshot {
+                    Some(snapshot) => self.apply(snapshot),
+                    None => {
+                        source_alive = false;
+                        warn!("the configuration source stopped; the last configuration keeps serving");
                     }
-                    // Identities that appeared since (a new service-account cgroup).
-                    self.refresh_verdicts(false);
-                }
-                _ = hangup.recv() => self.reload("SIGHUP"),
+                },
                 // `egress exec` made an identity cgroup: its verdicts before its first connect.
                 Some(done) = rescans.recv() => {
                     self.refresh_verdicts(false);
@@ -449,3 +569,7 @@ impl Reconciler {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "reload_tests.rs"]
+mod tests;

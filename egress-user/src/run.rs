@@ -21,16 +21,17 @@ use tracing::{info, warn};
 use crate::{
     bpf::{BpfError, Capture},
     cgroup::{self, CgroupError},
-    config::{self, ConfigErrors, IpNet},
+    config::{self, ConfigErrors, ConfigSet, IpNet},
     dns::{DnsError, DnsOptions},
     drain::Gate,
     handover::{self, HandoverError, Inherited, Offer, Outcome},
     identity::CgroupIdentities,
+    kube::{KubeError, KubeOptions, KubeSource},
     model::OriginSource,
     pods::{self, PodsError},
     policy::PathParameters,
     proxy::{CaptureMode, Waypoint, WaypointConfig, limits::Limits},
-    reload::{Outbound, Reconciler},
+    reload::{ConfigSource, FileSource, Outbound, Reconciler, Snapshot},
     telemetry::{AccessLog, AdminState, serve_admin},
 };
 
@@ -47,7 +48,10 @@ pub struct AccessLogTarget {
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// Config files and directories (file mode).
     pub configs: Vec<PathBuf>,
+    /// Kubernetes mode: the configuration comes from the API server instead of `configs`.
+    pub kubernetes: Option<KubeOptions>,
     pub cgroup: PathBuf,
     pub listen: SocketAddrV4,
     pub admin: SocketAddr,
@@ -82,9 +86,10 @@ pub struct RunOptions {
     /// The kernel programs log each decision, read into this process's log (target
     /// `egress::kernel`).
     pub kernel_log: bool,
-    /// Kubernetes mode: `cgroup` is the kubelet's pod root, and only the enrolled pods of this
-    /// node are captured, each served in its own network namespace. `None`: host mode.
-    pub kubernetes: Option<pods::KubernetesOptions>,
+    /// Kubernetes mode's pods: `cgroup` is the kubelet's pod root, and only the enrolled pods of
+    /// this node are captured, each served in its own network namespace. `None`: the whole
+    /// `cgroup` is captured (host mode, or `--kubernetes --pods off`).
+    pub pods: Option<pods::KubernetesOptions>,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -119,6 +124,8 @@ pub enum RunError {
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Dns(#[from] DnsError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     #[error(
         "the waypoint listener must be a specific IPv4 address (the kernel rewrites connects to it), got {0}"
     )]
@@ -192,8 +199,51 @@ fn open_access_log(target: &AccessLogTarget) -> Result<AccessLog, RunError> {
     }
 }
 
+/// Where the running configuration comes from; chosen once, at start-up ([`start_source`]).
+enum Sources {
+    /// Files: the source is made once the SIGHUP handler is installed.
+    Files(Vec<PathBuf>),
+    Kubernetes(KubeSource),
+}
+
+/// What the reconciler reads, files or the Kubernetes API (it does not know which).
+enum AnySource {
+    Files(FileSource),
+    Kubernetes(KubeSource),
+}
+
+impl ConfigSource for AnySource {
+    async fn next(&mut self) -> Option<Snapshot> {
+        match self {
+            AnySource::Files(files) => files.next().await,
+            AnySource::Kubernetes(kube) => kube.next().await,
+        }
+    }
+}
+
+/// Reads the initial configuration: the files, or (Kubernetes mode) everything the agent
+/// watches, listed once. Errors stop start-up.
+async fn start_source(opts: &RunOptions) -> Result<(ConfigSet, Sources), RunError> {
+    match &opts.kubernetes {
+        None => Ok((
+            config::load(&opts.configs)?,
+            Sources::Files(opts.configs.clone()),
+        )),
+        Some(kube) => {
+            info!(
+                node = %kube.node_name,
+                service_entries = ?kube.service_entries,
+                root_namespace = %kube.root_namespace,
+                "Kubernetes mode: reading Istio objects from the API server"
+            );
+            let (source, config) = KubeSource::start(kube).await?;
+            Ok((config, Sources::Kubernetes(source)))
+        }
+    }
+}
+
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
-    let config = config::load(&opts.configs)?;
+    let (config, sources) = start_source(&opts).await?;
     for skipped in &config.skipped {
         info!(source = %skipped.source, kind = %skipped.kind, name = %skipped.name, "not acted on (yet)");
     }
@@ -205,7 +255,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     // connection of its own.
     cgroup::ensure_on_cgroup2(&opts.cgroup)?;
     cgroup::create(&opts.cgroup)?;
-    let waypoint_cgroup = if opts.kubernetes.is_some() {
+    let waypoint_cgroup = if opts.pods.is_some() {
         // The agent's own pod cgroup (the kubelet's to manage): exempt by id where it is.
         cgroup::own()?
     } else {
@@ -282,7 +332,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     // Host mode captures the whole cgroup (an enrollment-only flag a Kubernetes-mode run
     // pinned would leave it uncaptured); Kubernetes mode only the enrolled pods.
-    capture.set_enrolled_only(opts.kubernetes.is_some())?;
+    capture.set_enrolled_only(opts.pods.is_some())?;
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
 
     // SIGHUP reloads; install the handler before anything could send one.
@@ -290,12 +340,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let identities = Arc::new(CgroupIdentities::new(&opts.cgroup, &opts.trust_domain));
     // Kubernetes mode: this node's pods, listed before the reconciler first syncs the kernel's
     // anchors, so a restart keeps every enrolled pod's anchor (and its fail-closed capture).
-    let pods = match &opts.kubernetes {
+    let pods = match &opts.pods {
         Some(k) => Some(pods::Pods::start(k, &opts, &identities).await?),
         None => None,
     };
+    let source = match sources {
+        Sources::Files(paths) => AnySource::Files(FileSource::new(paths, hangup)),
+        Sources::Kubernetes(kube) => AnySource::Kubernetes(kube),
+    };
     let reconciler = Reconciler::start(
-        opts.configs.clone(),
         &opts.root_namespace,
         config,
         capture.clone(),
@@ -369,7 +422,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         let pins = opts.bpffs.clone();
         async move { crate::identity::rescan::serve(&pins, rescans).await }
     });
-    let reconciling = tokio::spawn(reconciler.run(hangup, rescan_requests));
+    let reconciling = tokio::spawn(reconciler.run(source, rescan_requests));
 
     if let Some(predecessor) = predecessor {
         // It drains from here on; this process owns the kernel config now.

@@ -43,7 +43,7 @@ pub const SERVICE_CLUSTER_IP_RANGE: &str = "198.18.0.0/20";
 /// How long etcd plus kube-apiserver may take to be ready (1.20 needs ~10 s on an idle machine;
 /// the budget is for a loaded one).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// Istio's CRDs for the tests (hand-written until `egress crds` generates them).
+/// Istio's CRDs for the tests, as `egress crds` generates them.
 const ISTIO_CRDS: &str = include_str!("../../deploy/crds/istio.yaml");
 const ISTIO_CRD_NAMES: [&str; 3] = [
     "serviceentries.networking.istio.io",

@@ -41,8 +41,10 @@ static SWEEP: Once = Once::new();
 pub struct Builder {
     documents: Vec<String>,
     extra_args: Vec<String>,
-    /// Kubernetes mode: the cgroup to capture instead of the dataplane's own.
-    captured: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode as a node's agent: the node's name and kubepods root (captured instead
+    /// of the dataplane's own cgroup).
+    node: Option<(String, PathBuf)>,
 }
 
 impl Builder {
@@ -57,24 +59,25 @@ impl Builder {
         self
     }
 
+    /// Kubernetes mode: `egress run --kubernetes --kubeconfig PATH --node-name node-1 --pods
+    /// off` reads its configuration from that API server instead of files, and captures its own
+    /// cgroup as in host mode (workloads through [`Dataplane::exec`]).
+    pub fn kubernetes(mut self, kubeconfig: &Path) -> Self {
+        self.kubeconfig = Some(kubeconfig.to_owned());
+        self
+    }
+
     /// Adds arguments to `egress run` (e.g. `--outbound-policy registry-only`).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.extra_args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
-    /// Kubernetes mode, as `node`'s agent: `--kubernetes --kubeconfig <admin's> --node-name
-    /// <node> --cgroup <node's kubepods root>`.
-    pub fn kubernetes(mut self, node: &crate::Node<'_>) -> Self {
-        let kubeconfig = node.cluster().kubeconfig();
-        self.extra_args.extend([
-            "--kubernetes".to_owned(),
-            "--kubeconfig".to_owned(),
-            kubeconfig.to_string_lossy().into_owned(),
-            "--node-name".to_owned(),
-            node.name().to_owned(),
-        ]);
-        self.captured = Some(node.pod_root().to_owned());
+    /// Kubernetes mode as `node`'s agent: `--kubernetes --kubeconfig <the admin's> --node-name
+    /// <node> --cgroup <node's kubepods root>`; its enrolled pods ([`crate::Pod`]) are captured.
+    pub fn node_agent(mut self, node: &crate::Node<'_>) -> Self {
+        self.kubeconfig = Some(node.cluster().kubeconfig());
+        self.node = Some((node.name().to_owned(), node.pod_root().to_owned()));
         self
     }
 
@@ -98,9 +101,10 @@ impl Builder {
         let [listen, admin] = free_ports();
         let mut dataplane = Dataplane {
             captured: self
-                .captured
-                .clone()
-                .unwrap_or_else(|| cgroup_root.join(&name)),
+                .node
+                .as_ref()
+                .map_or_else(|| cgroup_root.join(&name), |(_, root)| root.clone()),
+            node_name: self.node.map(|(name, _)| name),
             cgroup: cgroup_root.join(&name),
             cgroup_root,
             pins: Path::new(BPFFS).join(&name),
@@ -111,6 +115,7 @@ impl Builder {
             process: None,
             draining: None,
             extra_args: self.extra_args,
+            kubeconfig: self.kubeconfig,
         };
         // The ports were free when picked, but a parallel test may take one before egress binds
         // it: pick again a bounded number of times.
@@ -144,6 +149,10 @@ pub struct Dataplane {
     draining: Option<Child>,
     /// Extra `egress run` arguments from the builder.
     extra_args: Vec<String>,
+    /// Kubernetes mode's kubeconfig, instead of the config directory.
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode as a node's agent (pods captured): the node's name.
+    node_name: Option<String>,
 }
 
 impl Dataplane {
@@ -461,23 +470,38 @@ impl Dataplane {
 
     fn run_args(&self) -> Vec<String> {
         let path = |p: &Path| p.to_string_lossy().into_owned();
-        vec![
-            "--config".into(),
-            path(&self.files.path().join("config")),
-            "--cgroup".into(),
-            path(&self.captured),
-            "--listen".into(),
-            self.listen.to_string(),
-            "--admin".into(),
-            self.admin.to_string(),
-            "--bpffs".into(),
-            path(&self.pins),
-            "--access-log".into(),
-            path(&self.access_log()),
-        ]
-        .into_iter()
-        .chain(self.extra_args.iter().cloned())
-        .collect()
+        let source: Vec<String> = match &self.kubeconfig {
+            None => vec!["--config".into(), path(&self.files.path().join("config"))],
+            Some(kubeconfig) => {
+                let mut args: Vec<String> = vec![
+                    "--kubernetes".into(),
+                    "--kubeconfig".into(),
+                    path(kubeconfig),
+                    "--node-name".into(),
+                    self.node_name.clone().unwrap_or_else(|| "node-1".into()),
+                ];
+                if self.node_name.is_none() {
+                    args.extend(["--pods".into(), "off".into()]);
+                }
+                args
+            }
+        };
+        source
+            .into_iter()
+            .chain([
+                "--cgroup".into(),
+                path(&self.captured),
+                "--listen".into(),
+                self.listen.to_string(),
+                "--admin".into(),
+                self.admin.to_string(),
+                "--bpffs".into(),
+                path(&self.pins),
+                "--access-log".into(),
+                path(&self.access_log()),
+            ])
+            .chain(self.extra_args.iter().cloned())
+            .collect()
     }
 
     fn log_text(&self) -> String {

@@ -19,18 +19,27 @@ fn se_addr(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 77, (pid % 250) as u8 + 1, n))
 }
 
-/// The seed's policy on ServiceEntry `httpbin` (`default/sleep` may GET /get, `default/admin`
-/// anything), with the ServiceEntry at `address:80` forwarding to `upstream`.
-fn seed(agent: Builder, address: IpAddr, upstream: SocketAddr) -> Builder {
-    agent
-        .config(&yaml::static_service_entry(
-            "httpbin",
-            "httpbin.test",
-            address,
-            80,
-            upstream,
-        ))
-        .config(yaml::SEED_POLICY)
+/// `kubectl apply`: Istio's CRDs, namespace `default` enrolled (`istio.io/dataplane-mode=ambient`)
+/// and bound to the waypoint (`istio.io/use-waypoint=waypoint`), the ServiceEntry `httpbin` at
+/// `address:port` forwarding to `upstream`, and the seed's policy on it (`default/sleep` may GET
+/// /get, `default/admin` anything).
+fn apply_seed(cluster: &Cluster, address: IpAddr, port: u16, upstream: SocketAddr) {
+    cluster.install_istio_crds();
+    label_namespace(cluster, "default", "istio.io/dataplane-mode=ambient");
+    label_namespace(cluster, "default", "istio.io/use-waypoint=waypoint");
+    cluster.apply(&yaml::static_service_entry(
+        "httpbin",
+        "httpbin.test",
+        address,
+        port,
+        upstream,
+    ));
+    cluster.apply(yaml::SEED_POLICY);
+}
+
+/// The agent of `node`, serving `node`'s pods with the configuration from the API server.
+fn agent(node: &Node<'_>) -> Dataplane {
+    Dataplane::builder().node_agent(node).start()
 }
 
 /// `curl` arguments for `http://httpbin.test{path}` at `address:80`.
@@ -89,13 +98,11 @@ fn kube_pods_enrolled_pods_are_served_in_their_netns_with_their_principal() {
         return;
     }
     let cluster = Cluster::start();
-    label_namespace(&cluster, "default", "istio.io/dataplane-mode=ambient");
     let node = Node::new(&cluster);
     let upstream = Upstream::http();
     let address = se_addr(1);
-    let agent = seed(Dataplane::builder(), address, upstream.addr())
-        .kubernetes(&node)
-        .start();
+    apply_seed(&cluster, address, 80, upstream.addr());
+    let agent = agent(&node);
     let sleep = node
         .pod("default", "sleep")
         .service_account("sleep")
@@ -156,13 +163,11 @@ fn kube_pods_two_pods_on_the_same_local_port_are_told_apart() {
         return;
     }
     let cluster = Cluster::start();
-    label_namespace(&cluster, "default", "istio.io/dataplane-mode=ambient");
     let node = Node::new(&cluster);
     let upstream = Upstream::http();
     let address = se_addr(2);
-    let agent = seed(Dataplane::builder(), address, upstream.addr())
-        .kubernetes(&node)
-        .start();
+    apply_seed(&cluster, address, 80, upstream.addr());
+    let agent = agent(&node);
     let sleep = node
         .pod("default", "sleep")
         .service_account("sleep")
@@ -225,7 +230,6 @@ fn kube_pods_not_enrolled_opted_out_and_host_network_pods_are_untouched() {
         return;
     }
     let cluster = Cluster::start();
-    label_namespace(&cluster, "default", "istio.io/dataplane-mode=ambient");
     cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n");
     let node = Node::new(&cluster);
     let upstream = Upstream::http();
@@ -234,17 +238,8 @@ fn kube_pods_not_enrolled_opted_out_and_host_network_pods_are_untouched() {
     // host netns (for the hostNetwork pod) and in each other pod's netns.
     let direct = Upstream::http_at(SocketAddr::new(address, 0));
     let se_port = direct.port();
-    let agent = Dataplane::builder()
-        .config(&yaml::static_service_entry(
-            "httpbin",
-            "httpbin.test",
-            address,
-            se_port,
-            upstream.addr(),
-        ))
-        .config(yaml::SEED_POLICY)
-        .kubernetes(&node)
-        .start();
+    apply_seed(&cluster, address, se_port, upstream.addr());
+    let agent = agent(&node);
     let enrolled = node
         .pod("default", "sleep")
         .service_account("sleep")
@@ -332,13 +327,11 @@ fn kube_pods_deleted_pods_lose_listener_and_anchor_and_a_killed_agent_fails_clos
         return;
     }
     let cluster = Cluster::start();
-    label_namespace(&cluster, "default", "istio.io/dataplane-mode=ambient");
     let node = Node::new(&cluster);
     let upstream = Upstream::http();
     let address = se_addr(4);
-    let mut agent = seed(Dataplane::builder(), address, upstream.addr())
-        .kubernetes(&node)
-        .start();
+    apply_seed(&cluster, address, 80, upstream.addr());
+    let mut agent = agent(&node);
     let sleep = node
         .pod("default", "sleep")
         .service_account("sleep")

@@ -532,10 +532,7 @@ fn seed_policy_model() {
     assert_eq!(
         set.authorization_policies,
         vec![AuthorizationPolicy {
-            source: Source {
-                file: "seed.yaml".into(),
-                document: 1,
-            },
+            source: Source::file("seed.yaml", 1),
             name: "httpbin".into(),
             namespace: "default".into(),
             action: Action::Allow,

@@ -85,8 +85,9 @@ pub(crate) fn parse(
         if policy.object(issues).is_none() {
             return rule;
         }
+        let kubernetes = matches!(rule.source, Source::Object(_));
         if let Some(tls) = policy.get("tls") {
-            rule.tls = client_tls(&tls, issues);
+            rule.tls = client_tls(&tls, kubernetes, issues);
         }
         if let Some(ports) = policy.get("portLevelSettings") {
             for item in ports.items(issues) {
@@ -112,7 +113,9 @@ pub(crate) fn parse(
                     );
                     continue;
                 }
-                let tls = item.get("tls").and_then(|tls| client_tls(&tls, issues));
+                let tls = item
+                    .get("tls")
+                    .and_then(|tls| client_tls(&tls, kubernetes, issues));
                 if let (Some(number), Some(tls)) = (number, tls) {
                     rule.port_tls.push((number, tls));
                 }
@@ -122,8 +125,10 @@ pub(crate) fn parse(
     rule
 }
 
-/// `ClientTLSSettings`, with its files read and its client configuration built.
-fn client_tls(node: &Node<'_>, issues: &mut Issues) -> Option<ClientTlsSettings> {
+/// `ClientTLSSettings`, with its files read and its client configuration built. Objects of the
+/// Kubernetes API (`kubernetes`) may name a Secret (`credentialName`) instead of files; its
+/// configuration is built when the Secret is read.
+fn client_tls(node: &Node<'_>, kubernetes: bool, issues: &mut Issues) -> Option<ClientTlsSettings> {
     let map = node.object(issues)?;
     let before = issues.len();
     for key in map.keys() {
@@ -165,11 +170,32 @@ fn client_tls(node: &Node<'_>, issues: &mut Issues) -> Option<ClientTlsSettings>
         };
     }
     if let Some(credential) = node.get("credentialName") {
-        issues.at(
-            &credential.path,
-            "credentialName is not supported in host mode (there are no Kubernetes secrets to \
-             read); give clientCertificate, privateKey and caCertificates as file paths",
-        );
+        if !kubernetes {
+            issues.at(
+                &credential.path,
+                "credentialName is not supported in host mode (there are no Kubernetes secrets to \
+                 read); give clientCertificate, privateKey and caCertificates as file paths",
+            );
+        } else if let Some(name) = credential.str(issues)
+            && !name.is_empty()
+        {
+            if !super::names::is_k8s_subdomain(name) {
+                issues.at(
+                    &credential.path,
+                    format!("must name a Secret (a lower-case RFC 1123 subdomain), got {name:?}"),
+                );
+            }
+            // As Istio validates it: the Secret replaces every file setting.
+            for key in ["clientCertificate", "privateKey", "caCertificates", "caCrl"] {
+                if node.get(key).is_some() {
+                    issues.at(
+                        &node.key_path(key),
+                        format!("{key} cannot be set together with credentialName"),
+                    );
+                }
+            }
+            settings.credential_name = Some(name.to_owned());
+        }
     }
     let path = |key: &str, issues: &mut Issues| -> Option<PathBuf> {
         let field = node.get(key)?;
@@ -214,7 +240,7 @@ fn client_tls(node: &Node<'_>, issues: &mut Issues) -> Option<ClientTlsSettings>
             None => issues.at(&insecure.path, "must be a boolean"),
         }
     }
-    if settings.mode == TlsMode::Mutual {
+    if settings.mode == TlsMode::Mutual && settings.credential_name.is_none() {
         for (key, value) in [
             ("clientCertificate", &settings.client_certificate),
             ("privateKey", &settings.private_key),
@@ -239,7 +265,7 @@ fn client_tls(node: &Node<'_>, issues: &mut Issues) -> Option<ClientTlsSettings>
     if issues.len() != before {
         return None;
     }
-    if settings.mode != TlsMode::Disable {
+    if settings.mode != TlsMode::Disable && settings.credential_name.is_none() {
         match TlsClient::build(&settings) {
             Ok(client) => settings.client = Some(client),
             Err(error) => {

@@ -44,6 +44,19 @@ pub fn parse_str(file: &Path, text: &str) -> Result<ConfigSet, ConfigErrors> {
     finish(set, errors)
 }
 
+/// Validates one object read from the Kubernetes API (JSON with `apiVersion` and `kind`), with
+/// the parser files use; every error names `source` (`Kind ns/name: field: message`).
+pub fn parse_object(value: &serde_json::Value, source: &Source) -> Result<ConfigSet, ConfigErrors> {
+    let mut set = ConfigSet::default();
+    let mut issues = Issues::default();
+    add_object(&Node::new(value, ""), source, &mut set, &mut issues);
+    if issues.len() == 0 {
+        Ok(set)
+    } else {
+        Err(ConfigErrors(issues.into_errors_of(source).collect()))
+    }
+}
+
 fn finish(set: ConfigSet, errors: Vec<ConfigError>) -> Result<ConfigSet, ConfigErrors> {
     if errors.is_empty() {
         tracing::debug!(
@@ -58,12 +71,7 @@ fn finish(set: ConfigSet, errors: Vec<ConfigError>) -> Result<ConfigSet, ConfigE
 }
 
 fn file_error(file: &Path, message: String) -> ConfigError {
-    ConfigError {
-        file: file.to_path_buf(),
-        document: None,
-        field: None,
-        message,
-    }
+    ConfigError::in_file(file, None, None, message)
 }
 
 /// The files to read, in order, each once.
@@ -139,19 +147,16 @@ fn add_file(file: &Path, text: &str, set: &mut ConfigSet, errors: &mut Vec<Confi
             Ok(Some(value)) => value,
             Ok(None) => continue,
             Err(message) => {
-                errors.push(ConfigError {
-                    file: file.to_path_buf(),
-                    document: Some(document.index),
-                    field: None,
+                errors.push(ConfigError::in_file(
+                    file,
+                    Some(document.index),
+                    None,
                     message,
-                });
+                ));
                 continue;
             }
         };
-        let source = Source {
-            file: file.to_path_buf(),
-            document: document.index,
-        };
+        let source = Source::file(file, document.index);
         let mut issues = Issues::default();
         add_object(&Node::new(&value, ""), &source, set, &mut issues);
         errors.extend(issues.into_errors(file, document.index));
@@ -165,15 +170,15 @@ fn check_duplicates(set: &ConfigSet, errors: &mut Vec<ConfigError>) {
     for entry in &set.service_entries {
         let key = (entry.namespace.as_str(), entry.name.as_str());
         if let Some(previous) = first.get(&key) {
-            errors.push(ConfigError {
-                file: entry.source.file.clone(),
-                document: Some(entry.source.document),
-                field: Some("metadata.name".into()),
-                message: format!(
+            let mut issues = Issues::default();
+            issues.at(
+                "metadata.name",
+                format!(
                     "ServiceEntry {}/{} is already defined at {previous}",
                     entry.namespace, entry.name
                 ),
-            });
+            );
+            errors.extend(issues.into_errors_of(&entry.source));
         } else {
             first.insert(key, &entry.source);
         }

@@ -26,8 +26,8 @@ mod types;
 mod workload_identity;
 
 pub use authorization_policy::DRY_RUN_ANNOTATION;
-pub use error::{ConfigError, ConfigErrors};
-pub use load::{load, parse_str};
+pub use error::{ConfigError, ConfigErrors, Origin};
+pub use load::{load, parse_object, parse_str};
 pub use types::*;
 
 pub(crate) use names::parse_ip_net;

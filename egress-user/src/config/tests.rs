@@ -37,10 +37,7 @@ fn istio_docs_httpbin_service_entry() {
     assert_eq!(
         set.service_entries,
         vec![ServiceEntry {
-            source: Source {
-                file: "t.yaml".into(),
-                document: 1,
-            },
+            source: Source::file("t.yaml", 1),
             name: "httpbin-ext".into(),
             namespace: "default".into(),
             hosts: vec!["httpbin.org".into()],
@@ -105,22 +102,22 @@ spec:
     );
     let set = parse(&text).expect("valid");
     assert_eq!(set.service_entries.len(), 1);
-    assert_eq!(set.service_entries[0].source.document, 2);
+    assert_eq!(set.service_entries[0].source.document(), Some(2));
     assert_eq!(set.authorization_policies.len(), 1);
-    assert_eq!(set.authorization_policies[0].source.document, 3);
+    assert_eq!(set.authorization_policies[0].source.document(), Some(3));
     let skipped: Vec<_> = set
         .skipped
         .iter()
         .map(|s| {
             (
-                s.source.document,
+                s.source.document(),
                 s.api_version.as_str(),
                 s.kind.as_str(),
                 s.name.as_str(),
             )
         })
         .collect();
-    assert_eq!(skipped, vec![(1, "apps/v1", "Deployment", "sleep")]);
+    assert_eq!(skipped, vec![(Some(1), "apps/v1", "Deployment", "sleep")]);
 }
 
 #[test]
@@ -286,7 +283,7 @@ fn yaml_syntax_error_names_file_document_and_line() {
     assert!(line.starts_with("t.yaml:2: YAML syntax error: "), "{line}");
     // Counted in the file, not in the document (`kind: [unclosed` is line 16).
     assert!(line.contains("at line 16"), "{line}");
-    assert_eq!(errors[1].document, Some(3));
+    assert_eq!(errors[1].document(), Some(3));
 }
 
 #[test]
@@ -299,7 +296,7 @@ fn json_file() {
     let errors = parse_str(Path::new("se.json"), "{")
         .expect_err("bad JSON")
         .0;
-    assert_eq!(errors[0].document, Some(1));
+    assert_eq!(errors[0].document(), Some(1));
     assert!(
         errors[0].message.starts_with("JSON syntax error: "),
         "{}",

@@ -1,17 +1,62 @@
 //! The typed model of the Istio objects we act on. It says nothing of where the objects came from
-//! (files now, the Kubernetes API later) beyond a [`Source`] for error messages.
+//! (files or the Kubernetes API) beyond a [`Source`] for error messages.
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
-/// Where an object was read: a file and the 1-based index of the YAML document in it.
+/// Where an object was read: a document of a file (`FILE:DOC`, the index 1-based), or an object
+/// of the Kubernetes API (`Kind ns/name`). Every error message starts with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Source {
-    pub file: PathBuf,
-    pub document: usize,
+pub enum Source {
+    File { file: PathBuf, document: usize },
+    Object(ObjectRef),
+}
+
+/// A Kubernetes object by kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+impl Source {
+    /// Document `document` (1-based) of `file`.
+    pub fn file(file: impl Into<PathBuf>, document: usize) -> Self {
+        Source::File {
+            file: file.into(),
+            document,
+        }
+    }
+
+    /// The Kubernetes object `kind` `namespace/name`.
+    pub fn object(kind: &str, namespace: &str, name: &str) -> Self {
+        Source::Object(ObjectRef {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The document index, for an object read from a file.
+    pub fn document(&self) -> Option<usize> {
+        match self {
+            Source::File { document, .. } => Some(*document),
+            Source::Object(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.document)
+        match self {
+            Source::File { file, document } => write!(f, "{}:{document}", file.display()),
+            Source::Object(object) => object.fmt(f),
+        }
     }
 }
 
@@ -209,6 +254,21 @@ pub struct ConfigSet {
     pub skipped: Vec<Skipped>,
 }
 
+impl ConfigSet {
+    /// Adds everything of `other` (a mesh config in `other` wins).
+    pub fn merge(&mut self, other: ConfigSet) {
+        self.service_entries.extend(other.service_entries);
+        self.authorization_policies
+            .extend(other.authorization_policies);
+        self.workload_identities.extend(other.workload_identities);
+        self.destination_rules.extend(other.destination_rules);
+        if other.mesh.is_some() {
+            self.mesh = other.mesh;
+        }
+        self.skipped.extend(other.skipped);
+    }
+}
+
 /// A `networking.istio.io` DestinationRule, as far as egress acts on it: the TLS settings of
 /// the connections the waypoint opens to the host's endpoints (see `config/destination_rule.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,6 +329,12 @@ pub struct ClientTlsSettings {
     /// Names the upstream certificate must carry, checked instead of the SNI.
     pub subject_alt_names: Vec<String>,
     pub insecure_skip_verify: bool,
+    /// `credentialName` (Kubernetes mode only): a Secret in the rule's namespace holds the
+    /// certificates instead of files. Its `client` is built when the Secret is read.
+    pub credential_name: Option<String>,
+    /// Why `client` could not be built (a Secret missing or invalid): the service's requests
+    /// are refused with 503, never sent in plain text.
+    pub unavailable: Option<String>,
     pub client: Option<crate::tls::TlsClient>,
 }
 

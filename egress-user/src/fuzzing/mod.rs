@@ -117,9 +117,9 @@ pub fn config(data: &[u8]) {
             Err(errors) => {
                 assert!(!errors.0.is_empty(), "an Err without errors");
                 for error in &errors.0 {
-                    assert_eq!(error.file, file);
+                    assert_eq!(error.file(), Some(file));
                     let document = error
-                        .document
+                        .document()
                         .unwrap_or_else(|| panic!("no document in {error}"));
                     assert!(document >= 1, "document 0 in {error}");
                     assert!(!error.message.is_empty(), "no message in {error:?}");

@@ -233,17 +233,13 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
     use crate::config::{Endpoint, Location, Protocol, Source};
 
     fn se(resolution: Resolution, addresses: &[&str], endpoints: Vec<Endpoint>) -> ServiceEntry {
         ServiceEntry {
-            source: Source {
-                file: PathBuf::from("t.yaml"),
-                document: 1,
-            },
+            source: Source::file("t.yaml", 1),
             name: "httpbin".into(),
             namespace: "default".into(),
             hosts: vec!["httpbin.test".into(), "other.test".into()],

@@ -9,8 +9,12 @@ use crate::{
     tls::UpstreamTls,
 };
 
-/// The TLS each service's upstream connections use, indexed like `services`.
-pub fn select_tls(services: &[Service], rules: &[DestinationRule]) -> Vec<Option<UpstreamTls>> {
+/// The TLS each service's upstream connections use, indexed like `services`: `Err` with the
+/// reason when the rule asks for TLS that cannot be set up (its Secret missing or invalid).
+pub fn select_tls(
+    services: &[Service],
+    rules: &[DestinationRule],
+) -> Vec<Option<Result<UpstreamTls, String>>> {
     services
         .iter()
         .map(|service| {
@@ -19,10 +23,18 @@ pub fn select_tls(services: &[Service], rules: &[DestinationRule]) -> Vec<Option
                 .iter()
                 .find_map(|host| select_destination_rule(&service.namespace, host, rules))?;
             let settings = port_settings(rule, service.port)?;
-            let client = settings.client.clone()?;
             if settings.mode == TlsMode::Disable {
                 return None;
             }
+            let Some(client) = settings.client.clone() else {
+                let reason = settings.unavailable.clone().unwrap_or_else(|| {
+                    format!(
+                        "DestinationRule {}/{}: no TLS client",
+                        rule.namespace, rule.name
+                    )
+                });
+                return Some(Err(reason));
+            };
             // Without `sni`, the host the request is for: known here when the service has one
             // concrete host, else taken from the request's authority.
             let sni = settings
@@ -32,7 +44,7 @@ pub fn select_tls(services: &[Service], rules: &[DestinationRule]) -> Vec<Option
                     [host] if !host.contains('*') => Some(host.clone()),
                     _ => None,
                 });
-            Some(UpstreamTls { client, sni })
+            Some(Ok(UpstreamTls { client, sni }))
         })
         .collect()
 }
@@ -95,17 +107,13 @@ fn host_match(pattern: &str, host: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
     use crate::config::Source;
 
     fn rule(name: &str, namespace: &str, host: &str, export_to: &[&str]) -> DestinationRule {
         DestinationRule {
-            source: Source {
-                file: PathBuf::from("t.yaml"),
-                document: 1,
-            },
+            source: Source::file("t.yaml", 1),
             name: name.into(),
             namespace: namespace.into(),
             host: host.into(),

@@ -73,6 +73,9 @@ pub struct ServiceTable {
     /// The DestinationRule TLS each service's upstream connections use, indexed by id (`None`:
     /// plain TCP). Beside the services rather than in them so a service stays plain data.
     tls: Vec<Option<UpstreamTls>>,
+    /// Service id -> why the TLS its DestinationRule asks for cannot be set up: its requests
+    /// are refused (503), never sent in plain text.
+    tls_unavailable: std::collections::HashMap<u32, String>,
     /// Service id -> every service (itself included) claiming one of its addresses on its port,
     /// for the ids whose address is shared.
     siblings: std::collections::HashMap<u32, Vec<u32>>,
@@ -91,6 +94,7 @@ impl ServiceTable {
         debug_assert!(services.iter().enumerate().all(|(i, s)| s.id as usize == i));
         Self {
             tls: vec![None; services.len()],
+            tls_unavailable: std::collections::HashMap::new(),
             routes: Routes::new(&services),
             services: services.into_iter().map(Arc::new).collect(),
             siblings: std::collections::HashMap::new(),
@@ -143,10 +147,26 @@ impl ServiceTable {
     }
 
     /// The same table with `tls[i]` for service `i` (from [`select_tls`]).
-    pub fn with_tls(mut self, tls: Vec<Option<UpstreamTls>>) -> Self {
+    pub fn with_tls(mut self, tls: Vec<Option<Result<UpstreamTls, String>>>) -> Self {
         debug_assert_eq!(tls.len(), self.services.len());
-        self.tls = tls;
+        self.tls_unavailable.clear();
+        self.tls = tls
+            .into_iter()
+            .enumerate()
+            .map(|(id, tls)| match tls? {
+                Ok(tls) => Some(tls),
+                Err(reason) => {
+                    self.tls_unavailable.insert(id as u32, reason);
+                    None
+                }
+            })
+            .collect();
         self
+    }
+
+    /// Why service `id`'s DestinationRule TLS cannot be originated, when it cannot.
+    pub fn tls_unavailable(&self, id: u32) -> Option<&str> {
+        self.tls_unavailable.get(&id).map(String::as_str)
     }
 
     /// The TLS to originate towards service `id`'s endpoints, if any.

@@ -35,7 +35,7 @@ use super::{
     reply::{
         CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM, NO_SERVER_NAME,
         PATH_NORMALIZATION_FAILED, PATH_PARAMETER_REFUSED, REQUEST_HEADER_TIMEOUT,
-        STREAM_IDLE_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
+        STREAM_IDLE_TIMEOUT, TLS_CREDENTIAL_UNAVAILABLE, UPSTREAM_RESPONSE_TIMEOUT,
     },
     upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
 };
@@ -285,7 +285,7 @@ async fn forward(
     // The table may have been replaced since accept (DNS refresh, config reload): use the fresh
     // endpoints of the *same* service, and the policies of that same generation. An id that now
     // names another service is not followed.
-    let (service, decision, tls) = {
+    let (service, decision, tls, tls_unavailable) = {
         let table = waypoint.services.load();
         let service = match table.get(exchange.inbound.service.id) {
             Some(current) if same_service(current, &exchange.inbound.service) => current.clone(),
@@ -320,11 +320,20 @@ async fn forward(
             &request,
         );
         let tls = table.tls(service.id).cloned();
-        (service, decision, tls)
+        let tls_unavailable = table.tls_unavailable(service.id).map(str::to_owned);
+        (service, decision, tls, tls_unavailable)
     };
     if !decision.allowed {
         // The body is never read: hyper drains it (or closes) before the next request.
         return exchange.local(authz::denied(&decision));
+    }
+    if let Some(reason) = tls_unavailable {
+        tracing::warn!(
+            service = %service.cluster_name(),
+            %reason,
+            "DestinationRule TLS cannot be originated; refused, never sent in plain text"
+        );
+        return exchange.local(TLS_CREDENTIAL_UNAVAILABLE);
     }
 
     let Some(upstream_addr) =

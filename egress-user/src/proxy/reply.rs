@@ -115,6 +115,15 @@ pub(super) const NO_SERVER_NAME: LocalReply = LocalReply::fixed(
     "upstream_reset_before_response_started{connection_failure,no_server_name}",
     false,
 );
+/// A DestinationRule asks for TLS whose credentials (a `credentialName` Secret) are missing or
+/// invalid: refused, never sent in plain text. The reason is logged.
+pub(super) const TLS_CREDENTIAL_UNAVAILABLE: LocalReply = LocalReply::fixed(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+    Some("UF"),
+    "upstream_reset_before_response_started{connection_failure,tls_credentials_unavailable}",
+    false,
+);
 /// The service this connection was accepted for is no longer configured.
 pub(super) const CLUSTER_NOT_FOUND: LocalReply = LocalReply::fixed(
     StatusCode::SERVICE_UNAVAILABLE,

@@ -72,6 +72,12 @@ pub enum TlsError {
     Verifier(#[source] rustls::client::VerifierBuilderError),
     #[error("building the client configuration: {0}")]
     Config(#[source] rustls::Error),
+    #[error("Secret {secret} has no key {key}")]
+    SecretKey {
+        field: &'static str,
+        secret: String,
+        key: &'static str,
+    },
 }
 
 impl TlsError {
@@ -82,7 +88,8 @@ impl TlsError {
             | TlsError::Pem { field, .. }
             | TlsError::Empty { field, .. }
             | TlsError::Rejected { field, .. }
-            | TlsError::BadName { field, .. } => Some(field),
+            | TlsError::BadName { field, .. }
+            | TlsError::SecretKey { field, .. } => Some(field),
             TlsError::NoSystemRoots(_) => Some("caCertificates"),
             TlsError::Verifier(_) => Some("caCrl"),
             TlsError::Config(_) => None,
@@ -107,13 +114,34 @@ struct Inner {
 impl TlsClient {
     /// Reads the files `settings` names and builds its client configuration.
     pub fn build(settings: &ClientTlsSettings) -> Result<Self, TlsError> {
+        Self::build_with(settings, None)
+    }
+
+    /// Builds the client configuration of `settings` (a DestinationRule's `credentialName`)
+    /// with the certificates, key and CA of a Kubernetes Secret instead of files.
+    pub fn build_from_secret(
+        settings: &ClientTlsSettings,
+        secret: &SecretPem,
+    ) -> Result<Self, TlsError> {
+        Self::build_with(settings, Some(secret))
+    }
+
+    fn build_with(
+        settings: &ClientTlsSettings,
+        secret: Option<&SecretPem>,
+    ) -> Result<Self, TlsError> {
         let provider = Arc::new(ring::default_provider());
         let mut files = Vec::new();
-        let roots = match &settings.ca_certificates {
-            Some(path) => {
-                let text = read("caCertificates", path, &mut files)?;
+        let ca = material(
+            "caCertificates",
+            settings.ca_certificates.as_deref(),
+            secret,
+            &mut files,
+        )?;
+        let roots = match &ca {
+            Some((path, text)) => {
                 let mut roots = RootCertStore::empty();
-                for der in certificates("caCertificates", path, &text)? {
+                for der in certificates("caCertificates", path, text)? {
                     roots.add(der).map_err(|source| TlsError::Rejected {
                         field: "caCertificates",
                         path: path.clone(),
@@ -130,8 +158,10 @@ impl TlsClient {
             Arc::new(verify::SkipVerification::new(provider.clone()))
         } else {
             let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
-            if let Some(path) = &settings.ca_crl {
-                let text = read("caCrl", path, &mut files)?;
+            if let Some((path, text)) =
+                material("caCrl", settings.ca_crl.as_deref(), secret, &mut files)?
+            {
+                let path = &path;
                 let crls = CertificateRevocationListDer::pem_slice_iter(&text)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|source| pem_error("caCrl", path, source))?;
@@ -164,20 +194,36 @@ impl TlsClient {
             .with_custom_certificate_verifier(verifier);
         let config = match settings.mode {
             TlsMode::Mutual => {
-                let (Some(cert_path), Some(key_path)) =
-                    (&settings.client_certificate, &settings.private_key)
-                else {
-                    // The parser requires both for MUTUAL; keep the error honest if not.
-                    return Err(TlsError::Empty {
-                        field: "clientCertificate",
-                        path: PathBuf::new(),
-                        what: "client certificate",
+                let cert = material(
+                    "clientCertificate",
+                    settings.client_certificate.as_deref(),
+                    secret,
+                    &mut files,
+                )?;
+                let key = material(
+                    "privateKey",
+                    settings.private_key.as_deref(),
+                    secret,
+                    &mut files,
+                )?;
+                let (Some((cert_path, cert)), Some((key_path, key))) = (cert, key) else {
+                    // The parser requires both for MUTUAL (a Secret must hold both).
+                    return Err(match secret {
+                        Some(secret) => TlsError::SecretKey {
+                            field: "credentialName",
+                            secret: secret.name.clone(),
+                            key: "tls.crt and tls.key",
+                        },
+                        None => TlsError::Empty {
+                            field: "clientCertificate",
+                            path: PathBuf::new(),
+                            what: "client certificate",
+                        },
                     });
                 };
-                let text = read("clientCertificate", cert_path, &mut files)?;
-                let chain = certificates("clientCertificate", cert_path, &text)?;
-                let text = read("privateKey", key_path, &mut files)?;
-                let key = PrivateKeyDer::from_pem_slice(&text).map_err(|source| match source {
+                let key_path = &key_path;
+                let chain = certificates("clientCertificate", &cert_path, &cert)?;
+                let key = PrivateKeyDer::from_pem_slice(&key).map_err(|source| match source {
                     pem::Error::NoItemsFound => empty("privateKey", key_path, "private key"),
                     source => pem_error("privateKey", key_path, source),
                 })?;
@@ -257,6 +303,52 @@ impl UpstreamTls {
     pub fn server_name(&self, authority_host: &str) -> Option<ServerName<'static>> {
         let name = self.sni.as_deref().unwrap_or(authority_host);
         ServerName::try_from(name.to_owned()).ok()
+    }
+}
+
+/// The PEM data of a Kubernetes Secret named by a DestinationRule's `credentialName`, as Istio
+/// reads it: `tls.crt` (client certificate chain), `tls.key`, `ca.crt` (the roots the upstream
+/// is verified with; the system roots when absent) and `ca.crl`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretPem {
+    /// `namespace/name`, for messages.
+    pub name: String,
+    pub cert: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+    pub ca: Option<Vec<u8>>,
+    pub crl: Option<Vec<u8>>,
+}
+
+impl SecretPem {
+    fn get(&self, field: &str) -> Option<(&'static str, &Vec<u8>)> {
+        match field {
+            "clientCertificate" => self.cert.as_ref().map(|b| ("tls.crt", b)),
+            "privateKey" => self.key.as_ref().map(|b| ("tls.key", b)),
+            "caCertificates" => self.ca.as_ref().map(|b| ("ca.crt", b)),
+            "caCrl" => self.crl.as_ref().map(|b| ("ca.crl", b)),
+            _ => None,
+        }
+    }
+}
+
+/// The bytes behind one setting, from the Secret when there is one, else from the file it
+/// names; with the name errors use for it (`Secret ns/name tls.crt` or the path).
+fn material(
+    field: &'static str,
+    path: Option<&Path>,
+    secret: Option<&SecretPem>,
+    files: &mut Vec<Vec<u8>>,
+) -> Result<Option<(PathBuf, Vec<u8>)>, TlsError> {
+    match (secret, path) {
+        (Some(secret), _) => Ok(secret.get(field).map(|(key, bytes)| {
+            files.push(bytes.clone());
+            (
+                PathBuf::from(format!("Secret {} {key}", secret.name)),
+                bytes.clone(),
+            )
+        })),
+        (None, Some(path)) => Ok(Some((path.to_path_buf(), read(field, path, files)?))),
+        (None, None) => Ok(None),
     }
 }
 
