@@ -105,7 +105,7 @@ impl Builder {
                 .as_ref()
                 .map_or_else(|| cgroup_root.join(&name), |(_, root)| root.clone()),
             node_name: self.node.map(|(name, _)| name),
-            cgroup: cgroup_root.join(&name),
+            own_cgroup: cgroup_root.join(&name),
             cgroup_root,
             pins: Path::new(BPFFS).join(&name),
             name,
@@ -136,7 +136,7 @@ impl Builder {
 pub struct Dataplane {
     name: String,
     /// Its own cgroup (removed on drop); captured, too, unless `captured` says otherwise.
-    cgroup: PathBuf,
+    own_cgroup: PathBuf,
     /// `--cgroup`: the captured cgroup (a node's kubepods root in Kubernetes mode).
     captured: PathBuf,
     cgroup_root: PathBuf,
@@ -527,7 +527,7 @@ impl Drop for Dataplane {
             eprintln!("cleanup of {} failed: {out:?}", self.name);
         }
         remove_pins(&self.pins);
-        remove_cgroup_tree(&self.cgroup, &self.cgroup_root);
+        remove_cgroup_tree(&self.own_cgroup, &self.cgroup_root);
     }
 }
 

@@ -72,11 +72,19 @@ mod tests {
         value.map(|v| BTreeMap::from([(DATAPLANE_MODE_LABEL.to_owned(), v.to_owned())]))
     }
 
+    /// (pod label, namespace label, hostNetwork, phase, expected)
+    type Row = (
+        Option<&'static str>,
+        Option<&'static str>,
+        bool,
+        Option<&'static str>,
+        Enrollment,
+    );
+
     #[test]
     fn istio_labels_decide_as_in_ambient() {
         use Enrollment::*;
-        // (pod label, namespace label, hostNetwork, phase, expected)
-        let table: &[(Option<&str>, Option<&str>, bool, Option<&str>, Enrollment)] = &[
+        let table: &[Row] = &[
             (None, Some("ambient"), false, Some("Running"), Namespace),
             (Some("ambient"), None, false, None, Pod),
             (Some("ambient"), Some("ambient"), false, None, Pod),

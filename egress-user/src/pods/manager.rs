@@ -243,14 +243,14 @@ impl PodManager {
                     waiting: "its cgroup".into(),
                 }
             });
-            if adopted.cgroup.is_none() && adopted.next_try <= now {
-                if let Some(cgroup) = layout::find_pod(&self.opts.pod_root, uid)
-                    && let Ok(id) = cgroup::id(&cgroup)
-                {
-                    self.identities.set_pod(&cgroup, w.principal.clone());
-                    adopted.cgroup = Some((cgroup, id));
-                    kernel_changed = true;
-                }
+            if adopted.cgroup.is_none()
+                && adopted.next_try <= now
+                && let Some(cgroup) = layout::find_pod(&self.opts.pod_root, uid)
+                && let Ok(id) = cgroup::id(&cgroup)
+            {
+                self.identities.set_pod(&cgroup, w.principal.clone());
+                adopted.cgroup = Some((cgroup, id));
+                kernel_changed = true;
             }
         }
 

@@ -31,8 +31,8 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
 }
 
 enum Change {
-    Pod(watcher::Event<Pod>),
-    Namespace(watcher::Event<Namespace>),
+    Pod(Box<watcher::Event<Pod>>),
+    Namespace(Box<watcher::Event<Namespace>>),
 }
 
 /// Watches until the task is dropped, publishing every change of the view.
@@ -42,11 +42,11 @@ pub async fn watch_cluster(client: Client, node_name: String, view: watch::Sende
     let selector = format!("spec.nodeName={node_name}");
     let pod_events = watcher(pods, watcher::Config::default().fields(&selector))
         .default_backoff()
-        .map(|e| e.map(Change::Pod))
+        .map(|e| e.map(|event| Change::Pod(Box::new(event))))
         .boxed();
     let ns_events = watcher(namespaces, watcher::Config::default())
         .default_backoff()
-        .map(|e| e.map(Change::Namespace))
+        .map(|e| e.map(|event| Change::Namespace(Box::new(event))))
         .boxed();
     let mut events = stream::select(pod_events, ns_events);
     let mut state = Folded::default();
@@ -80,7 +80,7 @@ impl Folded {
     /// Returns whether the published view changes.
     fn apply(&mut self, change: Change) -> bool {
         match change {
-            Change::Pod(event) => match event {
+            Change::Pod(event) => match *event {
                 watcher::Event::Init => self.pods_pending = Some(BTreeMap::new()),
                 watcher::Event::InitApply(pod) => {
                     if let (Some(pending), Some(info)) = (&mut self.pods_pending, pod_info(&pod)) {
@@ -107,7 +107,7 @@ impl Folded {
                         .is_some_and(|uid| self.pods.remove(uid).is_some());
                 }
             },
-            Change::Namespace(event) => match event {
+            Change::Namespace(event) => match *event {
                 watcher::Event::Init => self.namespaces_pending = Some(BTreeMap::new()),
                 watcher::Event::InitApply(ns) => {
                     if let Some(pending) = &mut self.namespaces_pending {
@@ -146,6 +146,14 @@ mod tests {
 
     use super::*;
 
+    fn pod_event(event: watcher::Event<Pod>) -> Change {
+        Change::Pod(Box::new(event))
+    }
+
+    fn ns_event(event: watcher::Event<Namespace>) -> Change {
+        Change::Namespace(Box::new(event))
+    }
+
     fn pod(uid: &str, name: &str) -> Pod {
         Pod {
             metadata: ObjectMeta {
@@ -161,30 +169,30 @@ mod tests {
     #[test]
     fn a_relist_replaces_the_pods_it_lists_and_sync_needs_both_lists() {
         let mut folded = Folded::default();
-        assert!(!folded.apply(Change::Pod(watcher::Event::Init)));
-        folded.apply(Change::Pod(watcher::Event::InitApply(pod("1", "a"))));
-        assert!(folded.apply(Change::Pod(watcher::Event::InitDone)));
+        assert!(!folded.apply(pod_event(watcher::Event::Init)));
+        folded.apply(pod_event(watcher::Event::InitApply(pod("1", "a"))));
+        assert!(folded.apply(pod_event(watcher::Event::InitDone)));
         assert!(!folded.view().synced, "namespaces not listed yet");
-        folded.apply(Change::Namespace(watcher::Event::Init));
-        assert!(folded.apply(Change::Namespace(watcher::Event::InitDone)));
+        folded.apply(ns_event(watcher::Event::Init));
+        assert!(folded.apply(ns_event(watcher::Event::InitDone)));
         assert!(folded.view().synced);
-        assert!(folded.apply(Change::Pod(watcher::Event::Apply(pod("2", "b")))));
+        assert!(folded.apply(pod_event(watcher::Event::Apply(pod("2", "b")))));
         assert!(
-            !folded.apply(Change::Pod(watcher::Event::Apply(pod("2", "b")))),
+            !folded.apply(pod_event(watcher::Event::Apply(pod("2", "b")))),
             "unchanged"
         );
         // The watch broke; pod 1 was deleted meanwhile: the re-list drops it.
-        folded.apply(Change::Pod(watcher::Event::Init));
-        folded.apply(Change::Pod(watcher::Event::InitApply(pod("2", "b"))));
+        folded.apply(pod_event(watcher::Event::Init));
+        folded.apply(pod_event(watcher::Event::InitApply(pod("2", "b"))));
         assert_eq!(
             folded.view().pods.len(),
             2,
             "the old view stands until the list is complete"
         );
-        folded.apply(Change::Pod(watcher::Event::InitDone));
+        folded.apply(pod_event(watcher::Event::InitDone));
         let view = folded.view();
         assert_eq!(view.pods.keys().collect::<Vec<_>>(), vec!["2"]);
-        assert!(folded.apply(Change::Pod(watcher::Event::Delete(pod("2", "b")))));
+        assert!(folded.apply(pod_event(watcher::Event::Delete(pod("2", "b")))));
         assert!(folded.view().pods.is_empty());
     }
 }
