@@ -15,6 +15,7 @@ pub mod kube;
 pub mod model;
 pub mod netns;
 pub mod output;
+pub mod pods;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

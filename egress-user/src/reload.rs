@@ -19,7 +19,7 @@ use tokio::{signal::unix::Signal, sync::watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{BpfError, Capture, ServiceRoute},
+    bpf::{AnchorFlags, BpfError, Capture, ServiceRoute},
     cgroup,
     config::{self, ConfigErrors, ConfigSet, IpNet},
     dns::{self, Dns, DnsOptions, LOOKUP_TIMEOUT, Resolution},
@@ -172,7 +172,9 @@ pub trait Kernel: Send + Sync {
     fn set_outbound_policy(&self, registry_only: bool, allowed: &[IpNet]) -> Result<(), BpfError>;
     fn sync_services(&self, routes: &[ServiceRoute]) -> Result<(), BpfError>;
     fn set_generation(&self, generation: u64) -> Result<(), BpfError>;
-    fn sync_anchors(&self, anchors: &[(u64, bool)]) -> Result<(), BpfError>;
+    /// Makes the kernel's identity anchors exactly these, with their flags (pod anchors are
+    /// enrolled in Kubernetes mode).
+    fn sync_anchors(&self, anchors: &[(u64, AnchorFlags)]) -> Result<(), BpfError>;
     fn cache_deny(
         &self,
         identity_id: u64,
@@ -196,8 +198,8 @@ impl Kernel for Capture {
     fn set_generation(&self, generation: u64) -> Result<(), BpfError> {
         Capture::set_generation(self, generation)
     }
-    fn sync_anchors(&self, anchors: &[(u64, bool)]) -> Result<(), BpfError> {
-        Capture::sync_anchors(self, anchors)
+    fn sync_anchors(&self, anchors: &[(u64, AnchorFlags)]) -> Result<(), BpfError> {
+        Capture::sync_anchors_flagged(self, anchors)
     }
     fn cache_deny(
         &self,
@@ -431,9 +433,22 @@ impl Reconciler {
             if new_generation {
                 self.capture.set_generation(table.generation)?;
             }
-            let registered: Vec<(u64, bool)> = anchors
+            // Pod anchors (Kubernetes mode) are enrolled: only they are captured there.
+            let pods: std::collections::HashSet<u64> = self
+                .identities
+                .pods()
                 .iter()
-                .map(|a| (a.cgroup_id, a.principal.is_some()))
+                .filter_map(|(path, _)| cgroup::id(path).ok())
+                .collect();
+            let registered: Vec<(u64, AnchorFlags)> = anchors
+                .iter()
+                .map(|a| {
+                    let flags = AnchorFlags {
+                        cacheable: a.principal.is_some(),
+                        enrolled: pods.contains(&a.cgroup_id),
+                    };
+                    (a.cgroup_id, flags)
+                })
                 .collect();
             self.capture.sync_anchors(&registered)?;
             let fresh: Vec<Anchor> = if new_generation {

@@ -53,7 +53,7 @@ impl Kernel for FakeKernel {
         self.generations.lock().unwrap().push(generation);
         Ok(())
     }
-    fn sync_anchors(&self, _: &[(u64, bool)]) -> Result<(), BpfError> {
+    fn sync_anchors(&self, _: &[(u64, crate::bpf::AnchorFlags)]) -> Result<(), BpfError> {
         Ok(())
     }
     fn cache_deny(&self, _: u64, _: u32, _: u16, _: u64) -> Result<(), BpfError> {

@@ -28,6 +28,7 @@ use crate::{
     identity::CgroupIdentities,
     kube::{KubeError, KubeOptions, KubeSource},
     model::OriginSource,
+    pods::{self, PodsError},
     policy::PathParameters,
     proxy::{CaptureMode, Waypoint, WaypointConfig, limits::Limits},
     reload::{ConfigSource, FileSource, Outbound, Reconciler, Snapshot},
@@ -85,6 +86,10 @@ pub struct RunOptions {
     /// The kernel programs log each decision, read into this process's log (target
     /// `egress::kernel`).
     pub kernel_log: bool,
+    /// Kubernetes mode's pods: `cgroup` is the kubelet's pod root, and only the enrolled pods of
+    /// this node are captured, each served in its own network namespace. `None`: the whole
+    /// `cgroup` is captured (host mode, or `--kubernetes --pods off`).
+    pub pods: Option<pods::KubernetesOptions>,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -146,6 +151,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Pods(#[from] PodsError),
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
     #[error(
@@ -248,9 +255,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     // connection of its own.
     cgroup::ensure_on_cgroup2(&opts.cgroup)?;
     cgroup::create(&opts.cgroup)?;
-    let waypoint_cgroup = opts.cgroup.join(WAYPOINT_CGROUP);
-    cgroup::create(&waypoint_cgroup)?;
-    cgroup::enter(&waypoint_cgroup, std::process::id())?;
+    let waypoint_cgroup = if opts.pods.is_some() {
+        // The agent's own pod cgroup (the kubelet's to manage): exempt by id where it is.
+        cgroup::own()?
+    } else {
+        let waypoint_cgroup = opts.cgroup.join(WAYPOINT_CGROUP);
+        cgroup::create(&waypoint_cgroup)?;
+        cgroup::enter(&waypoint_cgroup, std::process::id())?;
+        waypoint_cgroup
+    };
     let waypoint_cgroup_id = cgroup::id(&waypoint_cgroup)?;
 
     // An `egress run` already serving this address hands its listeners over (and stops
@@ -318,13 +331,19 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         }
     }
     // Host mode captures the whole cgroup (an enrollment-only flag a Kubernetes-mode run
-    // pinned would leave it uncaptured).
-    capture.set_enrolled_only(false)?;
+    // pinned would leave it uncaptured); Kubernetes mode only the enrolled pods.
+    capture.set_enrolled_only(opts.pods.is_some())?;
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
 
     // SIGHUP reloads; install the handler before anything could send one.
     let hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let identities = Arc::new(CgroupIdentities::new(&opts.cgroup, &opts.trust_domain));
+    // Kubernetes mode: this node's pods, listed before the reconciler first syncs the kernel's
+    // anchors, so a restart keeps every enrolled pod's anchor (and its fail-closed capture).
+    let pods = match &opts.pods {
+        Some(k) => Some(pods::Pods::start(k, &opts, &identities).await?),
+        None => None,
+    };
     let source = match sources {
         Sources::Files(paths) => AnySource::Files(FileSource::new(paths, hangup)),
         Sources::Kubernetes(kube) => AnySource::Kubernetes(kube),
@@ -354,7 +373,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Waypoint::with_verdict_cache(
             services.clone(),
             origins,
-            identities,
+            identities.clone(),
             access_log,
             waypoint_config,
             capture.clone(),
@@ -363,19 +382,30 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Waypoint::new(
             services.clone(),
             origins,
-            identities,
+            identities.clone(),
             access_log,
             waypoint_config,
         )
     };
     let ready = Arc::new(AtomicBool::new(false));
     let counters_capture = capture.clone();
+    let (gate, _) = watch::channel(Gate::Open);
+    let (rescans, rescan_requests) = tokio::sync::mpsc::channel(crate::identity::rescan::QUEUE);
+    let pod_status = pods.map(|pods| {
+        pods.serve(
+            identities.clone(),
+            rescans.clone(),
+            waypoint.clone(),
+            gate.subscribe(),
+            ebpf.then(|| capture.clone()),
+        )
+    });
     let admin_state = Arc::new(AdminState {
+        pods: pod_status,
         ready: ready.clone(),
         services: services.clone(),
         kernel_counters: Arc::new(move || counters_capture.counters()),
     });
-    let (gate, _) = watch::channel(Gate::Open);
     let listener_fds = [listener.as_raw_fd(), admin.as_raw_fd()];
     let admin_gate = gate.subscribe();
     tokio::spawn(async move {
@@ -388,7 +418,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         netns_cookie,
         gate.subscribe(),
     ));
-    let (rescans, rescan_requests) = tokio::sync::mpsc::channel(crate::identity::rescan::QUEUE);
     tokio::spawn({
         let pins = opts.bpffs.clone();
         async move { crate::identity::rescan::serve(&pins, rescans).await }

@@ -42,6 +42,9 @@ pub struct Builder {
     documents: Vec<String>,
     extra_args: Vec<String>,
     kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode as a node's agent: the node's name and kubepods root (captured instead
+    /// of the dataplane's own cgroup).
+    node: Option<(String, PathBuf)>,
 }
 
 impl Builder {
@@ -56,8 +59,9 @@ impl Builder {
         self
     }
 
-    /// Kubernetes mode: `egress run --kubernetes --kubeconfig PATH --node-name node-1` reads
-    /// its configuration from that API server instead of files.
+    /// Kubernetes mode: `egress run --kubernetes --kubeconfig PATH --node-name node-1 --pods
+    /// off` reads its configuration from that API server instead of files, and captures its own
+    /// cgroup as in host mode (workloads through [`Dataplane::exec`]).
     pub fn kubernetes(mut self, kubeconfig: &Path) -> Self {
         self.kubeconfig = Some(kubeconfig.to_owned());
         self
@@ -66,6 +70,14 @@ impl Builder {
     /// Adds arguments to `egress run` (e.g. `--outbound-policy registry-only`).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Kubernetes mode as `node`'s agent: `--kubernetes --kubeconfig <the admin's> --node-name
+    /// <node> --cgroup <node's kubepods root>`; its enrolled pods ([`crate::Pod`]) are captured.
+    pub fn node_agent(mut self, node: &crate::Node<'_>) -> Self {
+        self.kubeconfig = Some(node.cluster().kubeconfig());
+        self.node = Some((node.name().to_owned(), node.pod_root().to_owned()));
         self
     }
 
@@ -88,7 +100,12 @@ impl Builder {
             .expect("writing the test config");
         let [listen, admin] = free_ports();
         let mut dataplane = Dataplane {
-            cgroup: cgroup_root.join(&name),
+            captured: self
+                .node
+                .as_ref()
+                .map_or_else(|| cgroup_root.join(&name), |(_, root)| root.clone()),
+            node_name: self.node.map(|(name, _)| name),
+            own_cgroup: cgroup_root.join(&name),
             cgroup_root,
             pins: Path::new(BPFFS).join(&name),
             name,
@@ -118,7 +135,10 @@ impl Builder {
 /// A running `egress run` (or one that a test killed) and the resources it was given.
 pub struct Dataplane {
     name: String,
-    cgroup: PathBuf,
+    /// Its own cgroup (removed on drop); captured, too, unless `captured` says otherwise.
+    own_cgroup: PathBuf,
+    /// `--cgroup`: the captured cgroup (a node's kubepods root in Kubernetes mode).
+    captured: PathBuf,
     cgroup_root: PathBuf,
     pins: PathBuf,
     listen: SocketAddr,
@@ -131,6 +151,8 @@ pub struct Dataplane {
     extra_args: Vec<String>,
     /// Kubernetes mode's kubeconfig, instead of the config directory.
     kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode as a node's agent (pods captured): the node's name.
+    node_name: Option<String>,
 }
 
 impl Dataplane {
@@ -140,7 +162,16 @@ impl Dataplane {
 
     /// The captured cgroup (`--cgroup`).
     pub fn cgroup(&self) -> &Path {
-        &self.cgroup
+        &self.captured
+    }
+
+    /// The admin server's `/pods` page (Kubernetes mode's enrolled pods), as JSON text.
+    #[track_caller]
+    pub fn pods(&self) -> String {
+        let (status, body) = http::get(self.admin, "/pods", Duration::from_secs(5))
+            .expect("the admin server answers /pods");
+        assert_eq!(status, 200, "/pods answered {status}: {body}");
+        body
     }
 
     /// The pin directory (`--bpffs`).
@@ -441,19 +472,25 @@ impl Dataplane {
         let path = |p: &Path| p.to_string_lossy().into_owned();
         let source: Vec<String> = match &self.kubeconfig {
             None => vec!["--config".into(), path(&self.files.path().join("config"))],
-            Some(kubeconfig) => vec![
-                "--kubernetes".into(),
-                "--kubeconfig".into(),
-                path(kubeconfig),
-                "--node-name".into(),
-                "node-1".into(),
-            ],
+            Some(kubeconfig) => {
+                let mut args: Vec<String> = vec![
+                    "--kubernetes".into(),
+                    "--kubeconfig".into(),
+                    path(kubeconfig),
+                    "--node-name".into(),
+                    self.node_name.clone().unwrap_or_else(|| "node-1".into()),
+                ];
+                if self.node_name.is_none() {
+                    args.extend(["--pods".into(), "off".into()]);
+                }
+                args
+            }
         };
         source
             .into_iter()
             .chain([
                 "--cgroup".into(),
-                path(&self.cgroup),
+                path(&self.captured),
                 "--listen".into(),
                 self.listen.to_string(),
                 "--admin".into(),
@@ -490,7 +527,7 @@ impl Drop for Dataplane {
             eprintln!("cleanup of {} failed: {out:?}", self.name);
         }
         remove_pins(&self.pins);
-        remove_cgroup_tree(&self.cgroup, &self.cgroup_root);
+        remove_cgroup_tree(&self.own_cgroup, &self.cgroup_root);
     }
 }
 
@@ -578,7 +615,7 @@ impl Workload<'_> {
         command
             .arg("exec")
             .arg("--cgroup")
-            .arg(&dp.cgroup)
+            .arg(&dp.captured)
             .arg("--bpffs")
             .arg(&dp.pins)
             .args(["--namespace", self.namespace])
