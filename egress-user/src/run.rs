@@ -81,6 +81,10 @@ pub struct RunOptions {
     /// The kernel programs log each decision, read into this process's log (target
     /// `egress::kernel`).
     pub kernel_log: bool,
+    /// The DNS proxy's UDP and TCP address (`--dns-listen`).
+    pub dns_listen: SocketAddrV4,
+    /// Rewrite captured DNS (port 53) to the DNS proxy (`--dns-capture`).
+    pub dns_capture: bool,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -152,6 +156,44 @@ pub enum RunError {
     },
     #[error("the waypoint stopped accepting connections")]
     Serve(#[source] std::io::Error),
+}
+
+/// Binds the DNS proxy's UDP socket and TCP listener on `--dns-listen`, serves them, and
+/// tells the kernel (DNS capture on or off). Not handed over on restart: a successor binds
+/// after this one has stopped (queries in between are retried by the client).
+async fn start_dns_proxy(
+    opts: &RunOptions,
+    capture: &Arc<Capture>,
+    services: &Arc<arc_swap::ArcSwap<crate::model::ServiceTable>>,
+    netns_cookie: u64,
+) -> Result<(), RunError> {
+    use crate::dnsproxy::{DnsLimits, DnsNames, DnsProxy};
+    if !opts.dns_capture {
+        capture.set_dns(opts.dns_listen, false)?;
+        info!("DNS capture off");
+        return Ok(());
+    }
+    let addr = SocketAddr::V4(opts.dns_listen);
+    let udp = tokio::net::UdpSocket::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "DNS (udp)",
+            addr,
+            source,
+        })?;
+    let tcp = bind("DNS (tcp)", addr).await?;
+    let table = services.clone();
+    let names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync> =
+        Arc::new(move || table.load().dns_names.clone());
+    let proxy = DnsProxy::new(names, capture.clone(), DnsLimits::default());
+    tokio::spawn(async move {
+        if let Err(error) = proxy.serve(udp, tcp, netns_cookie).await {
+            warn!(%error, "the DNS proxy stopped");
+        }
+    });
+    capture.set_dns(opts.dns_listen, true)?;
+    info!(listen = %opts.dns_listen, "DNS capture on");
+    Ok(())
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -316,6 +358,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             waypoint_config,
         )
     };
+    if ebpf {
+        start_dns_proxy(&opts, &capture, &services, netns_cookie).await?;
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let counters_capture = capture.clone();
     let admin_state = Arc::new(AdminState {

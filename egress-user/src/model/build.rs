@@ -116,8 +116,27 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
     // (address, port) -> the services that claim it, in config order (the first is the one the
     // kernel names; HTTP requests then choose among them by Host).
     let mut claimed: HashMap<(IpNet, u16), Vec<u32>> = HashMap::new();
+    // VIPs (design §11) and the names the DNS proxy answers.
+    let vips = crate::dnsproxy::vip::allocate(config);
+    let mut dns_names = crate::dnsproxy::DnsNames::default();
 
     for se in &config.service_entries {
+        for host in &se.hosts {
+            let key = (se.namespace.clone(), se.name.clone(), host.clone());
+            if let Some(vip) = vips.get(&key) {
+                dns_names.add(host, vip.iter().copied());
+            } else if !se.addresses.is_empty() {
+                // Names of ServiceEntries with `addresses` answer those (single addresses,
+                // not CIDRs).
+                dns_names.add(
+                    host,
+                    se.addresses
+                        .iter()
+                        .filter(|n| n.prefix_len == if n.addr.is_ipv4() { 32 } else { 128 })
+                        .map(|n| n.addr),
+                );
+            }
+        }
         let per_host = matches!(se.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
             && se.addresses.is_empty()
             && se.endpoints.is_empty();
@@ -148,6 +167,17 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
                 } else {
                     se.addresses.clone()
                 };
+                // The hosts' VIPs are captured like `addresses`.
+                let mut addresses = addresses;
+                for host in hosts {
+                    let key = (se.namespace.clone(), se.name.clone(), host.clone());
+                    for vip in vips.get(&key).into_iter().flatten() {
+                        let net = full(*vip);
+                        if !addresses.contains(&net) {
+                            addresses.push(net);
+                        }
+                    }
+                }
                 let id = services.len() as u32;
                 let service = Service {
                     id,
@@ -225,7 +255,8 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
     Built {
         table: ServiceTable::new(services)
             .with_tls(tls)
-            .with_siblings(siblings),
+            .with_siblings(siblings)
+            .with_dns_names(dns_names),
         routes,
         warnings,
     }
@@ -261,6 +292,8 @@ mod tests {
             location: Location::MeshExternal,
             endpoints,
             export_to: vec![],
+            auto_allocate: true,
+            status_addresses: vec![],
         }
     }
 
