@@ -174,14 +174,21 @@ async fn start_dns_proxy(
         return Ok(());
     }
     let addr = SocketAddr::V4(opts.dns_listen);
-    let udp = tokio::net::UdpSocket::bind(addr)
-        .await
+    let udp = bind_reuseport(addr, socket2::Type::DGRAM)
+        .and_then(|s| tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(s)))
         .map_err(|source| RunError::Bind {
             what: "DNS (udp)",
             addr,
             source,
         })?;
-    let tcp = bind("DNS (tcp)", addr).await?;
+    let tcp = bind_reuseport(addr, socket2::Type::STREAM)
+        .and_then(|s| s.listen(1024).map(|()| s))
+        .and_then(|s| TcpListener::from_std(std::net::TcpListener::from(s)))
+        .map_err(|source| RunError::Bind {
+            what: "DNS (tcp)",
+            addr,
+            source,
+        })?;
     let table = services.clone();
     let names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync> =
         Arc::new(move || table.load().dns_names.clone());
@@ -194,6 +201,19 @@ async fn start_dns_proxy(
     capture.set_dns(opts.dns_listen, true)?;
     info!(listen = %opts.dns_listen, "DNS capture on");
     Ok(())
+}
+
+/// A non-blocking socket bound with SO_REUSEPORT: during a restart the successor's DNS
+/// listener binds beside the draining predecessor's, so DNS never lacks a listener.
+fn bind_reuseport(addr: SocketAddr, kind: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, kind, None)?;
+    socket.set_reuse_port(true)?;
+    if kind == socket2::Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {

@@ -79,6 +79,7 @@ impl Builder {
         fs::write(config_dir.join("test.yaml"), self.documents.join("\n---\n"))
             .expect("writing the test config");
         let [listen, admin] = free_ports();
+        let dns = free_ports()[0];
         let mut dataplane = Dataplane {
             cgroup: cgroup_root.join(&name),
             cgroup_root,
@@ -86,6 +87,7 @@ impl Builder {
             name,
             listen,
             admin,
+            dns,
             files,
             process: None,
             draining: None,
@@ -98,6 +100,7 @@ impl Builder {
                 Ok(()) => return dataplane,
                 Err(not_ready) if not_ready.port_taken && attempt < 3 => {
                     [dataplane.listen, dataplane.admin] = free_ports();
+                    dataplane.dns = free_ports()[0];
                 }
                 Err(not_ready) => panic!("{}", not_ready.message),
             }
@@ -114,6 +117,8 @@ pub struct Dataplane {
     pins: PathBuf,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// The DNS proxy (`--dns-listen`, UDP and TCP).
+    dns: SocketAddr,
     files: TempDir,
     process: Option<Child>,
     /// The `egress run` a [`Dataplane::replace`] is replacing, while it drains.
@@ -140,6 +145,11 @@ impl Dataplane {
     /// The waypoint listener (`--listen`).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The DNS proxy (`--dns-listen`).
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns
     }
 
     /// The admin server (`--admin`).
@@ -437,6 +447,8 @@ impl Dataplane {
             self.listen.to_string(),
             "--admin".into(),
             self.admin.to_string(),
+            "--dns-listen".into(),
+            self.dns.to_string(),
             "--bpffs".into(),
             path(&self.pins),
             "--access-log".into(),

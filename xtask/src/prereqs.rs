@@ -24,6 +24,8 @@ const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
     // The DNS e2e tests' real resolver; -base is the daemon without the system service, so
     // installing it starts nothing on port 53.
     ("dnsmasq-base", Some("dnsmasq")),
+    // `dig` for the DNS proxy tests (tests/tests/dns_proxy.rs).
+    ("dnsutils", Some("dig")),
     ("iproute2", Some("ip")),
     // The e2e test of `egress run --capture iptables` adds nat REDIRECT rules.
     ("iptables", Some("iptables")),
