@@ -259,7 +259,7 @@ impl DnsProxy {
             },
         };
         let qtype_text = qtype.to_string();
-        let rcode_text = rcode.to_str().to_owned();
+        let rcode_text = rcode_name(rcode);
         debug!(
             %client, name = %name, r#type = %qtype_text, rcode = %rcode_text, via = %via,
             tcp = !udp, "dns"
@@ -312,6 +312,19 @@ impl DnsProxy {
                 format!("no answer from {resolver} within {deadline:?}"),
             )),
         }
+    }
+}
+
+/// The rcode as DNS tools print it (`NOERROR`, `SERVFAIL`, ...), for logs and metric labels.
+fn rcode_name(rcode: ResponseCode) -> String {
+    match rcode {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => format!("RCODE{}", u16::from(other)),
     }
 }
 
