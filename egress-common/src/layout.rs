@@ -9,8 +9,8 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{
-    AllowKey4, Config, DnsConfig, IdentityAnchor, Origin, PeerKey, ServiceKey4, ServiceKey6, ServiceValue,
-    SockKey, VerdictKey, VerdictValue, names,
+    AllowKey4, Config, DnsConfig, IdentityAnchor, Origin, PeerKey, ServiceKey4, ServiceKey6,
+    ServiceValue, SockKey, VerdictKey, VerdictValue, names,
 };
 
 /// One named field of a struct.

@@ -23,9 +23,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use core::net::Ipv4Addr;
-use egress_common::{
-    DNS_PORT, DNS_SERVICE_ID, DnsConfig, Origin, PeerKey, stats,
-};
+use egress_common::{DNS_PORT, DNS_SERVICE_ID, DnsConfig, Origin, PeerKey, stats};
 
 use crate::{
     connect::{V4_MAPPED_WORD, left_alone},

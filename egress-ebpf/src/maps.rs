@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::SockHash,
 };
 use egress_common::{
-    ALLOWED_MAX, AllowKey4, Config, DnsConfig, IDENTITIES_MAX, IdentityAnchor, ORIGINS_MAX, Origin, PeerKey,
-    SERVICES_MAX, SOCKS_MAX, ServiceKey4, ServiceKey6, ServiceValue, SockKey, VERDICTS_MAX,
-    VerdictKey, VerdictValue, stats,
+    ALLOWED_MAX, AllowKey4, Config, DnsConfig, IDENTITIES_MAX, IdentityAnchor, ORIGINS_MAX, Origin,
+    PeerKey, SERVICES_MAX, SOCKS_MAX, ServiceKey4, ServiceKey6, ServiceValue, SockKey,
+    VERDICTS_MAX, VerdictKey, VerdictValue, stats,
 };
 
 #[btf_map]

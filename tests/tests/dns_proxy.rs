@@ -123,7 +123,11 @@ fn the_seed_host_only_service_entry_resolves_to_a_vip_and_is_proxied() {
     assert_eq!(out.header("via").as_deref(), Some("1.1 egress-waypoint"));
     let out = curl_in(&dp, &conf, &["-X", "POST", "http://httpbin.org/post"]);
     assert_eq!(out.http_status(), Some(403), "{out:?}");
-    assert_eq!(upstream.hits().len(), 1, "only the allowed GET went upstream");
+    assert_eq!(
+        upstream.hits().len(),
+        1,
+        "only the allowed GET went upstream"
+    );
     let line = dp.access_log_line("/get");
     assert!(line.contains(&format!("\"{STAND_IN}:80\"")), "{line}");
 
@@ -186,7 +190,11 @@ fn a_resolver_that_rotates_its_answers_never_lets_a_connect_go_direct() {
     }
     let hits: Vec<_> = first.hits().into_iter().chain(second.hits()).collect();
     assert_eq!(hits.len(), 4, "every curl reached a stand-in");
-    assert_eq!(dp.access_log_lines().len(), 4, "all four went through the waypoint");
+    assert_eq!(
+        dp.access_log_lines().len(),
+        4,
+        "all four went through the waypoint"
+    );
 }
 
 #[test]
@@ -238,6 +246,9 @@ fn with_registry_only_names_resolve_and_only_service_entry_traffic_leaves() {
     assert_eq!(out.http_status(), Some(200), "{out:?}");
     let out = curl_in(&dp, &conf, &["http://other.test/"]);
     assert_ne!(out.http_status(), Some(200), "{out:?}");
-    assert!(other.hits().is_empty(), "nothing reached the non-ServiceEntry name");
+    assert!(
+        other.hits().is_empty(),
+        "nothing reached the non-ServiceEntry name"
+    );
     assert_eq!(upstream.hits().len(), 1);
 }

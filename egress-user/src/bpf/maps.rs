@@ -11,9 +11,9 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use egress_common::{
-    AllowKey4, CONFIG_F_READY, CONFIG_F_REGISTRY_ONLY, Config, DNS_F_CAPTURE, DnsConfig, IdentityAnchor, Origin, PeerKey,
-    SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6, ServiceValue, VERDICT_DENY, VerdictKey,
-    VerdictValue, names, stats,
+    AllowKey4, CONFIG_F_READY, CONFIG_F_REGISTRY_ONLY, Config, DNS_F_CAPTURE, DnsConfig,
+    IdentityAnchor, Origin, PeerKey, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6, ServiceValue,
+    VERDICT_DENY, VerdictKey, VerdictValue, names, stats,
 };
 
 use super::BpfError;

@@ -92,7 +92,10 @@ mod tests {
         let vip = |s: &str| Answer::Host(vec![s.parse().unwrap()]);
         assert_eq!(n.answer("httpbin.org."), vip("240.240.1.2"));
         assert_eq!(n.answer("HTTPBIN.org"), vip("240.240.1.2"));
-        assert_eq!(n.answer("httpbin.org.default.svc.cluster.local."), Answer::Forward);
+        assert_eq!(
+            n.answer("httpbin.org.default.svc.cluster.local."),
+            Answer::Forward
+        );
         assert_eq!(n.answer("www.httpbin.org"), Answer::Forward);
         assert_eq!(n.answer("a.wild.test"), vip("240.240.3.4"));
         assert_eq!(n.answer("x.y.wild.test"), vip("240.240.3.4"));

@@ -48,12 +48,8 @@ pub trait ResolverSource: Send + Sync + 'static {
 impl ResolverSource for crate::bpf::Capture {
     fn resolver(&self, netns_cookie: u64, client: SocketAddr, udp: bool) -> Option<SocketAddr> {
         let origin = self.dns_origin(netns_cookie, client, udp)?;
-        (origin.service_id == egress_common::DNS_SERVICE_ID).then(|| {
-            SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::from(origin.dst_addr)),
-                origin.dst_port,
-            )
-        })
+        (origin.service_id == egress_common::DNS_SERVICE_ID)
+            .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(origin.dst_addr)), origin.dst_port))
     }
 }
 
@@ -122,8 +118,7 @@ impl DnsProxy {
                     let this = this.clone();
                     let udp = udp.clone();
                     tokio::spawn(async move {
-                        if let Some(reply) = this.handle(&query, client, netns_cookie, true).await
-                        {
+                        if let Some(reply) = this.handle(&query, client, netns_cookie, true).await {
                             let _ = udp.send_to(&reply, client).await;
                         }
                         drop(permit);

@@ -360,19 +360,79 @@ mod tests {
             first.upstream,
             Upstream::Endpoints(vec!["127.1.0.1:8080".parse().unwrap()])
         );
-        // ::1 is captured (and refused by the kernel), but IPv4 is preferred upstream.
-        assert_eq!(built.routes.len(), 3);
-        assert_eq!(built.routes[2].value.service_id, 1);
+        // ::1 is captured (and refused by the kernel), but IPv4 is preferred upstream; each
+        // host's VIP is captured too.
+        assert_eq!(built.routes.len(), 5);
+        let vips: Vec<_> = built
+            .routes
+            .iter()
+            .filter(|r| r.net.addr.to_string().starts_with("240.240."))
+            .map(|r| r.value.service_id)
+            .collect();
+        assert_eq!(vips, vec![0, 1]);
+        let upstream_is_never_the_vip = match &first.upstream {
+            Upstream::Endpoints(eps) => eps.iter().all(|e| !e.ip().to_string().starts_with("240.")),
+            Upstream::OriginalDst => false,
+        };
+        assert!(upstream_is_never_the_vip);
     }
 
     #[test]
-    fn unresolved_hosts_warn_and_capture_nothing() {
+    fn unresolved_hosts_warn_and_capture_only_their_vips() {
         let built = build(
             &set(vec![se(Resolution::Dns, &[], vec![])]),
             &DnsAnswers::new(),
         );
-        assert!(built.routes.is_empty());
+        assert_eq!(built.routes.len(), 2);
+        assert!(
+            built
+                .routes
+                .iter()
+                .all(|r| r.net.addr.to_string().starts_with("240.240."))
+        );
         assert_eq!(built.warnings.len(), 2);
+    }
+
+    #[test]
+    fn vips_follow_istiods_eligibility_and_status_addresses() {
+        use crate::dnsproxy::Answer;
+        let mut opted_out = se(Resolution::Dns, &[], vec![]);
+        opted_out.name = "opted-out".into();
+        opted_out.hosts = vec!["out.test".into()];
+        opted_out.auto_allocate = false;
+        let mut allocated = se(Resolution::Dns, &[], vec![]);
+        allocated.name = "allocated".into();
+        allocated.hosts = vec!["istiod.test".into()];
+        allocated.status_addresses = vec!["240.240.7.7".parse().unwrap()];
+        let mut none = se(Resolution::None, &[], vec![]);
+        none.name = "none".into();
+        none.hosts = vec!["none.test".into()];
+        let with_addresses = se(Resolution::None, &["127.9.0.1"], vec![]);
+        let built = build(
+            &set(vec![opted_out, allocated, none, with_addresses]),
+            &DnsAnswers::new(),
+        );
+        let names = &built.table.dns_names;
+        assert_eq!(names.answer("out.test"), Answer::Forward);
+        assert_eq!(names.answer("none.test"), Answer::Forward);
+        assert_eq!(
+            names.answer("istiod.test"),
+            Answer::Host(vec!["240.240.7.7".parse().unwrap()])
+        );
+        assert_eq!(
+            names.answer("httpbin.test"),
+            Answer::Host(vec!["127.9.0.1".parse().unwrap()])
+        );
+        // Deterministic: the same config gives the same VIPs.
+        let again = build(
+            &set(vec![se(Resolution::Dns, &[], vec![])]),
+            &DnsAnswers::new(),
+        );
+        let twice = build(
+            &set(vec![se(Resolution::Dns, &[], vec![])]),
+            &DnsAnswers::new(),
+        );
+        assert_eq!(again.routes, twice.routes);
     }
 
     #[test]
