@@ -252,3 +252,28 @@ fn with_registry_only_names_resolve_and_only_service_entry_traffic_leaves() {
     );
     assert_eq!(upstream.hits().len(), 1);
 }
+
+#[test]
+fn a_truncated_udp_answer_is_retried_over_tcp_and_arrives_whole() {
+    if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
+        return;
+    }
+    // Sixty A records do not fit a 512-byte UDP answer: dnsmasq sets TC, dig asks again over
+    // TCP, and both exchanges go through the proxy.
+    let ips: Vec<Ipv4Addr> = (1..=60).map(|i| Ipv4Addr::new(127, 0, 70, i)).collect();
+    let hosts: Vec<(&str, Ipv4Addr)> = ips.iter().map(|ip| ("big.test", *ip)).collect();
+    let resolver = Resolver::dnsmasq(RESOLVER, &hosts);
+    let dp = seed_dataplane(&resolver);
+    let out = dig_in(&dp, &resolver.resolv_conf(), &["+noedns", "big.test"])
+        .expect_success("dig big.test");
+    assert!(out.stdout.contains("Truncated, retrying in TCP mode"), "{out:?}");
+    assert!(out.stdout.contains("status: NOERROR"), "{out:?}");
+    assert!(out.stdout.contains("ANSWER: 60"), "{out:?}");
+    assert!(out.stdout.contains(&format!("SERVER: {RESOLVER}#53(")), "{out:?}");
+    assert!(
+        dp.metrics()
+            .contains("egress_dns_requests_total{type=\"A\",rcode=\"NOERROR\"} 2"),
+        "one UDP and one TCP exchange: {}",
+        dp.metrics()
+    );
+}
