@@ -266,10 +266,16 @@ fn a_truncated_udp_answer_is_retried_over_tcp_and_arrives_whole() {
     let dp = seed_dataplane(&resolver);
     let out = dig_in(&dp, &resolver.resolv_conf(), &["+noedns", "big.test"])
         .expect_success("dig big.test");
-    assert!(out.stdout.contains("Truncated, retrying in TCP mode"), "{out:?}");
+    assert!(
+        out.stdout.contains("Truncated, retrying in TCP mode"),
+        "{out:?}"
+    );
     assert!(out.stdout.contains("status: NOERROR"), "{out:?}");
     assert!(out.stdout.contains("ANSWER: 60"), "{out:?}");
-    assert!(out.stdout.contains(&format!("SERVER: {RESOLVER}#53(")), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("SERVER: {RESOLVER}#53(")),
+        "{out:?}"
+    );
     assert!(
         dp.metrics()
             .contains("egress_dns_requests_total{type=\"A\",rcode=\"NOERROR\"} 2"),

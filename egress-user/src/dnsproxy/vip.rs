@@ -99,4 +99,24 @@ mod tests {
         assert_eq!(ip.octets()[..2], BASE);
         assert!(!usable(0) && !usable(u16::MAX) && usable(1));
     }
+
+    #[test]
+    fn many_hosts_get_distinct_vips_and_the_same_ones_every_time() {
+        let yaml: String = (0..3000)
+            .map(|i| {
+                format!(
+                    "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: s{i}}}\n\
+                     spec:\n  hosts: [h{i}.test]\n  ports: [{{number: 80, protocol: HTTP, name: http}}]\n  \
+                     resolution: DNS\n---\n"
+                )
+            })
+            .collect();
+        let config =
+            crate::config::parse_str(std::path::Path::new("t.yaml"), &yaml).expect("valid");
+        let first = allocate(&config);
+        assert_eq!(first.len(), 3000);
+        let distinct: HashSet<&Vec<IpAddr>> = first.values().collect();
+        assert_eq!(distinct.len(), 3000, "collisions go to distinct slots");
+        assert_eq!(allocate(&config), first, "deterministic");
+    }
 }
