@@ -9,8 +9,8 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{
-    AllowKey4, Config, IdentityAnchor, Origin, PeerKey, ServiceKey4, ServiceKey6, ServiceValue,
-    SockKey, VerdictKey, VerdictValue, names,
+    AllowKey4, Config, DnsConfig, IdentityAnchor, Origin, PeerKey, ServiceKey4, ServiceKey6,
+    ServiceValue, SockKey, VerdictKey, VerdictValue, names,
 };
 
 /// One named field of a struct.
@@ -119,6 +119,7 @@ const CONFIG: Layout = layout!(Config {
     waypoint_port,
     flags,
 });
+const DNS_CONFIG: Layout = layout!(DnsConfig { addr, port, flags });
 const IDENTITY_ANCHOR: Layout = layout!(IdentityAnchor { flags, _pad });
 const VERDICT_KEY: Layout = layout!(VerdictKey {
     identity_id,
@@ -187,6 +188,8 @@ pub const MAPS: [MapLayout; names::MAPS.len()] = [
     },
     // SHORTCUT_PAIRED or SHORTCUT_TCP, by the application's end of the connection.
     map(names::MAP_SHORTCUTS, KeyForm::Plain, SOCK_KEY, U32),
+    map(names::MAP_DNS, KeyForm::Plain, U32, DNS_CONFIG),
+    map(names::MAP_DNS_PEERS, KeyForm::Plain, PEER_KEY, ORIGIN),
 ];
 
 /// The layout of one map by name.

@@ -127,6 +127,31 @@ pub const CONFIG_F_SOCKMAP: u16 = 4;
 /// node is left alone. Without it (host mode) the whole attached cgroup is captured.
 pub const CONFIG_F_ENROLLED_ONLY: u16 = 8;
 
+/// The DNS listener (`egress run --dns-listen`), the single entry of `EG_DNS_V1`. With
+/// [`DNS_F_CAPTURE`], connects (UDP and TCP) and unconnected UDP sends to port 53 from captured
+/// tasks are rewritten to it, and recvmsg4 restores a reply's source to the resolver the
+/// application asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Listener address, network byte order.
+    pub addr: [u8; 4],
+    /// Listener port, host byte order.
+    pub port: u16,
+    /// `DNS_F_*` bits.
+    pub flags: u16,
+}
+
+/// DNS capture is on (`--dns-capture on`) and the listener is up.
+pub const DNS_F_CAPTURE: u16 = 1;
+
+/// The DNS port the kernel captures.
+pub const DNS_PORT: u16 = 53;
+
+/// `Origin::service_id` of a DNS socket redirected to the DNS listener: its `dst_*` is the
+/// resolver the application asked. No ServiceEntry port has this id.
+pub const DNS_SERVICE_ID: u32 = u32::MAX;
+
 /// Capacity of the sockhash (two entries per accelerated connection).
 pub const SOCKS_MAX: u32 = 65_536;
 
@@ -249,6 +274,7 @@ mod pod {
     unsafe impl aya::Pod for super::VerdictKey {}
     unsafe impl aya::Pod for super::VerdictValue {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::DnsConfig {}
 }
 
 #[cfg(test)]
@@ -268,6 +294,7 @@ mod tests {
         assert_eq!(size_of::<VerdictKey>(), 16);
         assert_eq!(size_of::<VerdictValue>(), 24);
         assert_eq!(size_of::<SockKey>(), 24);
+        assert_eq!(size_of::<DnsConfig>(), 8);
     }
 
     #[test]

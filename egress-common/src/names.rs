@@ -22,8 +22,18 @@ pub const PROG_SENDMSG6: &str = "eg_sendmsg6";
 /// the sockhash (not to a cgroup, so not in [`PROGRAMS`]); each start replaces it.
 pub const PROG_SKMSG: &str = "eg_skmsg";
 
+/// cgroup/recvmsg4: a DNS reply from the DNS listener shows the resolver the application asked
+/// as its source.
+pub const PROG_RECVMSG4: &str = "eg_recvmsg4";
+/// cgroup/recvmsg6: same for v4-mapped IPv6 sockets.
+pub const PROG_RECVMSG6: &str = "eg_recvmsg6";
+/// cgroup_skb/egress: records the client (netns, ip, port) of a DNS datagram headed for the DNS
+/// listener, with the resolver its socket asked (a connected UDP socket has no local port yet
+/// at connect time, so connect4 cannot).
+pub const PROG_DNS_EGRESS: &str = "eg_dns_egress";
+
 /// Every program, in attach order.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 10] = [
     PROG_CONNECT4,
     PROG_CONNECT6,
     PROG_SENDMSG4,
@@ -31,6 +41,9 @@ pub const PROGRAMS: [&str; 7] = [
     PROG_SOCKOPS,
     PROG_GETPEERNAME4,
     PROG_GETPEERNAME6,
+    PROG_RECVMSG4,
+    PROG_RECVMSG6,
+    PROG_DNS_EGRESS,
 ];
 
 /// LPM trie: (port, IPv4 prefix) -> ServiceEntry port.
@@ -44,8 +57,14 @@ pub const MAP_ORIGINS: &str = "EG_ORIGINS_V1";
 pub const MAP_PEERS: &str = "EG_PEERS_V2";
 /// Array with one entry: where the waypoint listens and which cgroup it runs in.
 pub const MAP_CONFIG: &str = "EG_CONFIG_V1";
-/// Per-CPU array of counters indexed by [`crate::stats`] reasons (V3: 17 counters).
-pub const MAP_STATS: &str = "EG_STATS_V3";
+/// Per-CPU array of counters indexed by [`crate::stats`] reasons (V4: 20 counters).
+pub const MAP_STATS: &str = "EG_STATS_V4";
+
+/// Array with one entry: the DNS listener and whether DNS capture is on.
+pub const MAP_DNS: &str = "EG_DNS_V1";
+/// LRU hash: DNS client (netns, ip, port) of a redirected datagram -> origin (the resolver it
+/// asked), written by cgroup_skb egress, read by the DNS listener.
+pub const MAP_DNS_PEERS: &str = "EG_DNSPEERS_V1";
 
 /// Hash: cgroup id -> identity anchor (a cgroup that carries an identity).
 pub const MAP_IDENTITIES: &str = "EG_IDENTITY_V1";
@@ -65,7 +84,7 @@ pub const MAP_SOCKS: &str = "EG_SOCKS_V2";
 pub const MAP_SHORTCUTS: &str = "EG_SHORTCUT_V2";
 
 /// Every map, for pinning, status and cleanup.
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 13] = [
     MAP_SERVICES4,
     MAP_SERVICES6,
     MAP_ORIGINS,
@@ -77,16 +96,20 @@ pub const MAPS: [&str; 11] = [
     MAP_ALLOWED4,
     MAP_SOCKS,
     MAP_SHORTCUTS,
+    MAP_DNS,
+    MAP_DNS_PEERS,
 ];
 
 /// Maps an earlier version pinned under a name no longer used (their layout changed). Start-up
 /// and cleanup remove their pins; programs still attached from the earlier run keep their own
 /// reference until their links are replaced.
-pub const RETIRED_MAPS: [&str; 5] = [
+pub const RETIRED_MAPS: [&str; 6] = [
     // 15 counters (13 before the sockmap short-cut, under the same name).
     "EG_STATS_V1",
     // 16 counters (before `not_enrolled`).
     "EG_STATS_V2",
+    // 17 counters (before the DNS counters).
+    "EG_STATS_V3",
     // Keys without the network namespace cookie.
     "EG_PEERS_V1",
     "EG_SOCKS_V1",

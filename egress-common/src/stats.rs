@@ -48,8 +48,17 @@ pub const SOCKMAP_UNPAIRED: u32 = 15;
 /// enrolled anchor, and was left alone.
 pub const NOT_ENROLLED: u32 = 16;
 
+/// A connect (UDP or TCP) or an unconnected UDP send to port 53 was rewritten to the DNS
+/// listener (`--dns-capture on`).
+pub const DNS_REDIRECTED: u32 = 17;
+/// recvmsg restored a DNS reply's source from the DNS listener to the resolver the application
+/// asked.
+pub const DNS_REPLY_RESTORED: u32 = 18;
+/// A redirected DNS datagram's client (netns, ip, port) was recorded for the DNS listener.
+pub const DNS_PEER_RECORDED: u32 = 19;
+
 /// Size of the stats array.
-pub const COUNT: u32 = 17;
+pub const COUNT: u32 = 20;
 
 /// Counter names for output, indexed by reason (prometheus-friendly snake case).
 pub const NAMES: [&str; COUNT as usize] = [
@@ -70,4 +79,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "sockmap_redirected",
     "sockmap_unpaired",
     "not_enrolled",
+    "dns_redirected",
+    "dns_reply_restored",
+    "dns_peer_recorded",
 ];

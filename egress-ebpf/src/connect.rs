@@ -322,6 +322,11 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<(), ()> {
     let sa = unsafe { &mut *ctx.sock_addr };
     let addr = sa.user_ip4.to_ne_bytes();
     let port = port_bytes(sa.user_port);
+    if let Some(dns) = crate::dns::redirect(ctx, sa.type_, addr, port, FAMILY_INET) {
+        sa.user_ip4 = u32::from_ne_bytes(dns.addr);
+        sa.user_port = u32::from(dns.port.to_be());
+        return Ok(());
+    }
     match decide4(ctx, sa.type_, addr, port, FAMILY_INET)? {
         Action::Untouched => {}
         Action::Redirect { addr, port } => {
@@ -346,6 +351,11 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<(), ()> {
     if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD {
         // `::ffff:a.b.c.d` reaches the IPv4 address: exactly the connect4 decision.
         let addr = ip6[3].to_ne_bytes();
+        if let Some(dns) = crate::dns::redirect(ctx, sa.type_, addr, port, FAMILY_INET6) {
+            sa.user_ip6[3] = u32::from_ne_bytes(dns.addr);
+            sa.user_port = u32::from(dns.port.to_be());
+            return Ok(());
+        }
         match decide4(ctx, sa.type_, addr, port, FAMILY_INET6)? {
             Action::Untouched => {}
             Action::Redirect { addr, port } => {

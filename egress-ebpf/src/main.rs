@@ -7,6 +7,8 @@
 #[cfg(target_arch = "bpf")]
 mod connect;
 #[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod peername;
@@ -20,11 +22,11 @@ mod sockops;
 #[cfg(target_arch = "bpf")]
 mod entries {
     use aya_ebpf::{
-        macros::{cgroup_sock_addr, sk_msg, sock_ops},
-        programs::{SkMsgContext, SockAddrContext, SockOpsContext},
+        macros::{cgroup_skb, cgroup_sock_addr, sk_msg, sock_ops},
+        programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext},
     };
 
-    use crate::{connect, peername, sendmsg, sockmap, sockops};
+    use crate::{connect, dns, peername, sendmsg, sockmap, sockops};
 
     /// Allow the operation to proceed (possibly with a rewritten address).
     const PROCEED: i32 = 1;
@@ -83,6 +85,26 @@ mod entries {
     pub fn eg_getpeername6(ctx: SockAddrContext) -> i32 {
         peername::getpeername6(&ctx);
         PROCEED
+    }
+
+    #[cgroup_sock_addr(recvmsg4)]
+    pub fn eg_recvmsg4(ctx: SockAddrContext) -> i32 {
+        dns::recvmsg4(&ctx);
+        // recvmsg hooks must return 1.
+        PROCEED
+    }
+
+    #[cgroup_sock_addr(recvmsg6)]
+    pub fn eg_recvmsg6(ctx: SockAddrContext) -> i32 {
+        dns::recvmsg6(&ctx);
+        PROCEED
+    }
+
+    #[cgroup_skb(egress)]
+    pub fn eg_dns_egress(ctx: SkBuffContext) -> i32 {
+        dns::egress(&ctx);
+        // Every packet passes: this program only records.
+        1
     }
 
     #[cfg(not(test))]

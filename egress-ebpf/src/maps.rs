@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::SockHash,
 };
 use egress_common::{
-    ALLOWED_MAX, AllowKey4, Config, IDENTITIES_MAX, IdentityAnchor, ORIGINS_MAX, Origin, PeerKey,
-    SERVICES_MAX, SOCKS_MAX, ServiceKey4, ServiceKey6, ServiceValue, SockKey, VERDICTS_MAX,
-    VerdictKey, VerdictValue, stats,
+    ALLOWED_MAX, AllowKey4, Config, DnsConfig, IDENTITIES_MAX, IdentityAnchor, ORIGINS_MAX, Origin,
+    PeerKey, SERVICES_MAX, SOCKS_MAX, ServiceKey4, ServiceKey6, ServiceValue, SockKey,
+    VERDICTS_MAX, VerdictKey, VerdictValue, stats,
 };
 
 #[btf_map]
@@ -46,12 +46,29 @@ pub static EG_SOCKS_V2: SockHash<SockKey> = SockHash::with_max_entries(SOCKS_MAX
 pub static EG_SHORTCUT_V2: LruHashMap<SockKey, u32, { SOCKS_MAX as usize }> = LruHashMap::new();
 
 #[btf_map]
-pub static EG_STATS_V3: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
+pub static EG_STATS_V4: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static EG_DNS_V1: Array<DnsConfig, 1> = Array::new();
+
+#[btf_map]
+pub static EG_DNSPEERS_V1: LruHashMap<PeerKey, Origin, { ORIGINS_MAX as usize }> =
+    LruHashMap::new();
+
+/// The DNS listener, if DNS capture is on.
+#[inline(always)]
+pub fn dns_config() -> Option<DnsConfig> {
+    let dns = EG_DNS_V1.get(0)?;
+    if dns.flags & egress_common::DNS_F_CAPTURE == 0 {
+        return None;
+    }
+    Some(*dns)
+}
 
 /// Counts one occurrence of `reason` on this CPU.
 #[inline(always)]
 pub fn count(reason: u32) {
-    if let Some(slot) = EG_STATS_V3.get_ptr_mut(reason) {
+    if let Some(slot) = EG_STATS_V4.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, and BPF programs are not preempted on one CPU mid-update.
         unsafe { *slot += 1 };
     }

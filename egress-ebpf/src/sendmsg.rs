@@ -10,10 +10,14 @@
 //! - anything else: untouched, unless REGISTRY_ONLY refuses it (allowed CIDRs, such as the
 //!   resolv.conf nameservers, and the waypoint excepted).
 //!
-//! The address is never rewritten: there is nothing to redirect a datagram to.
+//! The address is rewritten only for DNS (port 53, `--dns-capture on`, see dns.rs): to the DNS
+//! listener. Otherwise there is nothing to redirect a datagram to.
 use aya_ebpf::{helpers::bpf_get_current_cgroup_id, programs::SockAddrContext};
 use aya_log_ebpf::info;
-use egress_common::stats;
+use egress_common::{FAMILY_INET, FAMILY_INET6, stats};
+
+/// sendmsg hooks run for UDP sockets only.
+const SOCK_DGRAM: u32 = 2;
 
 use crate::{
     connect::{
@@ -64,13 +68,20 @@ fn datagram4(addr: [u8; 4], port: [u8; 2]) -> Result<(), ()> {
 
 pub fn sendmsg4(ctx: &SockAddrContext) -> Result<(), ()> {
     // SAFETY: the kernel hands every cgroup sock_addr program a valid context.
-    let sa = unsafe { &*ctx.sock_addr };
-    datagram4(sa.user_ip4.to_ne_bytes(), port_bytes(sa.user_port))
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let addr = sa.user_ip4.to_ne_bytes();
+    let port = port_bytes(sa.user_port);
+    if let Some(dns) = crate::dns::redirect(ctx, SOCK_DGRAM, addr, port, FAMILY_INET) {
+        sa.user_ip4 = u32::from_ne_bytes(dns.addr);
+        sa.user_port = u32::from(dns.port.to_be());
+        return Ok(());
+    }
+    datagram4(addr, port)
 }
 
 pub fn sendmsg6(ctx: &SockAddrContext) -> Result<(), ()> {
     // SAFETY: as in sendmsg4.
-    let sa = unsafe { &*ctx.sock_addr };
+    let sa = unsafe { &mut *ctx.sock_addr };
     let ip6 = [
         sa.user_ip6[0],
         sa.user_ip6[1],
@@ -82,7 +93,13 @@ pub fn sendmsg6(ctx: &SockAddrContext) -> Result<(), ()> {
         // `::ffff:a.b.c.d` reaches the IPv4 address: exactly the sendmsg4 decision. (udpv6
         // hands such sends to the IPv4 path, where sendmsg4 sees them first; this keeps the
         // decision right whichever hook runs.)
-        return datagram4(ip6[3].to_ne_bytes(), port);
+        let addr = ip6[3].to_ne_bytes();
+        if let Some(dns) = crate::dns::redirect(ctx, SOCK_DGRAM, addr, port, FAMILY_INET6) {
+            sa.user_ip6[3] = u32::from_ne_bytes(dns.addr);
+            sa.user_port = u32::from(dns.port.to_be());
+            return Ok(());
+        }
+        return datagram4(addr, port);
     }
     match lookup6(ip6, port) {
         Some(_) => service_datagram(port),

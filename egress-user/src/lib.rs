@@ -3,6 +3,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod config;
 pub mod dns;
+pub mod dnsproxy;
 pub mod drain;
 pub mod exec;
 pub mod explain;

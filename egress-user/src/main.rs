@@ -246,6 +246,16 @@ struct RunArgs {
     /// removed by the verifier when the programs load and costs nothing.
     #[arg(long)]
     kernel_log: bool,
+    /// Where the DNS proxy listens (UDP and TCP): captured DNS (port 53) is rewritten to it.
+    /// ServiceEntry hosts are answered with their VIPs (240.240.0.0/16, or status.addresses);
+    /// every other name is forwarded to the resolver the application asked, unchanged.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:15053")]
+    dns_listen: SocketAddrV4,
+    /// Capture DNS from the captured cgroup (UDP and TCP to port 53) into the DNS proxy. `off`:
+    /// DNS is left alone, and a host-only ServiceEntry is captured only at the addresses the
+    /// dataplane itself resolves (an application that gets other answers goes direct).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    dns_capture: String,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -564,6 +574,8 @@ fn run(args: RunArgs) -> ExitCode {
         drain_timeout: args.drain_timeout,
         kernel_log: args.kernel_log,
         pods,
+        dns_listen: args.dns_listen,
+        dns_capture: args.dns_capture == "on",
     };
     match limits::raise_open_files(args.max_connections as usize) {
         Ok(files) if files.is_short() => tracing::warn!(

@@ -90,6 +90,10 @@ pub struct RunOptions {
     /// this node are captured, each served in its own network namespace. `None`: the whole
     /// `cgroup` is captured (host mode, or `--kubernetes --pods off`).
     pub pods: Option<pods::KubernetesOptions>,
+    /// The DNS proxy's UDP and TCP address (`--dns-listen`).
+    pub dns_listen: SocketAddrV4,
+    /// Rewrite captured DNS (port 53) to the DNS proxy (`--dns-capture`).
+    pub dns_capture: bool,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -165,6 +169,71 @@ pub enum RunError {
     },
     #[error("the waypoint stopped accepting connections")]
     Serve(#[source] std::io::Error),
+}
+
+/// Binds the DNS proxy's UDP socket and TCP listener on `--dns-listen`, serves them, and
+/// tells the kernel (DNS capture on or off). Not handed over on restart: a successor binds
+/// after this one has stopped (queries in between are retried by the client).
+async fn start_dns_proxy(
+    opts: &RunOptions,
+    capture: &Arc<Capture>,
+    services: &Arc<arc_swap::ArcSwap<crate::model::ServiceTable>>,
+    netns_cookie: u64,
+) -> Result<(), RunError> {
+    use crate::dnsproxy::{DnsLimits, DnsNames, DnsProxy};
+    if !opts.dns_capture {
+        capture.set_dns(opts.dns_listen, false)?;
+        info!("DNS capture off");
+        return Ok(());
+    }
+    if opts.pods.is_some() {
+        // Pods would need a DNS listener inside each pod's netns, which is not built yet:
+        // capturing their port 53 now would send every lookup to a closed port.
+        capture.set_dns(opts.dns_listen, false)?;
+        info!("DNS capture off: not yet available for pods in their own network namespaces");
+        return Ok(());
+    }
+    let addr = SocketAddr::V4(opts.dns_listen);
+    let udp = bind_reuseport(addr, socket2::Type::DGRAM)
+        .and_then(|s| tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(s)))
+        .map_err(|source| RunError::Bind {
+            what: "DNS (udp)",
+            addr,
+            source,
+        })?;
+    let tcp = bind_reuseport(addr, socket2::Type::STREAM)
+        .and_then(|s| s.listen(1024).map(|()| s))
+        .and_then(|s| TcpListener::from_std(std::net::TcpListener::from(s)))
+        .map_err(|source| RunError::Bind {
+            what: "DNS (tcp)",
+            addr,
+            source,
+        })?;
+    let table = services.clone();
+    let names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync> =
+        Arc::new(move || table.load().dns_names.clone());
+    let proxy = DnsProxy::new(names, capture.clone(), DnsLimits::default());
+    tokio::spawn(async move {
+        if let Err(error) = proxy.serve(udp, tcp, netns_cookie).await {
+            warn!(%error, "the DNS proxy stopped");
+        }
+    });
+    capture.set_dns(opts.dns_listen, true)?;
+    info!(listen = %opts.dns_listen, "DNS capture on");
+    Ok(())
+}
+
+/// A non-blocking socket bound with SO_REUSEPORT: during a restart the successor's DNS
+/// listener binds beside the draining predecessor's, so DNS never lacks a listener.
+fn bind_reuseport(addr: SocketAddr, kind: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, kind, None)?;
+    socket.set_reuse_port(true)?;
+    if kind == socket2::Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -387,6 +456,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             waypoint_config,
         )
     };
+    if ebpf {
+        start_dns_proxy(&opts, &capture, &services, netns_cookie).await?;
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let counters_capture = capture.clone();
     let (gate, _) = watch::channel(Gate::Open);

@@ -99,6 +99,7 @@ impl Builder {
         fs::write(config_dir.join("test.yaml"), self.documents.join("\n---\n"))
             .expect("writing the test config");
         let [listen, admin] = free_ports();
+        let dns = free_ports()[0];
         let mut dataplane = Dataplane {
             captured: self
                 .node
@@ -111,6 +112,7 @@ impl Builder {
             name,
             listen,
             admin,
+            dns,
             files,
             process: None,
             draining: None,
@@ -124,6 +126,7 @@ impl Builder {
                 Ok(()) => return dataplane,
                 Err(not_ready) if not_ready.port_taken && attempt < 3 => {
                     [dataplane.listen, dataplane.admin] = free_ports();
+                    dataplane.dns = free_ports()[0];
                 }
                 Err(not_ready) => panic!("{}", not_ready.message),
             }
@@ -143,6 +146,8 @@ pub struct Dataplane {
     pins: PathBuf,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// The DNS proxy (`--dns-listen`, UDP and TCP).
+    dns: SocketAddr,
     files: TempDir,
     process: Option<Child>,
     /// The `egress run` a [`Dataplane::replace`] is replacing, while it drains.
@@ -182,6 +187,11 @@ impl Dataplane {
     /// The waypoint listener (`--listen`).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The DNS proxy (`--dns-listen`).
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns
     }
 
     /// The admin server (`--admin`).
@@ -495,6 +505,8 @@ impl Dataplane {
                 self.listen.to_string(),
                 "--admin".into(),
                 self.admin.to_string(),
+                "--dns-listen".into(),
+                self.dns.to_string(),
                 "--bpffs".into(),
                 path(&self.pins),
                 "--access-log".into(),

@@ -168,10 +168,11 @@ fn dns_moved_host_is_captured_at_its_new_address_and_released_at_its_old_one() {
             &dp.pin_dir().join("EG_SERVICES4_V1").to_string_lossy(),
         ])
         .expect_success("bpftool map dump");
+    // The new address and the host's VIP (240.240.0.0/16, design §11), nothing else.
     assert_eq!(
         dump.stdout.matches("\"service_id\"").count(),
-        1,
-        "one captured address (the new one) in the kernel: {dump:?}"
+        2,
+        "two captured addresses (the new one and the VIP) in the kernel: {dump:?}"
     );
 }
 

@@ -49,6 +49,8 @@ const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
     // The DNS e2e tests' real resolver; -base is the daemon without the system service, so
     // installing it starts nothing on port 53.
     ("dnsmasq-base", Some("dnsmasq")),
+    // `dig` for the DNS proxy tests (tests/tests/dns_proxy.rs).
+    ("dnsutils", Some("dig")),
     ("iproute2", Some("ip")),
     // h2load: the bounded HTTP/2 load run of the gRPC e2e tests.
     ("nghttp2-client", Some("h2load")),

@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, SockHash},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SkMsg, SockOps,
         links::{FdLink, PinnedLink},
         sk_msg::SkMsgLink,
     },
@@ -221,6 +221,31 @@ impl Capture {
         self.maps.set_waypoint(addr, cgroup_id)
     }
 
+    /// DNS capture (`--dns-capture`): with `on`, captured tasks' DNS (port 53) goes to the DNS
+    /// listener at `listen`; off, it is left alone.
+    pub fn set_dns(&self, listen: SocketAddrV4, on: bool) -> Result<(), BpfError> {
+        self.maps.set_dns(listen, on)
+    }
+
+    /// The resolver a DNS client asked, by the client's (netns cookie, address) as the DNS
+    /// listener sees it: `udp` from the datagram bookkeeping, else from the TCP peer map
+    /// (one-shot, as for the waypoint).
+    pub fn dns_origin(
+        &self,
+        netns_cookie: u64,
+        client: std::net::SocketAddr,
+        udp: bool,
+    ) -> Option<egress_common::Origin> {
+        let std::net::SocketAddr::V4(client) = client else {
+            return None;
+        };
+        if udp {
+            self.maps.dns_peer(netns_cookie, client)
+        } else {
+            self.maps.take_origin(netns_cookie, client)
+        }
+    }
+
     /// Makes the kernel capture exactly these ServiceEntry addresses and ports.
     pub fn sync_services(&self, routes: &[ServiceRoute]) -> Result<(), BpfError> {
         self.maps.sync_services(routes)
@@ -346,6 +371,19 @@ fn attach(
         p.load().map_err(load_err)?;
         let id = p
             .attach(cgroup_file, CgroupAttachMode::Single)
+            .map_err(attach_err)?;
+        p.take_link(id)
+            .map_err(attach_err)?
+            .try_into()
+            .map_err(|source| BpfError::Link { name, source })?
+    } else if let Ok(p) = <&mut CgroupSkb>::try_from(&mut *program) {
+        p.load().map_err(load_err)?;
+        let id = p
+            .attach(
+                cgroup_file,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
             .map_err(attach_err)?;
         p.take_link(id)
             .map_err(attach_err)?

@@ -11,9 +11,9 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use egress_common::{
-    AllowKey4, CONFIG_F_READY, CONFIG_F_REGISTRY_ONLY, Config, IdentityAnchor, Origin, PeerKey,
-    SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6, ServiceValue, VERDICT_DENY, VerdictKey,
-    VerdictValue, names, stats,
+    AllowKey4, CONFIG_F_READY, CONFIG_F_REGISTRY_ONLY, Config, DNS_F_CAPTURE, DnsConfig,
+    IdentityAnchor, Origin, PeerKey, SERVICE_KEY_PORT_BITS, ServiceKey4, ServiceKey6, ServiceValue,
+    VERDICT_DENY, VerdictKey, VerdictValue, names, stats,
 };
 
 use super::BpfError;
@@ -36,6 +36,8 @@ pub(super) struct Maps {
     identities: Mutex<HashMap<MapData, u64, IdentityAnchor>>,
     verdicts: Mutex<HashMap<MapData, VerdictKey, VerdictValue>>,
     allowed4: Mutex<LpmTrie<MapData, AllowKey4, u32>>,
+    dns: Mutex<Array<MapData, DnsConfig>>,
+    dns_peers: Mutex<HashMap<MapData, PeerKey, Origin>>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
@@ -87,6 +89,8 @@ impl Maps {
             identities: Mutex::new(typed(names::MAP_IDENTITIES, open(names::MAP_IDENTITIES)?)?),
             verdicts: Mutex::new(typed(names::MAP_VERDICTS, open(names::MAP_VERDICTS)?)?),
             allowed4: Mutex::new(typed(names::MAP_ALLOWED4, open(names::MAP_ALLOWED4)?)?),
+            dns: Mutex::new(typed(names::MAP_DNS, open(names::MAP_DNS)?)?),
+            dns_peers: Mutex::new(typed(names::MAP_DNS_PEERS, open(names::MAP_DNS_PEERS)?)?),
         })
     }
 
@@ -307,6 +311,29 @@ impl Maps {
 
     pub(super) fn counters(&self) -> Vec<(&'static str, u64)> {
         read_counters(&self.stats)
+    }
+
+    pub(super) fn set_dns(&self, listen: SocketAddrV4, on: bool) -> Result<(), BpfError> {
+        let value = DnsConfig {
+            addr: listen.ip().octets(),
+            port: listen.port(),
+            flags: if on { DNS_F_CAPTURE } else { 0 },
+        };
+        lock(&self.dns)
+            .set(0, value, 0)
+            .map_err(BpfError::map(names::MAP_DNS))
+    }
+
+    /// Not one-shot: a UDP client socket sends many queries from one port; the entry is
+    /// rewritten by each datagram and ages out of the LRU.
+    pub(super) fn dns_peer(&self, netns_cookie: u64, peer: SocketAddrV4) -> Option<Origin> {
+        let key = PeerKey {
+            netns_cookie,
+            addr: peer.ip().octets(),
+            port: peer.port(),
+            _pad: 0,
+        };
+        lock(&self.dns_peers).get(&key, 0).ok()
     }
 
     pub(super) fn take_origin(&self, netns_cookie: u64, peer: SocketAddrV4) -> Option<Origin> {

@@ -45,7 +45,24 @@ pub(crate) fn parse(
         location: Location::default(),
         endpoints: Vec::new(),
         export_to: Vec::new(),
+        auto_allocate: true,
+        status_addresses: Vec::new(),
     };
+    // Istio's VIP eligibility label and istiod's allocations (files may carry status too).
+    // Lenient: these are not ours to validate, only to honour.
+    entry.auto_allocate = root
+        .value
+        .pointer("/metadata/labels/networking.istio.io~1enable-autoallocate-ip")
+        .and_then(|v| v.as_str())
+        != Some("false");
+    entry.status_addresses = root
+        .value
+        .pointer("/status/addresses")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("value")?.as_str()?.parse().ok())
+        .collect();
     let Some(spec) = root.get("spec") else {
         issues.at(&root.key_path("spec"), "is required");
         return entry;

@@ -476,3 +476,18 @@ fn unset_protocol_is_tcp_and_grpc_web_is_grpc() {
         .collect();
     assert_eq!(protocols, [Protocol::Tcp, Protocol::Grpc]);
 }
+
+#[test]
+fn the_vip_label_and_status_addresses_are_read() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: t\n  labels: {networking.istio.io/enable-autoallocate-ip: 'false'}\nspec:\n  hosts: [a.test]\n  ports: [{number: 80, protocol: HTTP, name: http}]\n  resolution: DNS\nstatus:\n  addresses: [{value: 240.240.9.9}, {value: not-an-ip}]\n";
+    let set = parse_str(Path::new("t.yaml"), yaml).expect("valid");
+    let se = &set.service_entries[0];
+    assert!(!se.auto_allocate);
+    assert_eq!(
+        se.status_addresses,
+        vec!["240.240.9.9".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let set = check(&format!("hosts: [a.test]\n{HTTP_PORTS}\nresolution: DNS")).expect("valid");
+    assert!(set.service_entries[0].auto_allocate);
+    assert!(set.service_entries[0].status_addresses.is_empty());
+}

@@ -52,6 +52,8 @@ fn istio_docs_httpbin_service_entry() {
             location: Location::MeshExternal,
             endpoints: vec![],
             export_to: vec![],
+            auto_allocate: true,
+            status_addresses: vec![],
         }]
     );
     assert!(set.skipped.is_empty());

@@ -212,6 +212,11 @@ pub struct ServiceEntry {
     pub location: Location,
     pub endpoints: Vec<Endpoint>,
     pub export_to: Vec<String>,
+    /// Label `networking.istio.io/enable-autoallocate-ip` is not `"false"`: eligible for a VIP
+    /// (with resolution other than NONE and no `addresses`).
+    pub auto_allocate: bool,
+    /// `status.addresses[].value`: the VIPs istiod allocated, used in preference to ours.
+    pub status_addresses: Vec<std::net::IpAddr>,
 }
 
 /// A document that was read but is not acted on (yet): kept so `check` and logs can say so.

@@ -116,8 +116,27 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
     // (address, port) -> the services that claim it, in config order (the first is the one the
     // kernel names; HTTP requests then choose among them by Host).
     let mut claimed: HashMap<(IpNet, u16), Vec<u32>> = HashMap::new();
+    // VIPs (design §11) and the names the DNS proxy answers.
+    let vips = crate::dnsproxy::vip::allocate(config);
+    let mut dns_names = crate::dnsproxy::DnsNames::default();
 
     for se in &config.service_entries {
+        for host in &se.hosts {
+            let key = (se.namespace.clone(), se.name.clone(), host.clone());
+            if let Some(vip) = vips.get(&key) {
+                dns_names.add(host, vip.iter().copied());
+            } else if !se.addresses.is_empty() {
+                // Names of ServiceEntries with `addresses` answer those (single addresses,
+                // not CIDRs).
+                dns_names.add(
+                    host,
+                    se.addresses
+                        .iter()
+                        .filter(|n| n.prefix_len == if n.addr.is_ipv4() { 32 } else { 128 })
+                        .map(|n| n.addr),
+                );
+            }
+        }
         let per_host = matches!(se.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
             && se.addresses.is_empty()
             && se.endpoints.is_empty();
@@ -148,6 +167,17 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
                 } else {
                     se.addresses.clone()
                 };
+                // The hosts' VIPs are captured like `addresses`.
+                let mut addresses = addresses;
+                for host in hosts {
+                    let key = (se.namespace.clone(), se.name.clone(), host.clone());
+                    for vip in vips.get(&key).into_iter().flatten() {
+                        let net = full(*vip);
+                        if !addresses.contains(&net) {
+                            addresses.push(net);
+                        }
+                    }
+                }
                 let id = services.len() as u32;
                 let service = Service {
                     id,
@@ -225,7 +255,8 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
     Built {
         table: ServiceTable::new(services)
             .with_tls(tls)
-            .with_siblings(siblings),
+            .with_siblings(siblings)
+            .with_dns_names(dns_names),
         routes,
         warnings,
     }
@@ -257,6 +288,8 @@ mod tests {
             location: Location::MeshExternal,
             endpoints,
             export_to: vec![],
+            auto_allocate: true,
+            status_addresses: vec![],
         }
     }
 
@@ -323,19 +356,79 @@ mod tests {
             first.upstream,
             Upstream::Endpoints(vec!["127.1.0.1:8080".parse().unwrap()])
         );
-        // ::1 is captured (and refused by the kernel), but IPv4 is preferred upstream.
-        assert_eq!(built.routes.len(), 3);
-        assert_eq!(built.routes[2].value.service_id, 1);
+        // ::1 is captured (and refused by the kernel), but IPv4 is preferred upstream; each
+        // host's VIP is captured too.
+        assert_eq!(built.routes.len(), 5);
+        let vips: Vec<_> = built
+            .routes
+            .iter()
+            .filter(|r| r.net.addr.to_string().starts_with("240.240."))
+            .map(|r| r.value.service_id)
+            .collect();
+        assert_eq!(vips, vec![0, 1]);
+        let upstream_is_never_the_vip = match &first.upstream {
+            Upstream::Endpoints(eps) => eps.iter().all(|e| !e.ip().to_string().starts_with("240.")),
+            Upstream::OriginalDst => false,
+        };
+        assert!(upstream_is_never_the_vip);
     }
 
     #[test]
-    fn unresolved_hosts_warn_and_capture_nothing() {
+    fn unresolved_hosts_warn_and_capture_only_their_vips() {
         let built = build(
             &set(vec![se(Resolution::Dns, &[], vec![])]),
             &DnsAnswers::new(),
         );
-        assert!(built.routes.is_empty());
+        assert_eq!(built.routes.len(), 2);
+        assert!(
+            built
+                .routes
+                .iter()
+                .all(|r| r.net.addr.to_string().starts_with("240.240."))
+        );
         assert_eq!(built.warnings.len(), 2);
+    }
+
+    #[test]
+    fn vips_follow_istiods_eligibility_and_status_addresses() {
+        use crate::dnsproxy::Answer;
+        let mut opted_out = se(Resolution::Dns, &[], vec![]);
+        opted_out.name = "opted-out".into();
+        opted_out.hosts = vec!["out.test".into()];
+        opted_out.auto_allocate = false;
+        let mut allocated = se(Resolution::Dns, &[], vec![]);
+        allocated.name = "allocated".into();
+        allocated.hosts = vec!["istiod.test".into()];
+        allocated.status_addresses = vec!["240.240.7.7".parse().unwrap()];
+        let mut none = se(Resolution::None, &[], vec![]);
+        none.name = "none".into();
+        none.hosts = vec!["none.test".into()];
+        let with_addresses = se(Resolution::None, &["127.9.0.1"], vec![]);
+        let built = build(
+            &set(vec![opted_out, allocated, none, with_addresses]),
+            &DnsAnswers::new(),
+        );
+        let names = &built.table.dns_names;
+        assert_eq!(names.answer("out.test"), Answer::Forward);
+        assert_eq!(names.answer("none.test"), Answer::Forward);
+        assert_eq!(
+            names.answer("istiod.test"),
+            Answer::Host(vec!["240.240.7.7".parse().unwrap()])
+        );
+        assert_eq!(
+            names.answer("httpbin.test"),
+            Answer::Host(vec!["127.9.0.1".parse().unwrap()])
+        );
+        // Deterministic: the same config gives the same VIPs.
+        let again = build(
+            &set(vec![se(Resolution::Dns, &[], vec![])]),
+            &DnsAnswers::new(),
+        );
+        let twice = build(
+            &set(vec![se(Resolution::Dns, &[], vec![])]),
+            &DnsAnswers::new(),
+        );
+        assert_eq!(again.routes, twice.routes);
     }
 
     #[test]

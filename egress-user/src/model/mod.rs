@@ -86,6 +86,8 @@ pub struct ServiceTable {
     pub policies: Arc<PolicySet>,
     /// Bumped on every change of config or identity; the kernel verdict cache keys on it.
     pub generation: u64,
+    /// What the DNS proxy answers for ServiceEntry hosts (VIPs, `addresses`).
+    pub dns_names: Arc<crate::dnsproxy::DnsNames>,
 }
 
 impl ServiceTable {
@@ -100,7 +102,14 @@ impl ServiceTable {
             siblings: std::collections::HashMap::new(),
             policies: Arc::default(),
             generation: 0,
+            dns_names: Arc::default(),
         }
+    }
+
+    /// The same table with the names the DNS proxy answers (from `build`).
+    pub fn with_dns_names(mut self, names: crate::dnsproxy::DnsNames) -> Self {
+        self.dns_names = Arc::new(names);
+        self
     }
 
     /// The same table with the services that share addresses (from `build`).

@@ -1,0 +1,285 @@
+//! DNS capture and the DNS proxy (design §11), host mode: the seed's host-only ServiceEntry
+//! (`hosts: [httpbin.org]`, `resolution: DNS`, no addresses) resolves to a 240.240.x.y VIP in
+//! the captured cgroup, so every connect to the name is captured, whatever the resolver says.
+//!
+//! Real parts: dnsmasq on a loopback address as the upstream resolver, the stand-in for
+//! httpbin.org on port 80 of another loopback address, curl through glibc, `dig`, Python's
+//! getaddrinfo. Each client runs in its own mount namespace whose /etc/resolv.conf names the
+//! test's resolver (`unshare -m` + a bind mount), so nothing on the machine is changed.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    process::Command,
+};
+
+use egress_tests::*;
+
+/// Addresses of this file only (loopback): resolvers at port 53, stand-ins at port 80.
+const RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 1);
+const ROTATING_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 2);
+const SILENT_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 3);
+const STAND_IN: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 1);
+const STAND_IN_2: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 2);
+const OTHER_NAME_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 9);
+
+const SEED_SERVICE_ENTRY: &str = include_str!("../../examples/httpbin.yaml");
+const SEED_POLICY: &str = include_str!("../../examples/httpbin-authz.yaml");
+
+/// `PROGRAM ARGS...` as `workload` would run it, inside a new mount namespace where
+/// /etc/resolv.conf is `resolv_conf`.
+fn with_resolv_conf(workload: Command, resolv_conf: &Path) -> Command {
+    let mut command = Command::new("unshare");
+    command
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
+        .arg(resolv_conf)
+        .arg(workload.get_program())
+        .args(workload.get_args());
+    if let Some(dir) = workload.get_current_dir() {
+        command.current_dir(dir);
+    }
+    command
+}
+
+fn run_in(dp: &Dataplane, resolv_conf: &Path, program: &str, args: &[&str]) -> Output {
+    let workload = dp.exec("default", "sleep").command(program, args);
+    run_bounded(
+        &mut with_resolv_conf(workload, resolv_conf),
+        std::time::Duration::from_secs(30),
+    )
+}
+
+fn curl_in(dp: &Dataplane, resolv_conf: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["-sS", "-i", "--connect-timeout", "5", "--max-time", "20"];
+    all.extend_from_slice(args);
+    run_in(dp, resolv_conf, "curl", &all)
+}
+
+/// `dig +short`-like: the A records of the answer and the server line.
+fn dig_in(dp: &Dataplane, resolv_conf: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["+time=8", "+tries=1"];
+    all.extend_from_slice(args);
+    run_in(dp, resolv_conf, "dig", &all)
+}
+
+fn seed_dataplane(resolver: &Resolver) -> Dataplane {
+    Dataplane::builder()
+        .service_entry(SEED_SERVICE_ENTRY)
+        .config(SEED_POLICY)
+        .args(&["--resolv-conf", &resolver.resolv_conf().to_string_lossy()])
+        .start()
+}
+
+fn is_vip(ip: &str) -> bool {
+    ip.starts_with("240.240.")
+}
+
+#[test]
+fn the_seed_host_only_service_entry_resolves_to_a_vip_and_is_proxied() {
+    if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
+        return;
+    }
+    let upstream = Upstream::http_at(SocketAddr::from((STAND_IN, 80)));
+    let resolver = Resolver::dnsmasq(
+        RESOLVER,
+        &[("httpbin.org", STAND_IN), ("other.test", OTHER_NAME_IP)],
+    );
+    let dp = seed_dataplane(&resolver);
+    let conf = resolver.resolv_conf();
+
+    // dig sees a VIP, from the resolver it asked, authoritative, TTL 30.
+    let out = dig_in(&dp, &conf, &["httpbin.org", "A"]).expect_success("dig httpbin.org");
+    let text = out.stdout.clone();
+    assert!(text.contains("status: NOERROR"), "{text}");
+    assert!(text.contains(&format!("SERVER: {RESOLVER}#53")), "{text}");
+    let answer = text
+        .lines()
+        .find(|l| l.starts_with("httpbin.org.") && l.contains("\tA\t"))
+        .unwrap_or_else(|| panic!("an A record for httpbin.org: {text}"));
+    let vip = answer.split_whitespace().last().expect("an address");
+    assert!(is_vip(vip), "{answer}");
+    assert!(answer.contains("\t30\t"), "TTL 30: {answer}");
+    // AAAA: NOERROR without records (never a real address that would go direct).
+    let out = dig_in(&dp, &conf, &["httpbin.org", "AAAA"]).expect_success("dig AAAA");
+    assert!(out.stdout.contains("status: NOERROR"), "{out:?}");
+    assert!(out.stdout.contains("ANSWER: 0"), "{out:?}");
+
+    // A name that is no ServiceEntry host resolves as without the dataplane, over UDP and TCP.
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig_in(&dp, &conf, &[transport, "+short", "other.test"])
+            .expect_success("dig other.test");
+        assert_eq!(out.stdout.trim(), OTHER_NAME_IP.to_string(), "{transport}");
+    }
+    let out = dig_in(&dp, &conf, &["+tcp", "+short", "httpbin.org"]).expect_success("dig +tcp");
+    assert_eq!(out.stdout.trim(), vip, "TCP answers the same VIP");
+    // A search-list expansion of the host is not hijacked.
+    let out = dig_in(&dp, &conf, &["httpbin.org.default.svc.cluster.local"])
+        .expect_success("dig an expansion");
+    assert!(!out.stdout.contains("240.240."), "{out:?}");
+
+    // curl through glibc: the VIP is captured and proxied to what the resolver names.
+    let out = curl_in(&dp, &conf, &["http://httpbin.org/get"]);
+    assert_eq!(out.http_status(), Some(200), "{out:?}");
+    assert_eq!(out.header("via").as_deref(), Some("1.1 egress-waypoint"));
+    let out = curl_in(&dp, &conf, &["-X", "POST", "http://httpbin.org/post"]);
+    assert_eq!(out.http_status(), Some(403), "{out:?}");
+    assert_eq!(
+        upstream.hits().len(),
+        1,
+        "only the allowed GET went upstream"
+    );
+    let line = dp.access_log_line("/get");
+    assert!(line.contains(&format!("\"{STAND_IN}:80\"")), "{line}");
+
+    // Python's getaddrinfo sees the VIP too.
+    let out = run_in(
+        &dp,
+        &conf,
+        "python3",
+        &[
+            "-c",
+            "import socket; print(socket.getaddrinfo('httpbin.org', 80, socket.AF_INET)[0][4][0])",
+        ],
+    )
+    .expect_success("getaddrinfo");
+    assert!(is_vip(out.stdout.trim()), "{out:?}");
+
+    assert!(dp.bpf_counter("dns_redirected") > 0);
+    assert!(dp.bpf_counter("dns_reply_restored") > 0);
+    assert!(
+        dp.metrics()
+            .contains("egress_dns_requests_total{type=\"A\",rcode=\"NOERROR\"}"),
+        "{}",
+        dp.metrics()
+    );
+
+    // Outside the captured cgroup, DNS is untouched: the real answer from the resolver.
+    let out = run_bounded(
+        Command::new("dig").args([
+            "+time=3",
+            "+tries=1",
+            "+short",
+            &format!("@{RESOLVER}"),
+            "httpbin.org",
+        ]),
+        std::time::Duration::from_secs(10),
+    );
+    assert_eq!(out.stdout.trim(), STAND_IN.to_string(), "{out:?}");
+}
+
+#[test]
+fn a_resolver_that_rotates_its_answers_never_lets_a_connect_go_direct() {
+    if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
+        return;
+    }
+    let first = Upstream::http_at(SocketAddr::from((STAND_IN, 80)));
+    let second = Upstream::http_at(SocketAddr::from((STAND_IN_2, 80)));
+    let resolver = Resolver::dnsmasq(ROTATING_RESOLVER, &[("httpbin.org", STAND_IN)]);
+    let dp = seed_dataplane(&resolver);
+    let conf = resolver.resolv_conf();
+    for i in 0..4 {
+        let ip = if i % 2 == 0 { STAND_IN } else { STAND_IN_2 };
+        resolver.set_hosts(&[("httpbin.org", ip)]);
+        let out = curl_in(&dp, &conf, &["http://httpbin.org/get"]);
+        assert_eq!(out.http_status(), Some(200), "curl {i}: {out:?}");
+        assert_eq!(
+            out.header("via").as_deref(),
+            Some("1.1 egress-waypoint"),
+            "curl {i} was captured: {out:?}"
+        );
+    }
+    let hits: Vec<_> = first.hits().into_iter().chain(second.hits()).collect();
+    assert_eq!(hits.len(), 4, "every curl reached a stand-in");
+    assert_eq!(
+        dp.access_log_lines().len(),
+        4,
+        "all four went through the waypoint"
+    );
+}
+
+#[test]
+fn a_resolver_failure_reaches_the_client_as_servfail() {
+    if !require_privileges() || !require_tools(&["dig", "unshare"]) {
+        return;
+    }
+    let silent = SilentResolver::on(SILENT_RESOLVER);
+    let dp = Dataplane::builder()
+        .service_entry(SEED_SERVICE_ENTRY)
+        .args(&["--resolv-conf", &silent.resolv_conf().to_string_lossy()])
+        .start();
+    let out = dig_in(&dp, &silent.resolv_conf(), &["name.test"]);
+    assert!(out.stdout.contains("status: SERVFAIL"), "{out:?}");
+    // The ServiceEntry host is still answered: the dataplane needs no resolver for it.
+    let out = dig_in(&dp, &silent.resolv_conf(), &["+short", "httpbin.org"])
+        .expect_success("dig httpbin.org");
+    assert!(is_vip(out.stdout.trim()), "{out:?}");
+}
+
+#[test]
+fn with_registry_only_names_resolve_and_only_service_entry_traffic_leaves() {
+    if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
+        return;
+    }
+    let upstream = Upstream::http_at(SocketAddr::from((STAND_IN, 80)));
+    let other = Upstream::http_at(SocketAddr::from((OTHER_NAME_IP, 80)));
+    let resolver = Resolver::dnsmasq(
+        RESOLVER,
+        &[("httpbin.org", STAND_IN), ("other.test", OTHER_NAME_IP)],
+    );
+    // Loopback is allowed by default; allow only the resolver so the other stand-in is not.
+    let dp = Dataplane::builder()
+        .service_entry(SEED_SERVICE_ENTRY)
+        .config(SEED_POLICY)
+        .args(&[
+            "--resolv-conf",
+            &resolver.resolv_conf().to_string_lossy(),
+            "--outbound-policy",
+            "registry-only",
+            "--allow-cidr",
+            &format!("{RESOLVER}/32"),
+        ])
+        .start();
+    let conf = resolver.resolv_conf();
+    let out = dig_in(&dp, &conf, &["+short", "other.test"]).expect_success("dig other.test");
+    assert_eq!(out.stdout.trim(), OTHER_NAME_IP.to_string());
+    let out = curl_in(&dp, &conf, &["http://httpbin.org/get"]);
+    assert_eq!(out.http_status(), Some(200), "{out:?}");
+    let out = curl_in(&dp, &conf, &["http://other.test/"]);
+    assert_ne!(out.http_status(), Some(200), "{out:?}");
+    assert!(
+        other.hits().is_empty(),
+        "nothing reached the non-ServiceEntry name"
+    );
+    assert_eq!(upstream.hits().len(), 1);
+}
+
+#[test]
+fn a_truncated_udp_answer_is_retried_over_tcp_and_arrives_whole() {
+    if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
+        return;
+    }
+    // Sixty A records do not fit a 512-byte UDP answer: dnsmasq sets TC, dig asks again over
+    // TCP, and both exchanges go through the proxy.
+    let ips: Vec<Ipv4Addr> = (1..=60).map(|i| Ipv4Addr::new(127, 0, 70, i)).collect();
+    let hosts: Vec<(&str, Ipv4Addr)> = ips.iter().map(|ip| ("big.test", *ip)).collect();
+    let resolver = Resolver::dnsmasq(RESOLVER, &hosts);
+    let dp = seed_dataplane(&resolver);
+    let out = dig_in(&dp, &resolver.resolv_conf(), &["+noedns", "big.test"])
+        .expect_success("dig big.test");
+    assert!(
+        out.stdout.contains("Truncated, retrying in TCP mode"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("status: NOERROR"), "{out:?}");
+    assert!(out.stdout.contains("ANSWER: 60"), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("SERVER: {RESOLVER}#53(")),
+        "{out:?}"
+    );
+    assert!(
+        dp.metrics()
+            .contains("egress_dns_requests_total{type=\"A\",rcode=\"NOERROR\"} 2"),
+        "one UDP and one TCP exchange: {}",
+        dp.metrics()
+    );
+}
