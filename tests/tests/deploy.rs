@@ -739,10 +739,8 @@ fn deploy_helm_install_then_upgrades_scope_secret_access() {
 }
 
 /// Every argument the DaemonSet passes is one `egress run` accepts: clap refuses an unknown
-/// flag or a bad value before it gets to `--help`. Needs `egress run --kubernetes`, which the
-/// agent side (issue 11 part 2) adds; until that lands this fails, so it is ignored here.
+/// flag or a bad value before it gets to `--help`.
 #[test]
-#[ignore = "needs `egress run --kubernetes` (issue 11 part 2); run with --ignored once it lands"]
 fn deploy_daemonset_args_are_what_egress_run_accepts() {
     if !(require_helm() && require_binary()) {
         return;
