@@ -15,6 +15,12 @@ pub enum CgroupError {
     NoCgroup2,
     #[error("reading /proc/mounts")]
     Mounts(#[source] io::Error),
+    #[error(
+        "no kubelet pod cgroup root (kubepods.slice or kubepods) below {mount}; name it with --cgroup"
+    )]
+    NoPodRoot { mount: PathBuf },
+    #[error("reading this process's cgroup from /proc/self/cgroup")]
+    Own(#[source] io::Error),
     #[error("{path} is not on a cgroup2 filesystem")]
     NotCgroup2 { path: PathBuf },
     #[error("creating cgroup {path}")]
@@ -88,6 +94,17 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
         .into_iter()
         .next()
         .ok_or(CgroupError::NoCgroup2)
+}
+
+/// The cgroup this process is in (its cgroup2 path from /proc/self/cgroup, on the mount).
+pub fn own() -> Result<PathBuf, CgroupError> {
+    let mount = cgroup2_mount()?;
+    let text = fs::read_to_string("/proc/self/cgroup").map_err(CgroupError::Own)?;
+    let rel = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .ok_or_else(|| CgroupError::Own(io::Error::other("no cgroup2 (0::) line")))?;
+    Ok(mount.join(rel.trim_start_matches('/')))
 }
 
 /// The default captured cgroup: `<cgroup2 mount>/egress`.

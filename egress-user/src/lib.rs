@@ -14,6 +14,7 @@ pub mod identity;
 pub mod model;
 pub mod netns;
 pub mod output;
+pub mod pods;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

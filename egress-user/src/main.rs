@@ -61,6 +61,10 @@ enum Command {
         /// Pin directory of the dataplane to inspect.
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/egress")]
         bpffs: PathBuf,
+        /// Admin endpoint of the running agent; in Kubernetes mode its enrolled pods (principal,
+        /// netns cookie, listener) are shown too.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
     },
     /// Internal: load the kernel object and pin maps and links (what `egress run` runs in a
     /// short-lived child so that the loader's memory never stays in the waypoint).
@@ -211,6 +215,30 @@ struct RunArgs {
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
+    /// Kubernetes mode (the DaemonSet agent): capture attaches once at the kubelet's pod cgroup
+    /// root (--cgroup, default <cgroup2 mount>/kubepods.slice or kubepods), and only this
+    /// node's enrolled pods are captured: pod or namespace label
+    /// istio.io/dataplane-mode=<--dataplane-mode>, a pod label of another value (none) opts
+    /// out, hostNetwork pods never. Each enrolled pod gets the waypoint listener (--listen)
+    /// inside its own network namespace and the principal
+    /// <trust-domain>/ns/<namespace>/sa/<serviceAccountName>.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: the kubeconfig to use. Default: KUBECONFIG, ~/.kube/config, else
+    /// the in-cluster service account.
+    #[arg(long, value_name = "PATH", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: this node's name (pods with spec.nodeName = it are served).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME", requires = "kubernetes")]
+    node_name: Option<String>,
+    /// With --kubernetes: the host's /proc, where a pod's network namespace is found through
+    /// a process of its cgroup (/proc/<pid>/ns/net). The DaemonSet mounts it at /host/proc.
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    proc: PathBuf,
+    /// With --kubernetes: the istio.io/dataplane-mode value that enrolls a pod or namespace
+    /// (another value than Istio's ambient lets the agent run beside ztunnel).
+    #[arg(long, value_name = "VALUE", default_value = egress::pods::DEFAULT_DATAPLANE_MODE)]
+    dataplane_mode: String,
 }
 
 #[derive(Args)]
@@ -326,9 +354,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Explain(args) => explain(args),
-        Command::Status { bpffs } => match bpf::status(&bpffs) {
+        Command::Status { bpffs, admin } => match bpf::status(&bpffs) {
             Ok(status) => {
                 egress::out!("{status}");
+                if let Some(pods) = egress::pods::status::fetch(admin) {
+                    egress::out!("{}", egress::pods::status::render(&pods));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
@@ -414,13 +445,41 @@ fn cleanup(bpffs: &std::path::Path, cgroup: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The kubelet's pod cgroup root on the cgroup2 mount (`kubepods.slice` or `kubepods`).
+fn kubelet_pod_root() -> Result<PathBuf, cgroup::CgroupError> {
+    let mount = cgroup::cgroup2_mount()?;
+    egress::pods::layout::pod_root(&mount).ok_or(cgroup::CgroupError::NoPodRoot { mount })
+}
+
 fn run(args: RunArgs) -> ExitCode {
     if args.cleanup {
         return cleanup(&args.bpffs, args.cgroup);
     }
-    let cgroup = match args.cgroup.map_or_else(cgroup::default_captured_cgroup, Ok) {
+    let default_cgroup = if args.kubernetes {
+        kubelet_pod_root
+    } else {
+        cgroup::default_captured_cgroup
+    };
+    let cgroup = match args.cgroup.map_or_else(default_cgroup, Ok) {
         Ok(c) => c,
         Err(e) => return fail(&e),
+    };
+    let kubernetes = if args.kubernetes {
+        let Some(node_name) = args.node_name.filter(|n| !n.is_empty()) else {
+            egress::errln!(
+                "error: --kubernetes needs --node-name (or NODE_NAME, from the downward API: \
+                 fieldRef spec.nodeName)"
+            );
+            return ExitCode::from(2);
+        };
+        Some(egress::pods::KubernetesOptions {
+            kubeconfig: args.kubeconfig,
+            node_name,
+            proc: args.proc,
+            dataplane_mode: args.dataplane_mode,
+        })
+    } else {
+        None
     };
     let trust_domain = args.trust_domain;
     let opts = RunOptions {
@@ -464,6 +523,7 @@ fn run(args: RunArgs) -> ExitCode {
         },
         drain_timeout: args.drain_timeout,
         kernel_log: args.kernel_log,
+        kubernetes,
     };
     match limits::raise_open_files(args.max_connections as usize) {
         Ok(files) if files.is_short() => tracing::warn!(

@@ -16,7 +16,7 @@ use tokio::{signal::unix::Signal, sync::watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::Capture,
+    bpf::{AnchorFlags, Capture},
     cgroup,
     config::{self, ConfigSet},
     dns::{self, Dns, DnsOptions, LOOKUP_TIMEOUT, Resolution},
@@ -302,11 +302,24 @@ impl Reconciler {
             if new_generation {
                 self.capture.set_generation(table.generation)?;
             }
-            let registered: Vec<(u64, bool)> = anchors
+            // Pod anchors (Kubernetes mode) are enrolled: only they are captured there.
+            let pods: std::collections::HashSet<u64> = self
+                .identities
+                .pods()
                 .iter()
-                .map(|a| (a.cgroup_id, a.principal.is_some()))
+                .filter_map(|(path, _)| cgroup::id(path).ok())
                 .collect();
-            self.capture.sync_anchors(&registered)?;
+            let registered: Vec<(u64, AnchorFlags)> = anchors
+                .iter()
+                .map(|a| {
+                    let flags = AnchorFlags {
+                        cacheable: a.principal.is_some(),
+                        enrolled: pods.contains(&a.cgroup_id),
+                    };
+                    (a.cgroup_id, flags)
+                })
+                .collect();
+            self.capture.sync_anchors_flagged(&registered)?;
             let fresh: Vec<Anchor> = if new_generation {
                 anchors.clone()
             } else {

@@ -27,6 +27,7 @@ use crate::{
     handover::{self, HandoverError, Inherited, Offer, Outcome},
     identity::CgroupIdentities,
     model::OriginSource,
+    pods::{self, PodsError},
     policy::PathParameters,
     proxy::{CaptureMode, Waypoint, WaypointConfig, limits::Limits},
     reload::{Outbound, Reconciler},
@@ -81,6 +82,9 @@ pub struct RunOptions {
     /// The kernel programs log each decision, read into this process's log (target
     /// `egress::kernel`).
     pub kernel_log: bool,
+    /// Kubernetes mode: `cgroup` is the kubelet's pod root, and only the enrolled pods of this
+    /// node are captured, each served in its own network namespace. `None`: host mode.
+    pub kubernetes: Option<pods::KubernetesOptions>,
 }
 
 /// REGISTRY_ONLY's default allow list: loopback (127.0.0.0/8: node-local services, including
@@ -140,6 +144,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Pods(#[from] PodsError),
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
     #[error(
@@ -199,9 +205,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     // connection of its own.
     cgroup::ensure_on_cgroup2(&opts.cgroup)?;
     cgroup::create(&opts.cgroup)?;
-    let waypoint_cgroup = opts.cgroup.join(WAYPOINT_CGROUP);
-    cgroup::create(&waypoint_cgroup)?;
-    cgroup::enter(&waypoint_cgroup, std::process::id())?;
+    let waypoint_cgroup = if opts.kubernetes.is_some() {
+        // The agent's own pod cgroup (the kubelet's to manage): exempt by id where it is.
+        cgroup::own()?
+    } else {
+        let waypoint_cgroup = opts.cgroup.join(WAYPOINT_CGROUP);
+        cgroup::create(&waypoint_cgroup)?;
+        cgroup::enter(&waypoint_cgroup, std::process::id())?;
+        waypoint_cgroup
+    };
     let waypoint_cgroup_id = cgroup::id(&waypoint_cgroup)?;
 
     // An `egress run` already serving this address hands its listeners over (and stops
@@ -269,13 +281,19 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         }
     }
     // Host mode captures the whole cgroup (an enrollment-only flag a Kubernetes-mode run
-    // pinned would leave it uncaptured).
-    capture.set_enrolled_only(false)?;
+    // pinned would leave it uncaptured); Kubernetes mode only the enrolled pods.
+    capture.set_enrolled_only(opts.kubernetes.is_some())?;
     capture.set_waypoint(opts.listen, waypoint_cgroup_id)?;
 
     // SIGHUP reloads; install the handler before anything could send one.
     let hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let identities = Arc::new(CgroupIdentities::new(&opts.cgroup, &opts.trust_domain));
+    // Kubernetes mode: this node's pods, listed before the reconciler first syncs the kernel's
+    // anchors, so a restart keeps every enrolled pod's anchor (and its fail-closed capture).
+    let pods = match &opts.kubernetes {
+        Some(k) => Some(pods::Pods::start(k, &opts, &identities).await?),
+        None => None,
+    };
     let reconciler = Reconciler::start(
         opts.configs.clone(),
         &opts.root_namespace,
@@ -302,7 +320,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Waypoint::with_verdict_cache(
             services.clone(),
             origins,
-            identities,
+            identities.clone(),
             access_log,
             waypoint_config,
             capture.clone(),
@@ -311,19 +329,30 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Waypoint::new(
             services.clone(),
             origins,
-            identities,
+            identities.clone(),
             access_log,
             waypoint_config,
         )
     };
     let ready = Arc::new(AtomicBool::new(false));
     let counters_capture = capture.clone();
+    let (gate, _) = watch::channel(Gate::Open);
+    let (rescans, rescan_requests) = tokio::sync::mpsc::channel(crate::identity::rescan::QUEUE);
+    let pod_status = pods.map(|pods| {
+        pods.serve(
+            identities.clone(),
+            rescans.clone(),
+            waypoint.clone(),
+            gate.subscribe(),
+            ebpf.then(|| capture.clone()),
+        )
+    });
     let admin_state = Arc::new(AdminState {
+        pods: pod_status,
         ready: ready.clone(),
         services: services.clone(),
         kernel_counters: Arc::new(move || counters_capture.counters()),
     });
-    let (gate, _) = watch::channel(Gate::Open);
     let listener_fds = [listener.as_raw_fd(), admin.as_raw_fd()];
     let admin_gate = gate.subscribe();
     tokio::spawn(async move {
@@ -336,7 +365,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         netns_cookie,
         gate.subscribe(),
     ));
-    let (rescans, rescan_requests) = tokio::sync::mpsc::channel(crate::identity::rescan::QUEUE);
     tokio::spawn({
         let pins = opts.bpffs.clone();
         async move { crate::identity::rescan::serve(&pins, rescans).await }

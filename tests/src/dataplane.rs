@@ -41,6 +41,8 @@ static SWEEP: Once = Once::new();
 pub struct Builder {
     documents: Vec<String>,
     extra_args: Vec<String>,
+    /// Kubernetes mode: the cgroup to capture instead of the dataplane's own.
+    captured: Option<PathBuf>,
 }
 
 impl Builder {
@@ -58,6 +60,21 @@ impl Builder {
     /// Adds arguments to `egress run` (e.g. `--outbound-policy registry-only`).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Kubernetes mode, as `node`'s agent: `--kubernetes --kubeconfig <admin's> --node-name
+    /// <node> --cgroup <node's kubepods root>`.
+    pub fn kubernetes(mut self, node: &crate::Node<'_>) -> Self {
+        let kubeconfig = node.cluster().kubeconfig();
+        self.extra_args.extend([
+            "--kubernetes".to_owned(),
+            "--kubeconfig".to_owned(),
+            kubeconfig.to_string_lossy().into_owned(),
+            "--node-name".to_owned(),
+            node.name().to_owned(),
+        ]);
+        self.captured = Some(node.pod_root().to_owned());
         self
     }
 
@@ -80,6 +97,10 @@ impl Builder {
             .expect("writing the test config");
         let [listen, admin] = free_ports();
         let mut dataplane = Dataplane {
+            captured: self
+                .captured
+                .clone()
+                .unwrap_or_else(|| cgroup_root.join(&name)),
             cgroup: cgroup_root.join(&name),
             cgroup_root,
             pins: Path::new(BPFFS).join(&name),
@@ -109,7 +130,10 @@ impl Builder {
 /// A running `egress run` (or one that a test killed) and the resources it was given.
 pub struct Dataplane {
     name: String,
+    /// Its own cgroup (removed on drop); captured, too, unless `captured` says otherwise.
     cgroup: PathBuf,
+    /// `--cgroup`: the captured cgroup (a node's kubepods root in Kubernetes mode).
+    captured: PathBuf,
     cgroup_root: PathBuf,
     pins: PathBuf,
     listen: SocketAddr,
@@ -129,7 +153,16 @@ impl Dataplane {
 
     /// The captured cgroup (`--cgroup`).
     pub fn cgroup(&self) -> &Path {
-        &self.cgroup
+        &self.captured
+    }
+
+    /// The admin server's `/pods` page (Kubernetes mode's enrolled pods), as JSON text.
+    #[track_caller]
+    pub fn pods(&self) -> String {
+        let (status, body) = http::get(self.admin, "/pods", Duration::from_secs(5))
+            .expect("the admin server answers /pods");
+        assert_eq!(status, 200, "/pods answered {status}: {body}");
+        body
     }
 
     /// The pin directory (`--bpffs`).
@@ -432,7 +465,7 @@ impl Dataplane {
             "--config".into(),
             path(&self.files.path().join("config")),
             "--cgroup".into(),
-            path(&self.cgroup),
+            path(&self.captured),
             "--listen".into(),
             self.listen.to_string(),
             "--admin".into(),
@@ -558,7 +591,7 @@ impl Workload<'_> {
         command
             .arg("exec")
             .arg("--cgroup")
-            .arg(&dp.cgroup)
+            .arg(&dp.captured)
             .arg("--bpffs")
             .arg(&dp.pins)
             .args(["--namespace", self.namespace])

@@ -27,6 +27,7 @@ mod environment;
 mod helm;
 mod http;
 pub mod iptables;
+mod pod;
 mod process;
 mod resolver;
 mod tls;
@@ -46,6 +47,7 @@ pub use helm::{
     CACHED_HELM, CACHED_KUBERNETES_VALIDATE, Chart, NAMESPACE, RELEASE, documents, helm_bin,
     kinds_and_names, kubernetes_validate, kubernetes_validate_bin, workspace_root,
 };
+pub use pod::{Node, Pod, PodBuilder};
 pub use process::{Output, curl, run_bounded, run_bounded_with_input};
 pub use resolver::{RESOLVER_TTL, Resolver, SilentResolver, query_a};
 pub use tls::{Cert, Handshake, Httpbin, TestCa, TlsUpstream};

@@ -258,6 +258,13 @@ impl Capture {
         self.maps.sync_anchors(&anchors)
     }
 
+    /// Makes the kernel's identity anchors exactly these, each with its flags (Kubernetes mode:
+    /// pod anchors are enrolled).
+    pub fn sync_anchors_flagged(&self, anchors: &[(u64, AnchorFlags)]) -> Result<(), BpfError> {
+        let anchors: Vec<(u64, u32)> = anchors.iter().map(|(id, f)| (*id, f.bits())).collect();
+        self.maps.sync_anchors(&anchors)
+    }
+
     /// Registers (or updates) one identity anchor: the cgroup `cgroup_id` and every cgroup below
     /// it (up to a deeper anchor) carry its identity in the kernel. For Kubernetes pods:
     /// [`AnchorFlags::enrolled`] makes the pod captured under enrollment-only capture.

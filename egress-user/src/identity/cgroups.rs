@@ -21,6 +21,9 @@ pub struct CgroupIdentities {
     /// Declared mappings (WorkloadIdentity): absolute cgroup path -> principal. The longest
     /// matching path wins, before the `ns/<NS>/sa/<SA>` convention.
     mappings: RwLock<Vec<(PathBuf, Principal)>>,
+    /// Kubernetes mode: pod-level cgroup -> the pod's principal (the pod manager keeps these).
+    /// A pod's cgroup is one identity anchor for all its containers.
+    pods: RwLock<HashMap<PathBuf, Principal>>,
     /// cgroup id -> principal. Ids are never reused while the host is up, so a cached answer
     /// (including "no identity") stays true.
     cache: RwLock<HashMap<u64, Option<Principal>>>,
@@ -56,6 +59,7 @@ impl CgroupIdentities {
             root: root.to_owned(),
             trust_domain: trust_domain.to_owned(),
             mappings: RwLock::new(Vec::new()),
+            pods: RwLock::new(HashMap::new()),
             cache: RwLock::new(HashMap::new()),
         }
     }
@@ -75,11 +79,61 @@ impl CgroupIdentities {
             .clear();
     }
 
+    /// Kubernetes mode: the pod whose cgroup is `pod` has `principal` from now on (its
+    /// containers and every cgroup below it too).
+    pub fn set_pod(&self, pod: &Path, principal: Principal) {
+        let changed = self
+            .pods
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pod.to_owned(), principal.clone())
+            != Some(principal);
+        if changed {
+            self.forget_cached();
+        }
+    }
+
+    /// Kubernetes mode: the pod whose cgroup is `pod` is no longer served.
+    pub fn remove_pod(&self, pod: &Path) {
+        let removed = self
+            .pods
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pod)
+            .is_some();
+        if removed {
+            self.forget_cached();
+        }
+    }
+
+    /// The pod cgroups known now, with their principals.
+    pub fn pods(&self) -> Vec<(PathBuf, Principal)> {
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+        pods.iter().map(|(p, pr)| (p.clone(), pr.clone())).collect()
+    }
+
+    fn forget_cached(&self) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The identity-defining directory a cgroup directory belongs to, and its principal: the
     /// deepest of the declared mappings and the exec convention's `ns/<NS>/sa/<SA>` directory
     /// that contain it. The kernel picks the same one (the deepest registered anchor), so both
     /// sides agree on who a cgroup is.
     fn defining(&self, path: &Path) -> Option<(PathBuf, Principal)> {
+        // A pod's identity is the API server's word; nothing below a pod cgroup redefines it.
+        if let Some(pod) = self
+            .pods
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(pod, _)| path.starts_with(pod))
+        {
+            return Some((pod.0.clone(), pod.1.clone()));
+        }
         let mappings = self.mappings.read().unwrap_or_else(|e| e.into_inner());
         let mapped = mappings
             .iter()
@@ -118,6 +172,14 @@ impl CgroupIdentities {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         for (path, principal) in mappings {
+            if let Ok(id) = cgroup::id(&path) {
+                anchors.push(Anchor {
+                    cgroup_id: id,
+                    principal: Some(principal),
+                });
+            }
+        }
+        for (path, principal) in self.pods() {
             if let Ok(id) = cgroup::id(&path) {
                 anchors.push(Anchor {
                     cgroup_id: id,
@@ -237,6 +299,28 @@ mod tests {
             ids.principal(id(&exec)),
             Some(Principal::new("cluster.local", "default", "sleep"))
         );
+    }
+
+    #[test]
+    fn pod_cgroups_carry_their_pods_principal_and_are_anchors() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("kubepods.slice");
+        let pod = root.join("kubepods-besteffort.slice/kubepods-besteffort-pod1234.slice");
+        let container = pod.join("cri-containerd-abcd.scope");
+        fs::create_dir_all(&container).expect("mkdir");
+        let ids = CgroupIdentities::new(&root, "cluster.local");
+        let id = |p: &Path| cgroup::id(p).expect("inode");
+        assert_eq!(ids.principal(id(&container)), None, "not a pod of ours yet");
+        let sleep = Principal::new("cluster.local", "default", "sleep");
+        ids.set_pod(&pod, sleep.clone());
+        assert_eq!(ids.principal(id(&container)), Some(sleep.clone()));
+        assert!(ids.anchors().contains(&Anchor {
+            cgroup_id: id(&pod),
+            principal: Some(sleep),
+        }));
+        ids.remove_pod(&pod);
+        assert_eq!(ids.principal(id(&container)), None, "forgotten at once");
+        assert!(ids.anchors().iter().all(|a| a.cgroup_id != id(&pod)));
     }
 
     #[test]

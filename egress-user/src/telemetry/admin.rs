@@ -43,6 +43,8 @@ pub struct AdminState {
     /// Kernel counters by name, rendered as `egress_bpf_<name>_total`; names ending in
     /// `_entries` are gauges, rendered as `egress_bpf_<name>`.
     pub kernel_counters: Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
+    /// Kubernetes mode: the enrolled pods, for `/pods` (and `egress status`).
+    pub pods: Option<Arc<std::sync::RwLock<Vec<crate::pods::PodStatus>>>>,
 }
 
 /// Serves the admin endpoint while `gate` is open (see [`crate::drain::accept`]); returns,
@@ -91,7 +93,7 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let known = matches!(
         path,
-        "/healthz/ready" | "/config_dump" | "/stats/prometheus"
+        "/healthz/ready" | "/config_dump" | "/stats/prometheus" | "/pods"
     );
     if known && req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -101,6 +103,7 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
         "/healthz/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY\n"),
         "/config_dump" => config_dump(&state.services.load()),
         "/stats/prometheus" => prometheus(state),
+        "/pods" => pods(state),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -147,6 +150,21 @@ fn config_dump(table: &ServiceTable) -> Response<Full<Bytes>> {
         })
         .collect();
     let body = serde_json::to_vec_pretty(&json!({ "services": services })).unwrap_or_default();
+    respond(StatusCode::OK, "application/json", Bytes::from(body))
+}
+
+/// `{"kubernetes": bool, "pods": [PodStatus...]}`.
+fn pods(state: &AdminState) -> Response<Full<Bytes>> {
+    let pods = state
+        .pods
+        .as_ref()
+        .map(|p| p.read().unwrap_or_else(|e| e.into_inner()).clone())
+        .unwrap_or_default();
+    let body = serde_json::to_vec_pretty(&json!({
+        "kubernetes": state.pods.is_some(),
+        "pods": pods,
+    }))
+    .unwrap_or_default();
     respond(StatusCode::OK, "application/json", Bytes::from(body))
 }
 
@@ -229,6 +247,7 @@ mod tests {
             ready: ready.clone(),
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::new(vec![service()]))),
             kernel_counters: Arc::new(|| vec![("redirected_ipv4", 7)]),
+            pods: None,
         });
         let server = tokio::spawn(serve_admin(listener, state, crate::drain::always_open()));
 

@@ -495,6 +495,7 @@ async fn admin_reports_readiness_and_request_counters() {
             ready: ready.clone(),
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::default())),
             kernel_counters: Arc::new(|| vec![("peer_recorded", 3)]),
+            pods: None,
         }),
         crate::drain::always_open(),
     ));
