@@ -657,6 +657,52 @@ mod tests {
         assert!(Stat::of(&[]).is_none());
     }
 
+    fn empty() -> Report {
+        Report {
+            profile: "release".to_owned(),
+            machine: json!({"summary": "test"}),
+            versions: json!({}),
+            plan: json!({"rounds": 1, "run_seconds": 2}),
+            rates: [1000, 5000],
+            samples: BTreeMap::new(),
+            raw: Vec::new(),
+            errors: Vec::new(),
+            elapsed: Duration::ZERO,
+            sweep_sizes: Vec::new(),
+            deny_count: 0,
+        }
+    }
+
+    #[test]
+    fn pod_netns_is_compared_with_host_mode() {
+        let mut report = empty();
+        report.sample("E", metric::KA16, 0, 10_000.0);
+        report.sample("P", metric::KA16, 0, 9_500.0);
+        report.sample("E", metric::CPR, 0, 5_000.0);
+        report.sample("P", metric::CPR, 0, 4_000.0);
+        report.sample("P", "control_plane_startup_s", 0, 9.5);
+        let md = report.markdown();
+        assert!(md.contains("| figure | E | P | P÷E |"), "{md}");
+        assert!(
+            md.contains("| keep-alive req/s, 16 connections | 10000 | 9500 | 0.95× |"),
+            "{md}"
+        );
+        assert!(md.contains("| 9.50 |"), "{md}");
+        let target = |label: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| P {label} ≥ 0.9× E")))
+                .unwrap_or_else(|| panic!("no P target row for {label}:\n{md}"))
+                .to_owned()
+        };
+        assert!(target("keep-alive req/s, 16 connections").ends_with("| 0.95× | met |"));
+        assert!(target("connection-per-request req/s").ends_with("| 0.80× | not met |"));
+        assert!(target("keep-alive req/s, 64 connections").ends_with("| — | not measured |"));
+        // Without P no pod table.
+        let mut report = empty();
+        report.sample("E", metric::KA16, 0, 10_000.0);
+        assert!(!report.markdown().contains("P÷E"));
+    }
+
     #[test]
     fn numbers_keep_their_digits() {
         assert_eq!(num(12345.6), "12346");
