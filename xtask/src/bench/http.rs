@@ -193,9 +193,7 @@ pub fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     if let Some(cluster) = &cluster {
-        cluster
-            .control_plane
-            .keep_logs(&env.out.join("logs"));
+        cluster.control_plane.keep_logs(&env.out.join("logs"));
     }
     Ok(())
 }
@@ -358,12 +356,7 @@ fn measure(
                 started.uid,
                 served.as_secs_f64() * 1e3
             );
-            report.sample(
-                config.key(),
-                "pod_served_s",
-                round,
-                served.as_secs_f64(),
-            );
+            report.sample(config.key(), "pod_served_s", round, served.as_secs_f64());
             pod = Some(started);
             proxy = Proxy::Egress(dp);
             _redirect = None;

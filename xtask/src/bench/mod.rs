@@ -110,8 +110,8 @@ pub fn selection(only: &[Only]) -> (Vec<Figure>, Vec<http::Config>) {
         .collect();
     let mut figures = Vec::new();
     for figure in [Figure::Http, Figure::Sweep, Figure::Deny] {
-        let wanted = only.contains(&Only::Figure(figure))
-            || (figure == Figure::Http && !named.is_empty());
+        let wanted =
+            only.contains(&Only::Figure(figure)) || (figure == Figure::Http && !named.is_empty());
         if wanted {
             figures.push(figure);
         }

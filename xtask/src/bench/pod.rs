@@ -59,8 +59,7 @@ impl ControlPlane {
     /// `default` for enrollment.
     pub fn start() -> anyhow::Result<ControlPlane> {
         let assets = crate::kube::control_plane()?;
-        let dir =
-            std::env::temp_dir().join(format!("egress-bench-{}-cluster", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("egress-bench-{}-cluster", std::process::id()));
         remove_dir_all(&dir);
         fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("creating {}", dir.join("logs").display()))?;
@@ -502,7 +501,9 @@ impl<'a> Pod<'a> {
     }
 
     fn log(&self, name: &str) -> PathBuf {
-        self.cluster.dir.join(format!("logs/{}-{name}.log", self.name))
+        self.cluster
+            .dir
+            .join(format!("logs/{}-{name}.log", self.name))
     }
 }
 
@@ -616,8 +617,80 @@ mod tests {
             r#"{"pods": [{"uid": "6f1c-22", "netns_cookie": null}]}"#,
             uid
         ));
-        assert!(!served(r#"{"pods": [{"uid": "7", "netns_cookie": 1}]}"#, uid));
+        assert!(!served(
+            r#"{"pods": [{"uid": "7", "netns_cookie": 1}]}"#,
+            uid
+        ));
         assert!(!served("not json", uid));
+    }
+
+    /// The whole fixture for real: a control plane, a node, a pod whose commands run in its
+    /// own network namespace (only `lo`) and container cgroup; after Drop the Pod object, the
+    /// namespace and every cgroup are gone.
+    #[test]
+    #[ignore = "needs root and the control plane of `cargo xtask prereqs`; run with --ignored"]
+    fn a_pod_runs_commands_in_its_netns_and_cgroup_and_drop_removes_it() {
+        let mount = super::super::cgroup2_mount().expect("a cgroup2 mount");
+        let cluster = ControlPlane::start().expect("the control plane starts");
+        let label = cluster
+            .kubectl(&[
+                "get",
+                "namespace",
+                "default",
+                "-o",
+                "jsonpath={.metadata.labels}",
+            ])
+            .expect("kubectl get namespace");
+        assert!(label.contains(ENROLL_LABEL), "{label}");
+        let node = Node::new(&mount).expect("the node's cgroups");
+        let pod_root = node.pod_root.clone();
+        let (netns, cgroup) = {
+            let pod = Pod::start(&cluster, &node, "default", "sleep", "sleep").expect("a pod");
+            assert!(
+                pod.cgroup
+                    .to_string_lossy()
+                    .contains(&pod.uid.replace('-', "_"))
+            );
+            let out = pod
+                .command(Path::new("sh"))
+                .args(["-c", "cat /proc/self/cgroup; ip -o link"])
+                .output()
+                .expect("running a command in the pod");
+            let out = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.contains("cri-containerd-"), "{out}");
+            assert!(out.contains(": lo:") && !out.contains("eth"), "{out}");
+            let sa = cluster
+                .kubectl(&[
+                    "get",
+                    "pod",
+                    "sleep",
+                    "-o",
+                    "jsonpath={.spec.serviceAccountName}",
+                ])
+                .expect("kubectl get pod");
+            assert_eq!(sa.trim(), "sleep");
+            (pod.netns.clone().expect("a netns"), pod.cgroup.clone())
+        };
+        assert!(!Path::new("/run/netns").join(&netns).exists());
+        assert!(!cgroup.exists());
+        let pods = cluster
+            .kubectl(&["get", "pods", "-o", "name"])
+            .expect("kubectl get pods");
+        // Deleted with --wait=false: gone, or going.
+        if !pods.trim().is_empty() {
+            let deleting = cluster
+                .kubectl(&[
+                    "get",
+                    "pod",
+                    "sleep",
+                    "-o",
+                    "jsonpath={.metadata.deletionTimestamp}",
+                ])
+                .unwrap_or_default();
+            assert!(!deleting.trim().is_empty(), "pod sleep not deleted: {pods}");
+        }
+        drop(node);
+        assert!(!pod_root.exists());
     }
 
     #[test]
