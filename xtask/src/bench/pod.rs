@@ -520,6 +520,10 @@ impl Drop for Pod<'_> {
                 &self.name,
                 "-n",
                 &self.namespace,
+                // No kubelet confirms termination: without this the object stays (terminating)
+                // and the next round's pod of the same name would be this one.
+                "--grace-period=0",
+                "--force",
                 "--wait=false",
             ])
         {
