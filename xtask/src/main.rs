@@ -92,7 +92,9 @@ enum Task {
     },
     /// Build, install the load generators and reference proxy (cached), then measure
     /// on loopback: D (direct to nginx), E (egress, eBPF capture), I (egress behind iptables
-    /// REDIRECT) and V (Envoy behind iptables REDIRECT), plain and with TLS origination;
+    /// REDIRECT) and V (Envoy behind iptables REDIRECT), plain and with TLS origination, and P
+    /// (E's load inside a pod's network namespace, `egress run --kubernetes` against a local
+    /// kube-apiserver and etcd);
     /// requests/s, added latency at fixed rates, CPU per 10k requests, peak RSS; the
     /// ServiceEntry scale sweep (E vs I); connect→deny latency (kernel cache, waypoint,
     /// Envoy). Needs root. Prints markdown tables and writes DIR/results.json and DIR/summary.md
@@ -106,9 +108,13 @@ enum Task {
         /// Rounds (default 3, or 1 with --quick); configurations are interleaved per round.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
         rounds: Option<u32>,
-        /// Only these figures (repeatable; default all).
-        #[arg(long, value_enum, value_name = "FIGURE")]
-        only: Vec<bench::Figure>,
+        /// Only these figures (http, sweep, deny) or configurations of the http figures (D, E,
+        /// I, V, E-nosockmap, E+TLS, V+TLS, P: E served from inside a pod's network namespace
+        /// by `egress run --kubernetes`); repeatable or comma-separated, any case; default all.
+        /// Naming configurations runs the http figures with only those, e.g. `--only E,P` or
+        /// `--only E,E-nosockmap`.
+        #[arg(long, value_name = "WHAT", value_parser = bench::parse_only, value_delimiter = ',')]
+        only: Vec<bench::Only>,
         /// Where the results go (relative paths are relative to the workspace root).
         #[arg(long, value_name = "DIR", default_value = "target/bench")]
         out: PathBuf,

@@ -35,6 +35,14 @@ pub enum Capture {
     Ebpf,
     /// I: iptables REDIRECT (installed by the caller); every connection is `NS/SA`.
     Iptables { identity: String },
+    /// P: `egress run --kubernetes`, the DaemonSet agent of node `node_name`: the kernel
+    /// programs at the node's pod cgroup root (`pod_root`, the caller's, left in place), a
+    /// listener in each enrolled pod's network namespace.
+    Kubernetes {
+        kubeconfig: PathBuf,
+        node_name: String,
+        pod_root: PathBuf,
+    },
 }
 
 pub struct DataplaneOptions<'a> {
@@ -61,6 +69,8 @@ pub struct Dataplane {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     process: Option<Child>,
+    /// Whether `cgroup` is this dataplane's to remove (not a node's pod cgroup root).
+    owns_cgroup: bool,
 }
 
 impl Dataplane {
@@ -68,10 +78,15 @@ impl Dataplane {
         let name = format!("egress-bench-{}-{}", std::process::id(), opts.name);
         let files = std::env::temp_dir().join(&name);
         let [listen, admin] = free_ports()?;
+        let pod_root = match &opts.capture {
+            Capture::Kubernetes { pod_root, .. } => Some(pod_root.clone()),
+            _ => None,
+        };
         let mut dp = Dataplane {
             egress: env.egress.clone(),
             cgroup_root: env.cgroup_root.clone(),
-            cgroup: env.cgroup_root.join(&name),
+            owns_cgroup: pod_root.is_none(),
+            cgroup: pod_root.unwrap_or_else(|| env.cgroup_root.join(&name)),
             pins: Path::new(BPFFS).join(&name),
             files: files.clone(),
             listen,
@@ -117,6 +132,18 @@ impl Dataplane {
             command
                 .args(["--capture", "iptables"])
                 .args(["--capture-identity", identity]);
+        }
+        if let Capture::Kubernetes {
+            kubeconfig,
+            node_name,
+            ..
+        } = &opts.capture
+        {
+            command
+                .arg("--kubernetes")
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(["--node-name", node_name]);
         }
         command
             // Per-connection info lines would be part of the figure; the access log stays.
@@ -271,7 +298,9 @@ impl Drop for Dataplane {
             Err(e) => eprintln!("could not start `{}`: {e}", cmd::display(&cleanup)),
         }
         remove_dir_all(&self.pins);
-        remove_cgroup_tree(&self.cgroup, &self.cgroup_root);
+        if self.owns_cgroup {
+            remove_cgroup_tree(&self.cgroup, &self.cgroup_root);
+        }
         remove_dir_all(&self.files);
     }
 }

@@ -17,6 +17,7 @@ use super::{
     iptables::Redirect,
     load::{self, Client, Meter, NAMESPACE, SERVICE_ACCOUNT, Target},
     nginx::{BODY_BYTES, Nginx, TLS_HOST},
+    pod::{ControlPlane, Node, Pod},
     remove_dir_all,
     report::Report,
     run_logged,
@@ -49,10 +50,13 @@ pub enum Config {
     ETls,
     /// V with TLS origination.
     VTls,
+    /// E's policy and upstream, served by `egress run --kubernetes` (the DaemonSet agent) to a
+    /// pod in its own network namespace: the load runs in the pod (issue 11).
+    P,
 }
 
 impl Config {
-    pub const ALL: [Config; 7] = [
+    pub const ALL: [Config; 8] = [
         Config::D,
         Config::E,
         Config::I,
@@ -60,6 +64,7 @@ impl Config {
         Config::ENoSockmap,
         Config::ETls,
         Config::VTls,
+        Config::P,
     ];
 
     pub fn key(self) -> &'static str {
@@ -71,6 +76,7 @@ impl Config {
             Config::ENoSockmap => "E-nosockmap",
             Config::ETls => "E+TLS",
             Config::VTls => "V+TLS",
+            Config::P => "P",
         }
     }
 
@@ -94,21 +100,80 @@ pub mod metric {
     pub const RSS: &str = "peak_rss_mib";
 }
 
+/// What P needs for all its rounds: one control plane and one node.
+pub struct Cluster {
+    // Field order is drop order: the node's cgroups go before the API server stops.
+    node: Node,
+    control_plane: ControlPlane,
+}
+
+impl Cluster {
+    fn start(env: &Env) -> anyhow::Result<Cluster> {
+        if !env.egress_kubernetes {
+            bail!("this egress has no `run --kubernetes` (needed for P)");
+        }
+        let started = std::time::Instant::now();
+        let control_plane = ControlPlane::start()?;
+        let node = Node::new(&env.cgroup_root)?;
+        println!(
+            "    control plane ready in {:.1} s (CRDs and namespace label: {:.1} s in all)",
+            control_plane.startup.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Cluster {
+            node,
+            control_plane,
+        })
+    }
+}
+
 pub fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let plan = &env.plan;
+    let mut configs = plan.configs.clone();
     step(&format!(
-        "D/E/I/V: {} round(s) × {} configurations, {} s per load run",
+        "{}: {} round(s) × {} configurations, {} s per load run",
+        configs
+            .iter()
+            .map(|c| c.key())
+            .collect::<Vec<_>>()
+            .join("/"),
         plan.rounds,
-        Config::ALL.len(),
+        configs.len(),
         plan.run_seconds
     ));
     let nginx = Nginx::start(
         &env.tools.nginx,
         env.tools.versions["nginx"].as_str().unwrap_or("nginx"),
     )?;
+    // P's control plane starts once, for all rounds.
+    let cluster = if configs.contains(&Config::P) {
+        step("P: a control plane (etcd, kube-apiserver) and a node for the pod");
+        let started = std::time::Instant::now();
+        match Cluster::start(env) {
+            Ok(cluster) => {
+                report.sample(
+                    Config::P.key(),
+                    "control_plane_startup_s",
+                    0,
+                    started.elapsed().as_secs_f64(),
+                );
+                Some(cluster)
+            }
+            Err(error) => {
+                check_interrupted()?;
+                let message = format!("P: {error:#}");
+                eprintln!("    FAILED {message}");
+                report.errors.push(message);
+                configs.retain(|c| *c != Config::P);
+                None
+            }
+        }
+    } else {
+        None
+    };
     for round in 0..plan.rounds {
         // Each round starts one configuration later, so none always runs first or last.
-        let mut order = Config::ALL.to_vec();
+        let mut order = configs.clone();
         let shift = round % order.len();
         order.rotate_left(shift);
         for config in order {
@@ -119,13 +184,16 @@ pub fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
                 plan.rounds,
                 config.key()
             ));
-            if let Err(error) = measure(env, report, &nginx, config, round) {
+            if let Err(error) = measure(env, report, &nginx, cluster.as_ref(), config, round) {
                 check_interrupted()?;
                 let message = format!("round {} {}: {error:#}", round + 1, config.key());
                 eprintln!("    FAILED {message}");
                 report.errors.push(message);
             }
         }
+    }
+    if let Some(cluster) = &cluster {
+        cluster.control_plane.keep_logs(&env.out.join("logs"));
     }
     Ok(())
 }
@@ -207,6 +275,7 @@ fn measure(
     env: &Env,
     report: &mut Report,
     nginx: &Nginx,
+    cluster: Option<&Cluster>,
     config: Config,
     round: usize,
 ) -> anyhow::Result<()> {
@@ -224,9 +293,11 @@ fn measure(
         url: format!("http://{vip}/get"),
         host: host.to_owned(),
     };
-    // Keep the Redirect after the proxy in this list of guards: it goes first on drop.
+    // Keep the Redirect and the pod after the proxy in this list of guards: they go first on
+    // drop.
     let proxy;
     let _redirect;
+    let mut pod = None;
     let target;
     match config {
         Config::D => {
@@ -250,6 +321,44 @@ fn measure(
                     cpus: Some(SERVER_CPU),
                 },
             )?);
+            _redirect = None;
+            target = vip_target;
+        }
+        Config::P => {
+            let cluster = cluster.context("P needs the control plane, which did not start")?;
+            let dp = Dataplane::start(
+                env,
+                &DataplaneOptions {
+                    sockmap: true,
+                    name: &name,
+                    config: seed_config(nginx),
+                    capture: Capture::Kubernetes {
+                        kubeconfig: cluster.control_plane.kubeconfig.clone(),
+                        node_name: cluster.node.name.clone(),
+                        pod_root: cluster.node.pod_root.clone(),
+                    },
+                    verdict_cache: true,
+                    workers: Some(WORKERS),
+                    cpus: Some(SERVER_CPU),
+                },
+            )?;
+            // A fresh pod per round, as every configuration is started afresh.
+            let started = Pod::start(
+                &cluster.control_plane,
+                &cluster.node,
+                NAMESPACE,
+                SERVICE_ACCOUNT,
+                SERVICE_ACCOUNT,
+            )?;
+            let served = started.wait_served(dp.admin)?;
+            println!(
+                "    pod {NAMESPACE}/{SERVICE_ACCOUNT} (uid {}) served after {:.0} ms",
+                started.uid,
+                served.as_secs_f64() * 1e3
+            );
+            report.sample(config.key(), "pod_served_s", round, served.as_secs_f64());
+            pod = Some(started);
+            proxy = Proxy::Egress(dp);
             _redirect = None;
             target = vip_target;
         }
@@ -291,8 +400,9 @@ fn measure(
             target = vip_target;
         }
     }
-    let client = match &proxy {
-        Proxy::Egress(dp) if !matches!(config, Config::I) => Client::Captured(dp),
+    let client = match (&proxy, &pod) {
+        (_, Some(pod)) => Client::Pod(pod),
+        (Proxy::Egress(dp), None) if !matches!(config, Config::I) => Client::Captured(dp),
         _ => Client::Plain,
     };
     preflight(env, config, &client, &target, &name)?;
@@ -394,7 +504,7 @@ fn preflight(
     }
     let signature = match config {
         Config::D => None,
-        Config::E | Config::I | Config::ETls | Config::ENoSockmap => {
+        Config::E | Config::I | Config::ETls | Config::ENoSockmap | Config::P => {
             Some("via: 1.1 egress-waypoint")
         }
         Config::V | Config::VTls => Some("x-envoy-upstream-service-time"),

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::{Env, LOAD_CPU, dataplane::Dataplane, run_logged};
+use super::{Env, LOAD_CPU, dataplane::Dataplane, pod::Pod, run_logged};
 
 /// Extra time a load generator gets beyond its run length before it is killed.
 const SLACK: Duration = Duration::from_secs(30);
@@ -38,6 +38,8 @@ pub enum Client<'a> {
     Plain,
     /// Inside `egress exec` as default/sleep, so the eBPF capture takes it (E).
     Captured(&'a Dataplane),
+    /// Inside a pod's network namespace and cgroup (P), as that pod.
+    Pod(&'a Pod<'a>),
 }
 
 impl Client<'_> {
@@ -49,6 +51,7 @@ impl Client<'_> {
                 command
             }
             Client::Captured(dp) => dp.exec(NAMESPACE, SERVICE_ACCOUNT, program),
+            Client::Pod(pod) => pod.load_command(program),
         }
     }
 }

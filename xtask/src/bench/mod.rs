@@ -16,6 +16,7 @@ mod http;
 mod iptables;
 mod load;
 mod nginx;
+mod pod;
 mod report;
 mod sweep;
 mod tools;
@@ -62,6 +63,71 @@ pub enum Figure {
     Deny,
 }
 
+/// What `--only` names: a set of figures, or one configuration of the http figures (which
+/// then run with only the configurations named).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Only {
+    Figure(Figure),
+    Config(http::Config),
+}
+
+/// `--only`'s parser: `http`, `sweep`, `deny`, or a configuration key (`D`, `E`, `I`, `V`,
+/// `E-nosockmap`, `E+TLS`, `V+TLS`, `P`), any case.
+pub fn parse_only(value: &str) -> Result<Only, String> {
+    use clap::ValueEnum as _;
+    let value = value.trim();
+    if let Ok(figure) = Figure::from_str(value, true) {
+        return Ok(Only::Figure(figure));
+    }
+    if let Some(config) = http::Config::ALL
+        .into_iter()
+        .find(|c| c.key().eq_ignore_ascii_case(value))
+    {
+        return Ok(Only::Config(config));
+    }
+    let configs: Vec<&str> = http::Config::ALL.iter().map(|c| c.key()).collect();
+    Err(format!(
+        "`{value}` is neither a figure (http, sweep, deny) nor a configuration ({})",
+        configs.join(", ")
+    ))
+}
+
+/// The figures and the http configurations an `--only` list selects (everything when empty),
+/// configurations in [`http::Config::ALL`]'s order.
+pub fn selection(only: &[Only]) -> (Vec<Figure>, Vec<http::Config>) {
+    if only.is_empty() {
+        return (
+            vec![Figure::Http, Figure::Sweep, Figure::Deny],
+            http::Config::ALL.to_vec(),
+        );
+    }
+    let named: Vec<http::Config> = only
+        .iter()
+        .filter_map(|o| match o {
+            Only::Config(c) => Some(*c),
+            Only::Figure(_) => None,
+        })
+        .collect();
+    let mut figures = Vec::new();
+    for figure in [Figure::Http, Figure::Sweep, Figure::Deny] {
+        let wanted =
+            only.contains(&Only::Figure(figure)) || (figure == Figure::Http && !named.is_empty());
+        if wanted {
+            figures.push(figure);
+        }
+    }
+    // `--only http` alone is every configuration; with names, only those.
+    let configs = if named.is_empty() {
+        http::Config::ALL.to_vec()
+    } else {
+        http::Config::ALL
+            .into_iter()
+            .filter(|c| named.contains(c))
+            .collect()
+    };
+    (figures, configs)
+}
+
 /// Build profile of egress and connect-probe.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Profile {
@@ -74,7 +140,7 @@ pub struct BenchOptions {
     pub out: PathBuf,
     pub profile: Option<Profile>,
     pub rounds: Option<usize>,
-    pub only: Vec<Figure>,
+    pub only: Vec<Only>,
 }
 
 /// Durations, rounds and sizes of one invocation.
@@ -87,10 +153,13 @@ pub struct Plan {
     pub rates: [u32; 2],
     pub sweep: Vec<usize>,
     pub deny_count: usize,
+    /// The configurations of the http figures, in the order of the first round.
+    pub configs: Vec<http::Config>,
 }
 
 impl Plan {
     fn new(opts: &BenchOptions) -> Self {
+        let (_, configs) = selection(&opts.only);
         if opts.quick {
             Plan {
                 quick: true,
@@ -99,6 +168,7 @@ impl Plan {
                 rates: [1000, 5000],
                 sweep: vec![1, 100],
                 deny_count: 2_000,
+                configs,
             }
         } else {
             Plan {
@@ -108,6 +178,7 @@ impl Plan {
                 rates: [1000, 5000],
                 sweep: vec![1, 100, 1_000, 10_000],
                 deny_count: 20_000,
+                configs,
             }
         }
     }
@@ -124,6 +195,8 @@ pub struct Env {
     /// Whether `egress run` has `--workers` and `--capture` (older builds have neither).
     pub egress_workers: bool,
     pub egress_capture: bool,
+    /// Whether `egress run` has `--kubernetes` (needed for P).
+    pub egress_kubernetes: bool,
 }
 
 pub fn bench(ws: &Workspace, opts: &BenchOptions) -> anyhow::Result<()> {
@@ -150,11 +223,7 @@ pub fn bench(ws: &Workspace, opts: &BenchOptions) -> anyhow::Result<()> {
         );
     }
 
-    let figures = if opts.only.is_empty() {
-        vec![Figure::Http, Figure::Sweep, Figure::Deny]
-    } else {
-        opts.only.clone()
-    };
+    let (figures, _) = selection(&opts.only);
     let tools = tools::ensure(ws, figures.contains(&Figure::Http))?;
     check_interrupted()?;
     let release = match opts.profile {
@@ -186,6 +255,7 @@ pub fn bench(ws: &Workspace, opts: &BenchOptions) -> anyhow::Result<()> {
         plan: Plan::new(opts),
         egress_workers: help.contains("--workers"),
         egress_capture: help.contains("--capture"),
+        egress_kubernetes: help.contains("--kubernetes"),
     };
     if !env.egress_workers {
         println!("    note: this egress has no --workers; E runs with its default worker count");
@@ -442,4 +512,40 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Config;
+
+    #[test]
+    fn only_takes_figures_and_configurations_in_any_case() {
+        assert_eq!(parse_only("sweep"), Ok(Only::Figure(Figure::Sweep)));
+        assert_eq!(parse_only("p"), Ok(Only::Config(Config::P)));
+        assert_eq!(parse_only("E+tls"), Ok(Only::Config(Config::ETls)));
+        assert_eq!(
+            parse_only("e-nosockmap"),
+            Ok(Only::Config(Config::ENoSockmap))
+        );
+        let error = parse_only("X").unwrap_err();
+        assert!(error.contains("`X`") && error.contains("P") && error.contains("sweep"));
+    }
+
+    #[test]
+    fn naming_configurations_runs_only_those_http_figures() {
+        let (figures, configs) = selection(&[]);
+        assert_eq!(figures, [Figure::Http, Figure::Sweep, Figure::Deny]);
+        assert_eq!(configs, Config::ALL);
+        let (figures, configs) = selection(&[Only::Config(Config::P), Only::Config(Config::E)]);
+        assert_eq!(figures, [Figure::Http]);
+        assert_eq!(configs, [Config::E, Config::P]);
+        let (figures, configs) = selection(&[Only::Figure(Figure::Deny)]);
+        assert_eq!(figures, [Figure::Deny]);
+        assert_eq!(configs, Config::ALL);
+        let (figures, configs) =
+            selection(&[Only::Figure(Figure::Deny), Only::Config(Config::ENoSockmap)]);
+        assert_eq!(figures, [Figure::Http, Figure::Deny]);
+        assert_eq!(configs, [Config::ENoSockmap]);
+    }
 }

@@ -50,7 +50,7 @@ impl Nginx {
             process: None,
         };
         fs::write(dir.join("www/get"), body()).context("writing the 1 KiB body")?;
-        certificates(&dir)?;
+        certificates(&dir, TLS_HOST, &format!("DNS:{TLS_HOST}"))?;
         fs::write(dir.join("nginx.conf"), config(&dir, plain, tls))
             .context("writing nginx.conf")?;
         let mut command = Command::new("taskset");
@@ -179,9 +179,10 @@ http {{
     )
 }
 
-/// A CA and a server certificate for [`TLS_HOST`] (EC P-256, one day), like the README's TLS
-/// walkthrough.
-fn certificates(dir: &Path) -> anyhow::Result<()> {
+/// A throw-away CA (`ca.pem`) and a server certificate (`server.pem`, `server-key.pem`) for
+/// `name` with `alt_names` (`DNS:x,IP:y`), EC P-256, one day, like the README's TLS walkthrough;
+/// openssl's output goes to `dir/logs/openssl.log`. nginx's is for [`TLS_HOST`].
+pub fn certificates(dir: &Path, name: &str, alt_names: &str) -> anyhow::Result<()> {
     let run = |args: &[&str]| -> anyhow::Result<()> {
         let mut command = Command::new("openssl");
         command.current_dir(dir).args(args);
@@ -221,7 +222,7 @@ fn certificates(dir: &Path) -> anyhow::Result<()> {
         "ca.pem",
     ]);
     run(&ca)?;
-    let subject = format!("/CN={TLS_HOST}");
+    let subject = format!("/CN={name}");
     let mut csr = vec!["req"];
     csr.extend(ec);
     csr.extend([
@@ -235,7 +236,7 @@ fn certificates(dir: &Path) -> anyhow::Result<()> {
     run(&csr)?;
     fs::write(
         dir.join("server.ext"),
-        format!("subjectAltName=DNS:{TLS_HOST}\nextendedKeyUsage=serverAuth\n"),
+        format!("subjectAltName={alt_names}\nextendedKeyUsage=serverAuth\n"),
     )?;
     run(&[
         "x509",

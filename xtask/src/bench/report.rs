@@ -18,6 +18,8 @@ pub const TARGET_CPU_E_OVER_V: f64 = 0.7;
 pub const TARGET_RSS_MIB: f64 = 26.0;
 pub const TARGET_KERNEL_P99_US: f64 = 10.0;
 pub const TARGET_DENY_SPEEDUP: f64 = 10.0;
+/// Issue 11: a pod in its own network namespace stays within 10% of host mode.
+pub const TARGET_P_OVER_E: f64 = 0.9;
 
 /// Median and range of one figure over the rounds.
 #[derive(Clone, Copy, Debug)]
@@ -184,6 +186,7 @@ impl Report {
         self.http_table(&mut md);
         self.tls_table(&mut md);
         self.sockmap_table(&mut md);
+        self.pod_table(&mut md);
         self.sweep_table(&mut md);
         self.deny_table(&mut md);
         self.targets_table(&mut md);
@@ -350,6 +353,38 @@ impl Report {
         md.push('\n');
     }
 
+    fn pod_table(&self, md: &mut String) {
+        let (host, pod) = (Config::E.key(), Config::P.key());
+        if !self.has_any(&[pod]) {
+            return;
+        }
+        md.push_str(
+            "#### Pod network namespace: P (`egress run --kubernetes`, the load inside a pod's \
+             netns) against E (host mode)\n\n\
+             | figure | E | P | P÷E |\n|---|---:|---:|---:|\n",
+        );
+        for (label, metric, kind) in self.rows() {
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {} |",
+                self.cell(host, &metric, kind),
+                self.cell(pod, &metric, kind),
+                self.ratio_cell(pod, host, &metric, kind),
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| control plane start-up s (etcd + kube-apiserver until /readyz, CRDs) | | {} | |",
+            self.cell(pod, "control_plane_startup_s", Kind::Cost)
+        );
+        let _ = writeln!(
+            md,
+            "| s from the new pod to its listener being served | | {} | |",
+            self.cell(pod, "pod_served_s", Kind::Cost)
+        );
+        md.push('\n');
+    }
+
     fn sweep_table(&self, md: &mut String) {
         if self.sweep_sizes.is_empty() {
             return;
@@ -412,7 +447,7 @@ impl Report {
         let ka = metric::KA16;
         let ratio = |a: &str, b: &str, m: &str| self.ratio(a, b, m);
         let fmt = |r: Option<f64>| r.map_or("—".to_owned(), |r| format!("{r:.2}×"));
-        let http = self.has_any(&["D", "E", "I", "V", "E+TLS", "V+TLS"]);
+        let http = self.has_any(&["D", "E", "I", "V", "E+TLS", "V+TLS", "E-nosockmap", "P"]);
         for (metric, label) in [(ka, "16"), (metric::KA64, "64")]
             .into_iter()
             .filter(|_| http)
@@ -458,6 +493,18 @@ impl Report {
             fmt(sockmap),
             sockmap.map(|r| r >= 1.0),
         ));
+        for (metric, label) in [
+            (ka, "keep-alive req/s, 16 connections"),
+            (metric::KA64, "keep-alive req/s, 64 connections"),
+            (metric::CPR, "connection-per-request req/s"),
+        ] {
+            let r = ratio(Config::P.key(), "E", metric);
+            http_rows.push((
+                format!("P {label} ≥ {TARGET_P_OVER_E}× E (pod netns within 10% of host mode)"),
+                fmt(r),
+                r.map(|r| r >= TARGET_P_OVER_E),
+            ));
+        }
         if http {
             rows.extend(http_rows);
         }
@@ -509,7 +556,7 @@ impl Report {
                     .map(|(a, b)| a >= TARGET_DENY_SPEEDUP && b >= TARGET_DENY_SPEEDUP),
             ));
         }
-        md.push_str("#### Targets (issue 5 and 6; shown, never enforced)\n\n| target | measured | |\n|---|---:|---|\n");
+        md.push_str("#### Targets (issues 5, 6 and 11; shown, never enforced)\n\n| target | measured | |\n|---|---:|---|\n");
         for (target, measured, met) in rows {
             let verdict = match met {
                 Some(true) => "met",
@@ -567,6 +614,7 @@ impl Report {
                 "rss_mib_max": TARGET_RSS_MIB,
                 "kernel_deny_p99_us_max": TARGET_KERNEL_P99_US,
                 "deny_speedup_min": TARGET_DENY_SPEEDUP,
+                "p_over_e_min": TARGET_P_OVER_E,
             },
         })
     }
@@ -607,6 +655,52 @@ mod tests {
         let s = Stat::of(&[4.0, 1.0, f64::NAN, 2.0, 3.0]).expect("values");
         assert_eq!((s.median, s.n), (2.5, 4));
         assert!(Stat::of(&[]).is_none());
+    }
+
+    fn empty() -> Report {
+        Report {
+            profile: "release".to_owned(),
+            machine: json!({"summary": "test"}),
+            versions: json!({}),
+            plan: json!({"rounds": 1, "run_seconds": 2}),
+            rates: [1000, 5000],
+            samples: BTreeMap::new(),
+            raw: Vec::new(),
+            errors: Vec::new(),
+            elapsed: Duration::ZERO,
+            sweep_sizes: Vec::new(),
+            deny_count: 0,
+        }
+    }
+
+    #[test]
+    fn pod_netns_is_compared_with_host_mode() {
+        let mut report = empty();
+        report.sample("E", metric::KA16, 0, 10_000.0);
+        report.sample("P", metric::KA16, 0, 9_500.0);
+        report.sample("E", metric::CPR, 0, 5_000.0);
+        report.sample("P", metric::CPR, 0, 4_000.0);
+        report.sample("P", "control_plane_startup_s", 0, 9.5);
+        let md = report.markdown();
+        assert!(md.contains("| figure | E | P | P÷E |"), "{md}");
+        assert!(
+            md.contains("| keep-alive req/s, 16 connections | 10000 | 9500 | 0.95× |"),
+            "{md}"
+        );
+        assert!(md.contains("| 9.50 |"), "{md}");
+        let target = |label: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| P {label} ≥ 0.9× E")))
+                .unwrap_or_else(|| panic!("no P target row for {label}:\n{md}"))
+                .to_owned()
+        };
+        assert!(target("keep-alive req/s, 16 connections").ends_with("| 0.95× | met |"));
+        assert!(target("connection-per-request req/s").ends_with("| 0.80× | not met |"));
+        assert!(target("keep-alive req/s, 64 connections").ends_with("| — | not measured |"));
+        // Without P no pod table.
+        let mut report = empty();
+        report.sample("E", metric::KA16, 0, 10_000.0);
+        assert!(!report.markdown().contains("P÷E"));
     }
 
     #[test]
