@@ -71,6 +71,8 @@ pub struct Dataplane {
     process: Option<Child>,
     /// Whether `cgroup` is this dataplane's to remove (not a node's pod cgroup root).
     owns_cgroup: bool,
+    /// P: the configuration comes from the API server (the caller applied it), not files.
+    kubernetes: bool,
 }
 
 impl Dataplane {
@@ -86,6 +88,7 @@ impl Dataplane {
             egress: env.egress.clone(),
             cgroup_root: env.cgroup_root.clone(),
             owns_cgroup: pod_root.is_none(),
+            kubernetes: pod_root.is_some(),
             cgroup: pod_root.unwrap_or_else(|| env.cgroup_root.join(&name)),
             pins: Path::new(BPFFS).join(&name),
             files: files.clone(),
@@ -196,14 +199,17 @@ impl Dataplane {
     /// The arguments `egress run` and `egress run --cleanup` share.
     fn run_args(&self) -> Vec<String> {
         let path = |p: &Path| p.to_string_lossy().into_owned();
-        vec![
-            "--config".into(),
-            path(&self.files.join("config")),
+        let mut args = Vec::new();
+        if !self.kubernetes {
+            args.extend(["--config".into(), path(&self.files.join("config"))]);
+        }
+        args.extend([
             "--cgroup".into(),
             path(&self.cgroup),
             "--bpffs".into(),
             path(&self.pins),
-        ]
+        ]);
+        args
     }
 
     /// `taskset -c LOAD_CPU egress exec ... --namespace NS --service-account SA -- PROGRAM`: a

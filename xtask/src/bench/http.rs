@@ -326,6 +326,18 @@ fn measure(
         }
         Config::P => {
             let cluster = cluster.context("P needs the control plane, which did not start")?;
+            // E's objects, from the API server as a DaemonSet agent reads them: the namespace
+            // bound to the waypoint (Istio's `use-waypoint`), then the same YAML E loads.
+            cluster.control_plane.kubectl(&[
+                "label",
+                "namespace",
+                NAMESPACE,
+                "istio.io/use-waypoint=waypoint",
+                "--overwrite",
+            ])?;
+            cluster
+                .control_plane
+                .kubectl_in(&["apply", "-f", "-"], &seed_config(nginx))?;
             let dp = Dataplane::start(
                 env,
                 &DataplaneOptions {
