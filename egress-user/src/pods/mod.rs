@@ -60,16 +60,8 @@ pub struct KubernetesOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodsError {
-    #[error("reading the kubeconfig {path}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("no Kubernetes client configuration (KUBECONFIG, ~/.kube/config or in-cluster)")]
-    Infer(#[source] kube::config::InferConfigError),
-    #[error("building the Kubernetes client")]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
     #[error("--node-name is empty (set it, or NODE_NAME from the downward API)")]
     NoNodeName,
 }
@@ -77,32 +69,6 @@ pub enum PodsError {
 /// How long start-up waits for the first complete list of pods and namespaces; after that the
 /// agent serves and adopts pods as the list arrives.
 const FIRST_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A Kubernetes client from a kubeconfig file, or inferred (KUBECONFIG, ~/.kube/config,
-/// in-cluster service account).
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, PodsError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                PodsError::Kubeconfig {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|source| PodsError::Kubeconfig {
-                path: path.to_owned(),
-                source,
-            })?
-        }
-        None => kube::Config::infer().await.map_err(PodsError::Infer)?,
-    };
-    kube::Client::try_from(config).map_err(PodsError::Client)
-}
 
 /// The pods side of a Kubernetes-mode run, between start-up and serving.
 pub struct Pods {
@@ -121,7 +87,7 @@ impl Pods {
         if k.node_name.is_empty() {
             return Err(PodsError::NoNodeName);
         }
-        let client = client(k.kubeconfig.as_deref()).await?;
+        let client = crate::kube::client(k.kubeconfig.as_deref()).await?;
         let (tx, mut view) = tokio::sync::watch::channel(ClusterView::default());
         tokio::spawn(watch::watch_cluster(client, k.node_name.clone(), tx));
         let options = PodOptions {
