@@ -494,9 +494,9 @@ impl HeadScan {
         }
         // hyper refuses what `http::Uri` cannot parse, with an answer of its own: check it here.
         // The usual origin-form target is plain enough to skip the parse (and its copy).
-        // Non-ASCII bytes: `http::Uri` lets them through after a `#`, httparse (and so hyper)
-        // refuses them anywhere.
-        if !target.is_ascii() {
+        // Non-ASCII bytes and tabs: `http::Uri` lets them through after a `#`, httparse (and
+        // so hyper) refuses them anywhere. A request-target is visible ASCII only.
+        if !target.iter().all(|&b| b.is_ascii_graphic()) {
             return Err(Violation::INVALID_URL);
         }
         let plain =
