@@ -6,7 +6,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -137,6 +137,7 @@ impl TlsConnector {
         Ok(TlsConnection {
             io: TokioIo::new(tls),
             local,
+            alert: TlsAlert::default(),
         })
     }
 }
@@ -160,17 +161,41 @@ impl tower_service::Service<Uri> for TlsConnector {
 #[derive(Clone, Copy, Debug)]
 pub(in crate::proxy) struct UpstreamLocal(pub SocketAddr);
 
+/// The first TLS failure an established connection read or wrote, as a
+/// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`. A TLS 1.3 server judges the client certificate after
+/// the client's handshake is done, so its refusal (an alert) arrives on the connection later;
+/// hyper may then fail the waiting request as merely canceled, and this slot, reached through
+/// the error's connection info, still says why.
+#[derive(Clone, Debug, Default)]
+pub(in crate::proxy) struct TlsAlert(Arc<OnceLock<String>>);
+
+impl TlsAlert {
+    pub(in crate::proxy) fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+
+    fn record<T>(&self, result: &Poll<io::Result<T>>) {
+        if let Poll::Ready(Err(error)) = result
+            && let Some(reason) = tls_reason(error)
+        {
+            let _ = self.0.set(reason);
+        }
+    }
+}
+
 /// One TLS connection to an upstream endpoint.
 pub(in crate::proxy) struct TlsConnection {
     io: TokioIo<TlsStream<TcpStream>>,
     local: Option<SocketAddr>,
+    alert: TlsAlert,
 }
 
 impl Connection for TlsConnection {
     fn connected(&self) -> Connected {
+        let connected = Connected::new().extra(self.alert.clone());
         match self.local {
-            Some(local) => Connected::new().extra(UpstreamLocal(local)),
-            None => Connected::new(),
+            Some(local) => connected.extra(UpstreamLocal(local)),
+            None => connected,
         }
     }
 }
@@ -181,7 +206,10 @@ impl Read for TlsConnection {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.alert.record(&result);
+        result
     }
 }
 
@@ -191,7 +219,10 @@ impl Write for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.alert.record(&result);
+        result
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

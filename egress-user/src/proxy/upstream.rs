@@ -23,7 +23,7 @@ use hyper_util::{
 };
 use rustls::pki_types::ServerName;
 
-use self::tls_connect::{ConnectError, TlsConnector, tls_reason};
+use self::tls_connect::{ConnectError, TlsAlert, TlsConnector, tls_reason};
 use super::{WaypointConfig, body::Metered};
 use crate::tls::{TlsClient, WeakTlsClient};
 
@@ -228,10 +228,23 @@ impl UpstreamFailure {
             flag: "UC",
             reset_reason: "connection_termination",
             // A TLS 1.3 server refuses a client certificate after the handshake: the alert
-            // arrives with the response, and says why.
-            transport_failure: io_error.and_then(tls_reason),
+            // arrives with the response, and says why. If hyper reports the request only as
+            // canceled, the connection kept the alert.
+            transport_failure: io_error
+                .and_then(tls_reason)
+                .or_else(|| connection_alert(error)),
         }
     }
+}
+
+/// The TLS failure the request's connection recorded, if it is a TLS connection that had one.
+fn connection_alert(error: &ClientError) -> Option<String> {
+    let mut extensions = http::Extensions::new();
+    error.connect_info()?.get_extras(&mut extensions);
+    extensions
+        .get::<TlsAlert>()
+        .and_then(TlsAlert::reason)
+        .map(str::to_owned)
 }
 
 /// The first `E` in the source chain.
