@@ -12,6 +12,7 @@ pub mod explain;
 pub mod fuzzing;
 pub mod handover;
 pub mod identity;
+#[cfg(feature = "agent")]
 pub mod kube;
 pub mod model;
 pub mod netns;
@@ -19,7 +20,9 @@ pub mod output;
 pub mod pods;
 pub mod policy;
 pub mod proxy;
+#[cfg(feature = "agent")]
 pub mod reload;
+#[cfg(feature = "agent")]
 pub mod run;
 pub mod telemetry;
 pub mod tls;

@@ -6,6 +6,7 @@ pub mod enrollment;
 pub mod layout;
 pub mod manager;
 pub mod status;
+#[cfg(feature = "agent")]
 pub mod watch;
 
 use std::{net::SocketAddrV4, path::PathBuf};
@@ -60,6 +61,7 @@ pub struct KubernetesOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodsError {
+    #[cfg(feature = "agent")]
     #[error(transparent)]
     Kube(#[from] crate::kube::KubeError),
     #[error("--node-name is empty (set it, or NODE_NAME from the downward API)")]
@@ -68,14 +70,17 @@ pub enum PodsError {
 
 /// How long start-up waits for the first complete list of pods and namespaces; after that the
 /// agent serves and adopts pods as the list arrives.
+#[cfg(feature = "agent")]
 const FIRST_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The pods side of a Kubernetes-mode run, between start-up and serving.
+#[cfg(feature = "agent")]
 pub struct Pods {
     options: PodOptions,
     view: tokio::sync::watch::Receiver<ClusterView>,
 }
 
+#[cfg(feature = "agent")]
 impl Pods {
     /// Starts the watchers, waits (bounded) for the first complete list, and registers the
     /// identities of the enrolled pods already there.
