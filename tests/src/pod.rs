@@ -315,7 +315,11 @@ impl Pod<'_, '_> {
     /// to a pod: reachable from the pod, not from the node's loopback), started by the test in
     /// no cgroup of the pod. Panics for a hostNetwork pod.
     #[track_caller]
-    pub fn resolver(&self, ip: std::net::Ipv4Addr, hosts: &[(&str, std::net::Ipv4Addr)]) -> Resolver {
+    pub fn resolver(
+        &self,
+        ip: std::net::Ipv4Addr,
+        hosts: &[(&str, std::net::Ipv4Addr)],
+    ) -> Resolver {
         let netns = self
             .netns_path()
             .expect("a resolver inside a pod needs the pod's own network namespace");

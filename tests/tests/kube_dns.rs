@@ -76,7 +76,11 @@ fn with_own_resolver<'n, 'c>(mut pod: Pod<'n, 'c>) -> (Pod<'n, 'c>, Resolver) {
 /// How many A queries for `name` `resolver` has logged (its own readiness check included).
 fn queries(resolver: &Resolver, name: &str) -> usize {
     let needle = format!("query[A] {name} ");
-    resolver.log().lines().filter(|l| l.contains(&needle)).count()
+    resolver
+        .log()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
 }
 
 /// The `/pods` entry of `pod`, if the agent lists it.
@@ -135,7 +139,8 @@ fn resolve(pod: &Pod<'_, '_>, extra: &[&str], name: &str) -> String {
 
 /// The agent's threads that hold a pod's network namespace (one per pod with a DNS listener).
 fn netns_threads(agent: &Dataplane) -> usize {
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).expect("the agent's tasks");
+    let tasks =
+        std::fs::read_dir(format!("/proc/{}/task", agent.pid())).expect("the agent's tasks");
     tasks
         .flatten()
         .filter(|t| {
@@ -191,7 +196,10 @@ fn kube_dns_enrolled_pods_get_vips_from_a_listener_in_their_netns_and_others_are
     let out = dig(&sleep, &["httpbin.org", "A"]).expect_success("dig httpbin.org");
     let text = &out.stdout;
     assert!(text.contains("status: NOERROR"), "{text}");
-    assert!(text.contains(&format!("SERVER: {POD_RESOLVER}#53")), "{text}");
+    assert!(
+        text.contains(&format!("SERVER: {POD_RESOLVER}#53")),
+        "{text}"
+    );
     let answer = text
         .lines()
         .find(|l| l.starts_with("httpbin.org.") && l.contains("\tA\t"))
@@ -237,7 +245,11 @@ fn kube_dns_enrolled_pods_get_vips_from_a_listener_in_their_netns_and_others_are
     assert_eq!(get.header("via").as_deref(), Some("1.1 egress-waypoint"));
     let post = sleep.curl(&["-sS", "-i", "-X", "POST", "http://httpbin.org/post"]);
     assert_eq!(post.http_status(), Some(403), "{post:?}");
-    assert_eq!(upstream.hits().len(), 1, "only the allowed GET went upstream");
+    assert_eq!(
+        upstream.hits().len(),
+        1,
+        "only the allowed GET went upstream"
+    );
     let line = agent.access_log_line("\"GET /get HTTP/1.1\" 200");
     assert!(line.contains(&format!("\"{STAND_IN}:80\"")), "{line}");
     assert!(line.contains(&format!(" {vip}:80 ")), "{line}");
@@ -285,10 +297,7 @@ fn kube_dns_enrolled_pods_get_vips_from_a_listener_in_their_netns_and_others_are
         .lines()
         .find(|l| l.contains(&sleep.id()))
         .unwrap_or_else(|| panic!("{} not in egress status:\n{}", sleep.id(), status.stdout));
-    assert!(
-        row.contains(&format!("dns {}", agent.dns_addr())),
-        "{row}"
-    );
+    assert!(row.contains(&format!("dns {}", agent.dns_addr())), "{row}");
 }
 
 #[test]
@@ -304,11 +313,8 @@ fn kube_dns_a_deleted_pod_loses_its_dns_listener_and_its_lookups_are_left_alone(
     let node = Node::new(&cluster);
     let node_resolver = Resolver::dnsmasq(NODE_RESOLVER, &[("httpbin.org", STAND_IN)]);
     let agent = agent(&node, &node_resolver);
-    let (mut gone, _gone_resolver) = with_own_resolver(
-        node.pod("default", "gone")
-            .service_account("sleep")
-            .start(),
-    );
+    let (mut gone, _gone_resolver) =
+        with_own_resolver(node.pod("default", "gone").service_account("sleep").start());
     wait_dns_served(&agent, &gone);
     let port = agent.dns_addr().port();
     let listening = listening_in(&gone, port);

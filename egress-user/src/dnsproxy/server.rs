@@ -114,7 +114,10 @@ impl Forwarding {
             Forwarding::Agent => TcpStream::connect(resolver).await,
             Forwarding::Namespace(sockets) => {
                 let socket = sockets
-                    .socket(socket2::Domain::for_address(resolver), socket2::Type::STREAM)
+                    .socket(
+                        socket2::Domain::for_address(resolver),
+                        socket2::Type::STREAM,
+                    )
                     .await?;
                 tokio::net::TcpSocket::from_std_stream(socket.into())
                     .connect(resolver)
