@@ -15,7 +15,11 @@
 //!   records the client (netns, ip, port) of each datagram headed for the listener in
 //!   `EG_DNSPEERS_V1`; the listener looks the resolver up by the datagram's source.
 //!
-//! The waypoint's own cgroup is exempt (its forwarded queries go to the real resolver).
+//! The waypoint's own cgroup is exempt (its forwarded queries go to the real resolver, also
+//! those it sends from a pod's netns). Kubernetes mode (`CONFIG_F_ENROLLED_ONLY`): only a task
+//! below an enrolled anchor (`IDENTITY_F_ENROLLED`) is redirected, as for the waypoint
+//! ([`left_alone`]); a pod that is not enrolled keeps its DNS untouched. The listener address
+//! is the same in every pod: the agent opens one in each enrolled pod's netns.
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},

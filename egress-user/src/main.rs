@@ -248,10 +248,13 @@ struct RunArgs {
     kernel_log: bool,
     /// Where the DNS proxy listens (UDP and TCP): captured DNS (port 53) is rewritten to it.
     /// ServiceEntry hosts are answered with their VIPs (240.240.0.0/16, or status.addresses);
-    /// every other name is forwarded to the resolver the application asked, unchanged.
+    /// every other name is forwarded to the resolver the application asked, unchanged. With
+    /// --kubernetes (pods on) the address is bound in each enrolled pod's network namespace,
+    /// and forwarded queries leave from there.
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:15053")]
     dns_listen: SocketAddrV4,
-    /// Capture DNS from the captured cgroup (UDP and TCP to port 53) into the DNS proxy. `off`:
+    /// Capture DNS from the captured cgroup (Kubernetes mode: from the enrolled pods) (UDP and
+    /// TCP to port 53) into the DNS proxy. `off`:
     /// DNS is left alone, and a host-only ServiceEntry is captured only at the addresses the
     /// dataplane itself resolves (an application that gets other answers goes direct).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]

@@ -2,19 +2,23 @@
 //! cookie (loopback addresses and ports repeat across namespaces, one per Kubernetes pod); the
 //! waypoint learns a listener's namespace by the same cookie.
 //!
-//! The agent opens listeners inside a pod's namespace: a socket belongs to the namespace it
-//! was created in for life, so a throwaway thread enters the pod's namespace, binds there, and
-//! hands the listener back to the agent's (host-namespace) threads; connections it makes
-//! upstream still leave from the agent's namespace.
+//! The agent opens sockets inside a pod's namespace: a socket belongs to the namespace it was
+//! created in for life (bind, connect and everything after use that namespace, from any
+//! thread), so only `socket()` has to run there. [`NetnsSockets`] is a thread that entered the
+//! pod's namespace once and makes sockets there on request, for the agent's (host-namespace)
+//! threads — tokio workers never change namespace. The waypoint's upstream connections still
+//! leave from the agent's namespace; a pod's forwarded DNS queries leave from the pod's.
 use std::{
     fs::File,
     io,
-    net::{SocketAddrV4, TcpListener},
+    net::{SocketAddr, SocketAddrV4, TcpListener, UdpSocket},
     os::fd::{AsFd as _, AsRawFd},
     path::{Path, PathBuf},
+    sync::mpsc,
     thread,
 };
 
+use socket2::{Domain, Socket, Type};
 use thiserror::Error;
 
 /// `SO_NETNS_COOKIE` (Linux >= 5.14), not in every libc crate release yet.
@@ -49,7 +53,13 @@ pub enum NetnsError {
         #[source]
         source: io::Error,
     },
-    #[error("the thread binding in the network namespace {path} failed to run")]
+    #[error("creating a socket in the network namespace {path}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the thread making sockets in the network namespace {path} failed to run")]
     Thread {
         path: PathBuf,
         #[source]
@@ -93,52 +103,190 @@ pub struct NetnsListener {
 
 /// Binds and listens on `addr` inside the network namespace `netns` (a `/proc/<pid>/ns/net` or
 /// `/run/netns/<name>` file). The namespace file is opened by the caller's thread; a new thread
-/// enters it, binds, and exits, so no thread of the caller ever changes namespace.
+/// enters it, makes the socket, and exits, so no thread of the caller ever changes namespace.
 pub fn listen_in(netns: &Path, addr: SocketAddrV4) -> Result<NetnsListener, NetnsError> {
-    let path = netns.to_owned();
-    let file = File::open(&path).map_err(|source| NetnsError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    let thread_path = path.clone();
-    let bound = thread::Builder::new()
-        .name("egress-netns".into())
-        .spawn(move || -> Result<TcpListener, NetnsError> {
-            // SAFETY: setns on a namespace fd this thread holds open; it changes only this
-            // thread's namespace, and the thread exits right after binding.
-            let rc = unsafe { libc::setns(file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(NetnsError::Enter {
-                    path: thread_path,
-                    source: io::Error::last_os_error(),
-                });
-            }
-            TcpListener::bind(addr).map_err(|source| NetnsError::Bind {
-                addr,
-                path: thread_path,
-                source,
-            })
-        })
-        .map_err(|source| NetnsError::Thread {
+    let sockets = NetnsSockets::enter(netns)?;
+    Ok(NetnsListener {
+        listener: sockets.tcp_listener(addr)?,
+        cookie: sockets.cookie(),
+    })
+}
+
+/// Stack of a [`NetnsSockets`] thread: it only makes sockets.
+const FACTORY_STACK: usize = 64 * 1024;
+/// Backlog of the listeners made in a namespace.
+const BACKLOG: i32 = 1024;
+
+/// One request to a [`NetnsSockets`] thread: a socket of this domain and type, and where the
+/// answer goes.
+struct Request {
+    domain: Domain,
+    kind: Type,
+    reply: Reply,
+}
+
+enum Reply {
+    /// A caller outside the runtime, or on it for a moment (opening a pod's listeners).
+    Blocking(mpsc::SyncSender<io::Result<Socket>>),
+    /// An async caller (a forwarded DNS query).
+    Async(tokio::sync::oneshot::Sender<io::Result<Socket>>),
+}
+
+/// Makes sockets in one network namespace: a dedicated thread entered it once (`setns`) and
+/// makes each socket there on request; the sockets are handed back non-blocking and
+/// close-on-exec. The thread ends when this is dropped (and its last request answered).
+#[derive(Debug)]
+pub struct NetnsSockets {
+    path: PathBuf,
+    requests: mpsc::Sender<Request>,
+    cookie: u64,
+}
+
+impl NetnsSockets {
+    /// Starts a thread in the network namespace `netns` (a `/proc/<pid>/ns/net` or
+    /// `/run/netns/<name>` file), and reads the namespace's cookie from a first socket.
+    pub fn enter(netns: &Path) -> Result<Self, NetnsError> {
+        let path = netns.to_owned();
+        let file = File::open(&path).map_err(|source| NetnsError::Open {
             path: path.clone(),
             source,
-        })?
-        .join()
-        .map_err(|_| NetnsError::Thread {
-            path: path.clone(),
-            source: io::Error::other("panicked"),
-        })??;
-    let cookie = netns_cookie(&bound).map_err(|source| NetnsError::Cookie {
-        path: path.clone(),
-        source,
-    })?;
-    bound
-        .set_nonblocking(true)
-        .map_err(|source| NetnsError::Bind { addr, path, source })?;
-    Ok(NetnsListener {
-        listener: bound,
-        cookie,
-    })
+        })?;
+        let (requests, incoming) = mpsc::channel::<Request>();
+        let (entered_tx, entered) = mpsc::sync_channel::<io::Result<()>>(1);
+        thread::Builder::new()
+            .name("egress-netns".into())
+            .stack_size(FACTORY_STACK)
+            .spawn(move || {
+                // SAFETY: setns on a namespace fd this thread holds open; it changes only this
+                // thread's namespace, and this thread only makes sockets.
+                let rc = unsafe { libc::setns(file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) };
+                let entered = if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                };
+                let ok = entered.is_ok();
+                let _ = entered_tx.send(entered);
+                drop(file);
+                if !ok {
+                    return;
+                }
+                // Ends when every sender is gone.
+                while let Ok(request) = incoming.recv() {
+                    let socket = Socket::new(request.domain, request.kind, None)
+                        .and_then(|s| s.set_nonblocking(true).map(|()| s));
+                    match request.reply {
+                        Reply::Blocking(reply) => {
+                            let _ = reply.send(socket);
+                        }
+                        Reply::Async(reply) => {
+                            let _ = reply.send(socket);
+                        }
+                    }
+                }
+            })
+            .map_err(|source| NetnsError::Thread {
+                path: path.clone(),
+                source,
+            })?;
+        match entered.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(NetnsError::Enter { path, source }),
+            Err(_) => {
+                return Err(NetnsError::Thread {
+                    path,
+                    source: io::Error::other("exited before entering the namespace"),
+                });
+            }
+        }
+        let mut sockets = Self {
+            path,
+            requests,
+            cookie: 0,
+        };
+        let probe = sockets.socket_blocking(Domain::IPV4, Type::DGRAM)?;
+        sockets.cookie = netns_cookie(&probe).map_err(|source| NetnsError::Cookie {
+            path: sockets.path.clone(),
+            source,
+        })?;
+        Ok(sockets)
+    }
+
+    /// The namespace's cookie (what the kernel programs see for its sockets).
+    pub fn cookie(&self) -> u64 {
+        self.cookie
+    }
+
+    /// The namespace file this was entered through.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new socket in the namespace (non-blocking), for an async caller.
+    pub async fn socket(&self, domain: Domain, kind: Type) -> io::Result<Socket> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(domain, kind, Reply::Async(reply))?;
+        answer.await.map_err(|_| self.gone())?
+    }
+
+    /// A new socket in the namespace (non-blocking); waits for the thread (a syscall's time).
+    fn socket_blocking(&self, domain: Domain, kind: Type) -> Result<Socket, NetnsError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let made = self
+            .send(domain, kind, Reply::Blocking(reply))
+            .and_then(|()| answer.recv().map_err(|_| self.gone())?);
+        made.map_err(|source| NetnsError::Socket {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn send(&self, domain: Domain, kind: Type, reply: Reply) -> io::Result<()> {
+        self.requests
+            .send(Request {
+                domain,
+                kind,
+                reply,
+            })
+            .map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> io::Error {
+        io::Error::other(format!(
+            "the thread in the network namespace {} is gone",
+            self.path.display()
+        ))
+    }
+
+    /// A TCP listener on `addr` in the namespace (non-blocking, ready for
+    /// `tokio::net::TcpListener::from_std`).
+    pub fn tcp_listener(&self, addr: SocketAddrV4) -> Result<TcpListener, NetnsError> {
+        let socket = self.socket_blocking(Domain::IPV4, Type::STREAM)?;
+        socket
+            .set_reuse_address(true)
+            .and_then(|()| socket.bind(&SocketAddr::V4(addr).into()))
+            .and_then(|()| socket.listen(BACKLOG))
+            .map_err(|source| self.bind_error(addr, source))?;
+        Ok(socket.into())
+    }
+
+    /// A UDP socket bound to `addr` in the namespace (non-blocking, ready for
+    /// `tokio::net::UdpSocket::from_std`).
+    pub fn udp_socket(&self, addr: SocketAddrV4) -> Result<UdpSocket, NetnsError> {
+        let socket = self.socket_blocking(Domain::IPV4, Type::DGRAM)?;
+        socket
+            .bind(&SocketAddr::V4(addr).into())
+            .map_err(|source| self.bind_error(addr, source))?;
+        Ok(socket.into())
+    }
+
+    fn bind_error(&self, addr: SocketAddrV4, source: io::Error) -> NetnsError {
+        NetnsError::Bind {
+            addr,
+            path: self.path.clone(),
+            source,
+        }
+    }
 }
 
 #[cfg(test)]

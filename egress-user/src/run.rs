@@ -174,24 +174,38 @@ pub enum RunError {
 /// Binds the DNS proxy's UDP socket and TCP listener on `--dns-listen`, serves them, and
 /// tells the kernel (DNS capture on or off). Not handed over on restart: a successor binds
 /// after this one has stopped (queries in between are retried by the client).
+///
+/// Kubernetes mode with pods: nothing is bound here; each enrolled pod gets its own DNS
+/// listener at `--dns-listen` inside its network namespace (the pod manager opens it with the
+/// waypoint's), and what those need is returned. Until a pod's listener is up its lookups are
+/// refused (the port is closed), never answered by anyone else.
 async fn start_dns_proxy(
     opts: &RunOptions,
     capture: &Arc<Capture>,
     services: &Arc<arc_swap::ArcSwap<crate::model::ServiceTable>>,
     netns_cookie: u64,
-) -> Result<(), RunError> {
+) -> Result<Option<pods::PodDns>, RunError> {
     use crate::dnsproxy::{DnsLimits, DnsNames, DnsProxy};
     if !opts.dns_capture {
         capture.set_dns(opts.dns_listen, false)?;
         info!("DNS capture off");
-        return Ok(());
+        return Ok(None);
     }
+    let table = services.clone();
+    let names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync> =
+        Arc::new(move || table.load().dns_names.clone());
     if opts.pods.is_some() {
-        // Pods would need a DNS listener inside each pod's netns, which is not built yet:
-        // capturing their port 53 now would send every lookup to a closed port.
-        capture.set_dns(opts.dns_listen, false)?;
-        info!("DNS capture off: not yet available for pods in their own network namespaces");
-        return Ok(());
+        capture.set_dns(opts.dns_listen, true)?;
+        info!(
+            listen = %opts.dns_listen,
+            "DNS capture on for enrolled pods: a DNS listener in each pod's network namespace"
+        );
+        return Ok(Some(pods::PodDns {
+            listen: opts.dns_listen,
+            names,
+            resolvers: capture.clone(),
+            limits: DnsLimits::default(),
+        }));
     }
     let addr = SocketAddr::V4(opts.dns_listen);
     let udp = bind_reuseport(addr, socket2::Type::DGRAM)
@@ -209,9 +223,6 @@ async fn start_dns_proxy(
             addr,
             source,
         })?;
-    let table = services.clone();
-    let names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync> =
-        Arc::new(move || table.load().dns_names.clone());
     let proxy = DnsProxy::new(names, capture.clone(), DnsLimits::default());
     tokio::spawn(async move {
         if let Err(error) = proxy.serve(udp, tcp, netns_cookie).await {
@@ -220,7 +231,7 @@ async fn start_dns_proxy(
     });
     capture.set_dns(opts.dns_listen, true)?;
     info!(listen = %opts.dns_listen, "DNS capture on");
-    Ok(())
+    Ok(None)
 }
 
 /// A non-blocking socket bound with SO_REUSEPORT: during a restart the successor's DNS
@@ -456,9 +467,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             waypoint_config,
         )
     };
-    if ebpf {
-        start_dns_proxy(&opts, &capture, &services, netns_cookie).await?;
-    }
+    let pod_dns = if ebpf {
+        start_dns_proxy(&opts, &capture, &services, netns_cookie).await?
+    } else {
+        None
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let counters_capture = capture.clone();
     let (gate, _) = watch::channel(Gate::Open);
@@ -470,6 +483,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             waypoint.clone(),
             gate.subscribe(),
             ebpf.then(|| capture.clone()),
+            pod_dns,
         )
     });
     let admin_state = Arc::new(AdminState {

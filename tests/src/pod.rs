@@ -27,7 +27,7 @@ use std::{
 };
 
 use crate::{
-    Cluster, Upstream,
+    Cluster, Resolver, Upstream,
     environment::cgroup2_mount,
     process::{COMMAND_TIMEOUT, Output, bounded_curl_args, run_bounded},
 };
@@ -204,6 +204,7 @@ impl<'n, 'c> PodBuilder<'n, 'c> {
             container,
             sandbox: None,
             deleted: false,
+            resolv_conf: None,
         };
         // The sandbox enters the namespace first and the cgroup second, so that every process
         // the agent finds in the cgroup is already in the pod's namespace.
@@ -243,6 +244,9 @@ pub struct Pod<'n, 'c> {
     container: PathBuf,
     sandbox: Option<Child>,
     deleted: bool,
+    /// The /etc/resolv.conf its commands see (a bind mount in a mount namespace of their own);
+    /// `None`: the machine's.
+    resolv_conf: Option<PathBuf>,
 }
 
 impl Pod<'_, '_> {
@@ -273,26 +277,58 @@ impl Pod<'_, '_> {
 
     /// The command that runs `program args...` in the pod: in its network namespace and its
     /// container's cgroup (uncaptured until it is there: it joins the cgroup itself, then
-    /// execs).
+    /// execs), with the pod's resolv.conf ([`Pod::use_resolver`]) if it has one.
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let procs = self.container.join("cgroup.procs");
         let mut command = match &self.netns {
             Some(netns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{netns}"))
-                    .arg("--")
-                    .arg("sh");
+                c.arg(format!("--net=/run/netns/{netns}")).arg("--");
                 c
             }
-            None => Command::new("sh"),
+            None => Command::new("env"),
         };
+        match &self.resolv_conf {
+            None => {
+                command
+                    .arg("sh")
+                    .arg("-c")
+                    .arg(r#"echo $$ > "$0" && exec "$@""#)
+                    .arg(procs);
+            }
+            Some(resolv_conf) => {
+                // A private mount namespace: the bind mount is this process's alone.
+                command
+                    .args(["unshare", "-m", "--propagation", "private", "--", "sh", "-c"])
+                    .arg(
+                        r#"mount --bind "$1" /etc/resolv.conf && shift && echo $$ > "$0" && exec "$@""#,
+                    )
+                    .arg(procs)
+                    .arg(resolv_conf);
+            }
+        }
+        command.arg(program).args(args);
         command
-            .arg("-c")
-            .arg(r#"echo $$ > "$0" && exec "$@""#)
-            .arg(procs)
-            .arg(program)
-            .args(args);
-        command
+    }
+
+    /// A dnsmasq on `ip:53` inside the pod's network namespace (what a cluster DNS service is
+    /// to a pod: reachable from the pod, not from the node's loopback), started by the test in
+    /// no cgroup of the pod. Panics for a hostNetwork pod.
+    #[track_caller]
+    pub fn resolver(
+        &self,
+        ip: std::net::Ipv4Addr,
+        hosts: &[(&str, std::net::Ipv4Addr)],
+    ) -> Resolver {
+        let netns = self
+            .netns_path()
+            .expect("a resolver inside a pod needs the pod's own network namespace");
+        Resolver::dnsmasq_in(&netns, ip, hosts)
+    }
+
+    /// From now on the pod's commands see `resolver`'s resolv.conf as /etc/resolv.conf.
+    pub fn use_resolver(&mut self, resolver: &Resolver) {
+        self.resolv_conf = Some(resolver.resolv_conf());
     }
 
     /// `program args...` in the pod, bounded.

@@ -1,10 +1,13 @@
 //! Real DNS servers for tests, on loopback port 53 (resolv.conf nameservers have no port): a
-//! Debian `dnsmasq` answering names from a hosts file the test rewrites, and a resolver that
-//! never answers. Each writes a resolv.conf naming it, for `egress run --resolv-conf`. Dropping
-//! one kills its process by pid and removes its files.
+//! Debian `dnsmasq` answering names from a hosts file the test rewrites — in the test's network
+//! namespace, or inside one the test made (a pod's: reachable from there only, as a cluster DNS
+//! service is) — and a resolver that never answers. Each writes a resolv.conf naming it, for
+//! `egress run --resolv-conf` or a client's mount namespace. Dropping one kills its process by
+//! pid and removes its files.
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -23,6 +26,8 @@ pub const RESOLVER_TTL: Duration = Duration::from_secs(1);
 /// dnsmasq on `<ip>:53`, authoritative for `*.test` from a hosts file.
 pub struct Resolver {
     ip: Ipv4Addr,
+    /// The network namespace it runs in (`None`: the test's).
+    netns: Option<PathBuf>,
     files: TempDir,
     process: Child,
 }
@@ -31,6 +36,16 @@ impl Resolver {
     /// Starts dnsmasq on `ip` (a loopback address no other test uses) answering `hosts`, and
     /// waits (bounded) until it answers.
     pub fn dnsmasq(ip: Ipv4Addr, hosts: &[(&str, Ipv4Addr)]) -> Self {
+        Self::start(None, ip, hosts)
+    }
+
+    /// As [`Resolver::dnsmasq`], inside the network namespace `netns` (a `/run/netns/<name>`
+    /// file): only clients in that namespace reach it.
+    pub fn dnsmasq_in(netns: &Path, ip: Ipv4Addr, hosts: &[(&str, Ipv4Addr)]) -> Self {
+        Self::start(Some(netns.to_owned()), ip, hosts)
+    }
+
+    fn start(netns: Option<PathBuf>, ip: Ipv4Addr, hosts: &[(&str, Ipv4Addr)]) -> Self {
         assert!(
             ip.is_loopback(),
             "test resolvers stay on loopback, not {ip}"
@@ -40,7 +55,18 @@ impl Resolver {
         write_resolv_conf(files.path(), ip);
         let log = fs::File::create(files.path().join("dnsmasq.log")).expect("creating its log");
         let dnsmasq = find_tool("dnsmasq").expect("dnsmasq (require_tools checks)");
-        let process = Command::new(dnsmasq)
+        let mut command = match &netns {
+            None => Command::new(dnsmasq),
+            Some(netns) => {
+                // nsenter execs dnsmasq: the child's pid is dnsmasq's.
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(dnsmasq);
+                c
+            }
+        };
+        let process = command
             .args([
                 "--keep-in-foreground",
                 "--conf-file=/dev/null",
@@ -66,7 +92,12 @@ impl Resolver {
             .stderr(log)
             .spawn()
             .expect("starting dnsmasq");
-        let resolver = Self { ip, files, process };
+        let resolver = Self {
+            ip,
+            netns,
+            files,
+            process,
+        };
         let first = hosts.first().map(|(name, _)| *name).unwrap_or("ready.test");
         resolver.wait_until(first, |_| true, "answers its first query");
         resolver
@@ -93,9 +124,32 @@ impl Resolver {
         }
     }
 
-    /// The A records dnsmasq gives `name` now (`None`: no answer within a second).
+    /// The A records dnsmasq gives `name` now (`None`: no answer within a second), asked
+    /// from its own network namespace.
     pub fn query(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
-        query_a(SocketAddr::from((self.ip, 53)), name)
+        let server = SocketAddr::from((self.ip, 53));
+        let Some(netns) = &self.netns else {
+            return query_a(server, name);
+        };
+        thread::scope(|s| {
+            s.spawn(|| {
+                let file = fs::File::open(netns).ok()?;
+                // SAFETY: setns on an fd this thread holds; only this scoped thread changes
+                // namespace, and it ends right after the query.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return None;
+                }
+                query_a(server, name)
+            })
+            .join()
+            .ok()
+            .flatten()
+        })
+    }
+
+    /// The address it listens on (port 53).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
     }
 
     /// dnsmasq's log (queries included).

@@ -5,4 +5,4 @@ pub mod server;
 pub mod vip;
 
 pub use names::{Answer, DnsNames};
-pub use server::{DnsLimits, DnsProxy, ResolverSource};
+pub use server::{DnsLimits, DnsProxy, Forwarding, ResolverSource};

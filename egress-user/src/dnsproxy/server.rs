@@ -1,5 +1,8 @@
 //! The DNS listener: one UDP socket and one TCP listener (in host mode on loopback; in a pod,
-//! a pair opened in the pod's netns — call [`DnsProxy::serve`] once per pair).
+//! a pair opened in the pod's netns — call [`DnsProxy::serve`] once per pair). Forwarded
+//! queries leave from where [`Forwarding`] says: the agent's namespace in host mode, the pod's
+//! namespace for a pod's listener (its resolver is reachable from there, not necessarily from
+//! the node), so a pod's proxy is made with [`DnsProxy::with_forwarding`].
 //!
 //! Per query (parsed and built with hickory-proto): a ServiceEntry host is answered here,
 //! authoritatively (A: its VIPs or `addresses`, TTL 30 s; AAAA and other types: NOERROR, no
@@ -28,7 +31,10 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::names::{Answer, DnsNames};
-use crate::telemetry::metrics::{Labels, Metrics};
+use crate::{
+    netns::NetnsSockets,
+    telemetry::metrics::{Labels, Metrics},
+};
 
 /// TTL of the answers for ServiceEntry hosts.
 pub const HOST_TTL: u32 = 30;
@@ -69,24 +75,91 @@ impl Default for DnsLimits {
     }
 }
 
+/// Where the sockets of forwarded queries are made, and so which network namespace the
+/// queries leave from.
+#[derive(Clone, Debug, Default)]
+pub enum Forwarding {
+    /// The agent's own namespace (host mode, where it is also the clients').
+    #[default]
+    Agent,
+    /// Another namespace, a pod's: the resolver its clients asked (a cluster DNS service, say)
+    /// is reachable from there, and not necessarily from the agent's.
+    Namespace(Arc<NetnsSockets>),
+}
+
+impl Forwarding {
+    /// A UDP socket connected to `resolver`.
+    async fn udp(&self, resolver: SocketAddr) -> io::Result<UdpSocket> {
+        let any: SocketAddr = match resolver {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = match self {
+            Forwarding::Agent => UdpSocket::bind(any).await?,
+            Forwarding::Namespace(sockets) => {
+                let socket = sockets
+                    .socket(socket2::Domain::for_address(resolver), socket2::Type::DGRAM)
+                    .await?;
+                socket.bind(&any.into())?;
+                UdpSocket::from_std(socket.into())?
+            }
+        };
+        socket.connect(resolver).await?;
+        Ok(socket)
+    }
+
+    /// A TCP connection to `resolver`.
+    async fn tcp(&self, resolver: SocketAddr) -> io::Result<TcpStream> {
+        match self {
+            Forwarding::Agent => TcpStream::connect(resolver).await,
+            Forwarding::Namespace(sockets) => {
+                let socket = sockets
+                    .socket(
+                        socket2::Domain::for_address(resolver),
+                        socket2::Type::STREAM,
+                    )
+                    .await?;
+                tokio::net::TcpSocket::from_std_stream(socket.into())
+                    .connect(resolver)
+                    .await
+            }
+        }
+    }
+}
+
+/// Answers DNS queries: ServiceEntry hosts here, the rest forwarded.
 pub struct DnsProxy {
     names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync>,
     resolvers: Arc<dyn ResolverSource>,
     limits: DnsLimits,
     in_flight: Arc<Semaphore>,
+    forwarding: Forwarding,
 }
 
 impl DnsProxy {
+    /// A proxy whose forwarded queries leave from the agent's own namespace.
     pub fn new(
         names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync>,
         resolvers: Arc<dyn ResolverSource>,
         limits: DnsLimits,
+    ) -> Arc<Self> {
+        Self::with_forwarding(names, resolvers, limits, Forwarding::Agent)
+    }
+
+    /// A proxy whose forwarded queries leave as `forwarding` says (a pod's listener: from the
+    /// pod's namespace). Its limits are its own: one pod cannot use up another's.
+    pub fn with_forwarding(
+        names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync>,
+        resolvers: Arc<dyn ResolverSource>,
+        limits: DnsLimits,
+        forwarding: Forwarding,
     ) -> Arc<Self> {
         Arc::new(Self {
             names,
             resolvers,
             in_flight: Arc::new(Semaphore::new(limits.in_flight.max(1))),
             limits,
+            forwarding,
         })
     }
 
@@ -271,12 +344,7 @@ impl DnsProxy {
         let deadline = self.limits.upstream_timeout;
         let exchange = async {
             if udp {
-                let bind: SocketAddr = match resolver {
-                    SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-                    SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-                };
-                let socket = UdpSocket::bind(bind).await?;
-                socket.connect(resolver).await?;
+                let socket = self.forwarding.udp(resolver).await?;
                 socket.send(query).await?;
                 let mut buf = vec![0u8; MAX_REPLY];
                 // Bounded: a few stray datagrams with another id are skipped.
@@ -289,7 +357,7 @@ impl DnsProxy {
                 }
                 Err(io::Error::other("no reply with the query's id"))
             } else {
-                let mut stream = TcpStream::connect(resolver).await?;
+                let mut stream = self.forwarding.tcp(resolver).await?;
                 let mut framed = Vec::with_capacity(query.len() + 2);
                 framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
                 framed.extend_from_slice(query);

@@ -1,11 +1,14 @@
 //! Pod lifecycle on this node (design §10): a pod the API server says is enrolled gets its
 //! identity anchor (its pod cgroup, with the principal of its namespace and service account), the
-//! L4-decidable denies of that principal precomputed in the kernel, and a waypoint listener inside
-//! its network namespace. A pod that goes (deleted, un-enrolled, finished) loses the listener —
-//! connections it accepted may finish — and its anchor and cached verdicts. A pod whose cgroup
-//! or first process is not there yet is retried, soon.
+//! L4-decidable denies of that principal precomputed in the kernel, a waypoint listener inside
+//! its network namespace and, with DNS capture on, a DNS listener (UDP and TCP) there too, whose
+//! forwarded queries leave from the pod's namespace. A pod that goes (deleted, un-enrolled,
+//! finished) loses its listeners — connections and queries already accepted may finish — and
+//! its anchor and cached verdicts; a drain closes the listeners too. A pod whose cgroup or
+//! first process is not there yet is retried, soon.
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddrV4,
     path::PathBuf,
     sync::{Arc, RwLock},
     time::Duration,
@@ -26,9 +29,10 @@ use super::{
 use crate::{
     bpf::Capture,
     cgroup,
+    dnsproxy::{DnsLimits, DnsNames, DnsProxy, Forwarding, ResolverSource},
     drain::Gate,
     identity::{CgroupIdentities, Principal, rescan::Rescan},
-    netns,
+    netns::{self, NetnsSockets},
     proxy::Waypoint,
 };
 
@@ -122,6 +126,19 @@ pub fn retry_delay(attempt: u32) -> Duration {
     }
 }
 
+/// DNS capture for pods: each enrolled pod gets a DNS listener at `listen` in its network
+/// namespace, answering as the host-mode proxy does.
+#[derive(Clone)]
+pub struct PodDns {
+    /// The DNS listener's address in each pod (`--dns-listen`), UDP and TCP.
+    pub listen: SocketAddrV4,
+    /// The ServiceEntry names answered here (the current configuration's).
+    pub names: Arc<dyn Fn() -> Arc<DnsNames> + Send + Sync>,
+    /// Where a client's resolver is looked up (the kernel maps).
+    pub resolvers: Arc<dyn ResolverSource>,
+    pub limits: DnsLimits,
+}
+
 /// One pod being served (or on its way to).
 struct Adopted {
     wanted: Wanted,
@@ -137,13 +154,19 @@ struct Adopted {
 struct Serving {
     cookie: u64,
     task: JoinHandle<()>,
+    /// The pod's DNS listener (DNS capture on).
+    dns: Option<JoinHandle<()>>,
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        // Aborting drops the listener (closed: new connects in the pod are refused); the
-        // connections it accepted run in their own tasks and may finish.
+        // Aborting drops the listeners (closed: new connects and queries in the pod are
+        // refused); the connections and queries they accepted run in their own tasks and may
+        // finish.
         self.task.abort();
+        if let Some(dns) = &self.dns {
+            dns.abort();
+        }
     }
 }
 
@@ -158,6 +181,8 @@ pub struct PodManager {
     gate: watch::Receiver<Gate>,
     /// Where a released pod's anchor and cached verdicts are removed.
     capture: Option<Arc<Capture>>,
+    /// DNS capture on: what each pod's DNS listener needs.
+    dns: Option<PodDns>,
     adopted: HashMap<String, Adopted>,
     status: Arc<RwLock<Vec<PodStatus>>>,
 }
@@ -170,6 +195,7 @@ impl PodManager {
         waypoint: Arc<Waypoint>,
         gate: watch::Receiver<Gate>,
         capture: Option<Arc<Capture>>,
+        dns: Option<PodDns>,
     ) -> Self {
         Self {
             opts,
@@ -178,6 +204,7 @@ impl PodManager {
             waypoint,
             gate,
             capture,
+            dns,
             adopted: HashMap::new(),
             status: Arc::new(RwLock::new(Vec::new())),
         }
@@ -261,32 +288,27 @@ impl PodManager {
         }
 
         let now = Instant::now();
-        let (opts, waypoint, gate) = (&self.opts, &self.waypoint, &self.gate);
+        let (opts, waypoint, gate, dns) = (&self.opts, &self.waypoint, &self.gate, &self.dns);
         for (uid, adopted) in &mut self.adopted {
             if adopted.serving.is_some() || adopted.next_try > now {
                 continue;
             }
             let outcome = match &adopted.cgroup {
                 None => Err("its cgroup".to_owned()),
-                Some((cgroup, _)) => open_listener(opts, cgroup),
+                Some((cgroup, _)) => open_listeners(opts, dns.as_ref(), cgroup),
             };
-            match outcome {
-                Ok(listener) => {
-                    let cookie = listener.cookie;
-                    match serve(waypoint, gate, listener) {
-                        Ok(task) => {
-                            info!(
-                                pod = %format!("{}/{}", adopted.wanted.namespace, adopted.wanted.name),
-                                %uid,
-                                netns_cookie = cookie,
-                                listen = %opts.listen,
-                                "waypoint listener open in the pod's network namespace"
-                            );
-                            adopted.serving = Some(Serving { cookie, task });
-                            adopted.waiting.clear();
-                        }
-                        Err(error) => adopted.waiting = error,
-                    }
+            match outcome.and_then(|listeners| serve(waypoint, gate, dns.as_ref(), listeners)) {
+                Ok(serving) => {
+                    info!(
+                        pod = %format!("{}/{}", adopted.wanted.namespace, adopted.wanted.name),
+                        %uid,
+                        netns_cookie = serving.cookie,
+                        listen = %opts.listen,
+                        dns_listen = ?dns.as_ref().map(|d| d.listen),
+                        "waypoint listener open in the pod's network namespace"
+                    );
+                    adopted.serving = Some(serving);
+                    adopted.waiting.clear();
                 }
                 Err(waiting) => adopted.waiting = waiting,
             }
@@ -308,7 +330,7 @@ impl PodManager {
     fn release(&mut self, uid: &str, adopted: Adopted) -> bool {
         let pod = format!("{}/{}", adopted.wanted.namespace, adopted.wanted.name);
         drop(adopted.serving);
-        info!(%pod, %uid, "pod no longer served: listener closed, anchor removed");
+        info!(%pod, %uid, "pod no longer served: listeners closed, anchor removed");
         let Some((cgroup, id)) = &adopted.cgroup else {
             return false;
         };
@@ -346,6 +368,12 @@ impl PodManager {
                 cgroup: a.cgroup.as_ref().map(|(path, _)| path.clone()),
                 netns_cookie: a.serving.as_ref().map(|s| s.cookie),
                 listener: a.serving.as_ref().map(|_| self.opts.listen),
+                dns_listener: a
+                    .serving
+                    .as_ref()
+                    .and_then(|s| s.dns.as_ref())
+                    .filter(|task| !task.is_finished())
+                    .and(self.dns.as_ref().map(|d| d.listen)),
                 waiting_for: (!a.waiting.is_empty()).then(|| a.waiting.clone()),
             })
             .collect();
@@ -354,22 +382,72 @@ impl PodManager {
     }
 }
 
-/// Serves a pod's listener on the waypoint until the returned task is aborted.
+/// The listeners opened in a pod's network namespace.
+struct PodListeners {
+    waypoint: std::net::TcpListener,
+    cookie: u64,
+    /// DNS capture on: the DNS listener's UDP socket and TCP listener, and the pod's socket
+    /// factory its forwarded queries use.
+    dns: Option<(std::net::UdpSocket, std::net::TcpListener, NetnsSockets)>,
+}
+
+/// Serves a pod's listeners — the waypoint's, and the DNS proxy's if any — until the returned
+/// tasks are aborted (or a drain closes the gate).
 fn serve(
     waypoint: &Arc<Waypoint>,
     gate: &watch::Receiver<Gate>,
-    listener: netns::NetnsListener,
-) -> Result<JoinHandle<()>, String> {
-    let cookie = listener.cookie;
-    let listener = tokio::net::TcpListener::from_std(listener.listener)
-        .map_err(|e| format!("registering the listener with the runtime: {e}"))?;
+    dns: Option<&PodDns>,
+    listeners: PodListeners,
+) -> Result<Serving, String> {
+    let cookie = listeners.cookie;
+    let registering = |e: std::io::Error| format!("registering a listener with the runtime: {e}");
+    let listener = tokio::net::TcpListener::from_std(listeners.waypoint).map_err(registering)?;
+    let dns_sockets = match (dns, listeners.dns) {
+        (Some(dns), Some((udp, tcp, sockets))) => Some((
+            dns,
+            tokio::net::UdpSocket::from_std(udp).map_err(registering)?,
+            tokio::net::TcpListener::from_std(tcp).map_err(registering)?,
+            sockets,
+        )),
+        _ => None,
+    };
+    let dns_task = dns_sockets.map(|(dns, udp, tcp, sockets)| {
+        let proxy = DnsProxy::with_forwarding(
+            dns.names.clone(),
+            dns.resolvers.clone(),
+            dns.limits,
+            Forwarding::Namespace(Arc::new(sockets)),
+        );
+        let mut gate = gate.clone();
+        tokio::spawn(async move {
+            let closed = async {
+                if gate.wait_for(|g| *g == Gate::Closed).await.is_err() {
+                    // Nobody can close it any more: serve on.
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                served = proxy.serve(udp, tcp, cookie) => {
+                    if let Err(error) = served {
+                        warn!(%error, "a pod's DNS listener failed");
+                    }
+                }
+                () = closed => debug!(netns_cookie = cookie, "a pod's DNS listener closed for the drain"),
+            }
+        })
+    });
     let waypoint = waypoint.clone();
     let gate = gate.clone();
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(error) = waypoint.serve_netns(listener, cookie, gate).await {
             warn!(%error, "a pod's waypoint listener failed");
         }
-    }))
+    });
+    Ok(Serving {
+        cookie,
+        task,
+        dns: dns_task,
+    })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -379,12 +457,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Opens the waypoint listener in the network namespace of a process of the pod. `Err` says
-/// what is missing (retried).
-fn open_listener(
+/// Opens the waypoint listener (and, with DNS capture on, the DNS listener) in the network
+/// namespace of a process of the pod. `Err` says what is missing (retried).
+fn open_listeners(
     opts: &PodOptions,
+    dns: Option<&PodDns>,
     cgroup: &std::path::Path,
-) -> Result<netns::NetnsListener, String> {
+) -> Result<PodListeners, String> {
     let pids = layout::pod_processes(cgroup);
     if pids.is_empty() {
         return Err("a process in its cgroup".into());
@@ -393,8 +472,27 @@ fn open_listener(
     // A process may exit between the read and the open: try the next.
     for pid in pids.into_iter().take(8) {
         let path = netns::of_process(&opts.proc, pid);
-        match netns::listen_in(&path, opts.listen) {
-            Ok(listener) => return Ok(listener),
+        // Without DNS the factory is dropped at once (its thread exits); with it, it lives as
+        // long as the pod's DNS listener, for the forwarded queries.
+        let opened = NetnsSockets::enter(&path).and_then(|sockets| {
+            let cookie = sockets.cookie();
+            let waypoint = sockets.tcp_listener(opts.listen)?;
+            let dns = match dns {
+                Some(dns) => {
+                    let udp = sockets.udp_socket(dns.listen)?;
+                    let tcp = sockets.tcp_listener(dns.listen)?;
+                    Some((udp, tcp, sockets))
+                }
+                None => None,
+            };
+            Ok(PodListeners {
+                waypoint,
+                cookie,
+                dns,
+            })
+        });
+        match opened {
+            Ok(listeners) => return Ok(listeners),
             Err(error) => last = error_chain(&error),
         }
     }

@@ -1,7 +1,7 @@
 //! Kubernetes mode's pods (design §10): where the kubelet puts them on the cgroup tree
 //! ([`layout`]), which ones this agent serves ([`enrollment`]), and their lifecycle — anchor,
-//! verdicts, a waypoint listener in each pod's network namespace ([`manager`]), fed by the
-//! API server ([`watch`]).
+//! verdicts, a waypoint listener and (DNS capture on) a DNS listener in each pod's network
+//! namespace ([`manager`]), fed by the API server ([`watch`]).
 pub mod enrollment;
 pub mod layout;
 pub mod manager;
@@ -14,7 +14,7 @@ use std::{net::SocketAddrV4, path::PathBuf};
 use serde::Serialize;
 
 pub use enrollment::{DATAPLANE_MODE_LABEL, DEFAULT_DATAPLANE_MODE};
-pub use manager::{ClusterView, PodInfo, PodManager};
+pub use manager::{ClusterView, PodDns, PodInfo, PodManager};
 
 /// What the pod manager needs to know about the node.
 #[derive(Clone, Debug)]
@@ -42,6 +42,10 @@ pub struct PodStatus {
     /// The network namespace cookie of its listener, once open.
     pub netns_cookie: Option<u64>,
     pub listener: Option<SocketAddrV4>,
+    /// Its DNS listener (UDP and TCP), while one serves (DNS capture on). Absent in the JSON
+    /// of agents from before DNS capture for pods.
+    #[serde(default)]
+    pub dns_listener: Option<SocketAddrV4>,
     /// What serving it still waits for.
     pub waiting_for: Option<String>,
 }
@@ -126,7 +130,8 @@ impl Pods {
         Ok(Self { options, view })
     }
 
-    /// Runs the pod manager; returns what `egress status` shows of it.
+    /// Runs the pod manager (`dns`: DNS capture on, a DNS listener in each pod too); returns
+    /// what `egress status` shows of it.
     pub fn serve(
         self,
         identities: std::sync::Arc<crate::identity::CgroupIdentities>,
@@ -134,8 +139,17 @@ impl Pods {
         waypoint: std::sync::Arc<crate::proxy::Waypoint>,
         gate: tokio::sync::watch::Receiver<crate::drain::Gate>,
         capture: Option<std::sync::Arc<crate::bpf::Capture>>,
+        dns: Option<PodDns>,
     ) -> std::sync::Arc<std::sync::RwLock<Vec<PodStatus>>> {
-        let manager = PodManager::new(self.options, identities, rescans, waypoint, gate, capture);
+        let manager = PodManager::new(
+            self.options,
+            identities,
+            rescans,
+            waypoint,
+            gate,
+            capture,
+            dns,
+        );
         let status = manager.status();
         tokio::spawn(manager.run(self.view));
         status

@@ -31,7 +31,8 @@ pub fn fetch(admin: SocketAddr) -> Option<Vec<PodStatus>> {
     serde_json::from_value(value["pods"].clone()).ok()
 }
 
-/// One line per pod: `ns/name  principal  netns <cookie>  listener <addr>` (or what it waits for).
+/// One line per pod: `ns/name  principal  netns <cookie>  listener <addr>  [dns <addr>]` (or what
+/// it waits for).
 pub fn render(pods: &[PodStatus]) -> String {
     let mut out = String::from("enrolled pods:\n");
     if pods.is_empty() {
@@ -42,6 +43,9 @@ pub fn render(pods: &[PodStatus]) -> String {
         match (pod.netns_cookie, pod.listener) {
             (Some(cookie), Some(listener)) => {
                 let _ = write!(out, "  netns {cookie}  listener {listener}");
+                if let Some(dns) = pod.dns_listener {
+                    let _ = write!(out, "  dns {dns}");
+                }
             }
             _ => {
                 let waiting = pod.waiting_for.as_deref().unwrap_or("its listener");
@@ -67,6 +71,7 @@ mod tests {
             cgroup: None,
             netns_cookie: Some(4097),
             listener: Some("127.0.0.1:15001".parse().expect("addr")),
+            dns_listener: Some("127.0.0.1:15053".parse().expect("addr")),
             waiting_for: None,
         };
         let waiting = PodStatus {
@@ -74,14 +79,25 @@ mod tests {
             uid: "u2".into(),
             netns_cookie: None,
             listener: None,
+            dns_listener: None,
             waiting_for: Some("a process in its cgroup".into()),
             ..served.clone()
         };
         let text = render(&[served, waiting]);
-        assert!(text.contains("default/sleep  cluster.local/ns/default/sa/sleep  netns 4097  listener 127.0.0.1:15001"), "{text}");
+        assert!(text.contains("default/sleep  cluster.local/ns/default/sa/sleep  netns 4097  listener 127.0.0.1:15001  dns 127.0.0.1:15053"), "{text}");
         assert!(
             text.contains("default/new") && text.contains("waiting for a process in its cgroup"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_json_of_an_agent_without_pod_dns_still_reads() {
+        let old = r#"{"namespace":"default","name":"sleep","uid":"u1",
+            "principal":"cluster.local/ns/default/sa/sleep","cgroup":null,"netns_cookie":4097,
+            "listener":"127.0.0.1:15001","waiting_for":null}"#;
+        let pod: PodStatus = serde_json::from_str(old).expect("an older agent's /pods entry");
+        assert_eq!(pod.dns_listener, None);
+        assert_eq!(pod.netns_cookie, Some(4097));
     }
 }
