@@ -68,6 +68,7 @@ fn upstream(se: &ServiceEntry, port: &ServicePort, hosts: &[String], dns: &DnsAn
     let upstream_port = port.target_port.unwrap_or(port.number);
     match se.resolution {
         Resolution::None => Upstream::OriginalDst,
+        Resolution::DynamicDns => Upstream::DynamicDns,
         Resolution::Static => Upstream::Endpoints(
             se.endpoints
                 .iter()
@@ -155,7 +156,9 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
                         .collect();
                     found.sort_by_key(|n| (n.addr, n.prefix_len));
                     found.dedup();
-                    if found.is_empty() {
+                    // A DYNAMIC_DNS entry is reached by its VIP only (its names resolve when
+                    // a request names them).
+                    if found.is_empty() && se.resolution != Resolution::DynamicDns {
                         warnings.push(format!(
                             "ServiceEntry {}/{}: no address to capture for {} yet (no `addresses`, and DNS has not answered)",
                             se.namespace,
@@ -368,7 +371,7 @@ mod tests {
         assert_eq!(vips, vec![0, 1]);
         let upstream_is_never_the_vip = match &first.upstream {
             Upstream::Endpoints(eps) => eps.iter().all(|e| !e.ip().to_string().starts_with("240.")),
-            Upstream::OriginalDst => false,
+            Upstream::OriginalDst | Upstream::DynamicDns => false,
         };
         assert!(upstream_is_never_the_vip);
     }
