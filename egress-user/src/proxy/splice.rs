@@ -91,6 +91,17 @@ pub(super) async fn serve(
                 log(entry);
                 return;
             }
+            Err(error) if dynamic => {
+                info!(
+                    %error,
+                    "raw TCP to a DYNAMIC_DNS ServiceEntry's TLS port is refused: without a TLS \
+                     ClientHello naming a server, nothing names the destination; closing"
+                );
+                entry.response_flags = Some("NR".into());
+                entry.response_code_details = Some(error.details().into());
+                log(entry);
+                return;
+            }
             Err(error) => {
                 info!(%error, "no server name from the client; closing");
                 entry.response_flags = Some("NR".into());
