@@ -14,12 +14,18 @@ use std::{
 
 use egress_tests::*;
 
-/// Addresses of this file only (loopback): resolvers at port 53, stand-ins at port 80.
+/// Addresses of this file only (loopback): resolvers at port 53, stand-ins at port 80. Tests
+/// run in parallel, so each test has its own (two binding one address:port collide).
 const RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 1);
 const ROTATING_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 2);
+const REGISTRY_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 5);
+const TRUNCATING_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 6);
+const ROTATING_A: Ipv4Addr = Ipv4Addr::new(127, 0, 66, 1);
+const ROTATING_B: Ipv4Addr = Ipv4Addr::new(127, 0, 66, 2);
+const REGISTRY_STAND_IN: Ipv4Addr = Ipv4Addr::new(127, 0, 67, 1);
+const REGISTRY_OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 67, 9);
 const SILENT_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 3);
 const STAND_IN: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 1);
-const STAND_IN_2: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 2);
 const OTHER_NAME_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 9);
 
 const SEED_SERVICE_ENTRY: &str = include_str!("../../examples/httpbin.yaml");
@@ -172,13 +178,13 @@ fn a_resolver_that_rotates_its_answers_never_lets_a_connect_go_direct() {
     if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
         return;
     }
-    let first = Upstream::http_at(SocketAddr::from((STAND_IN, 80)));
-    let second = Upstream::http_at(SocketAddr::from((STAND_IN_2, 80)));
-    let resolver = Resolver::dnsmasq(ROTATING_RESOLVER, &[("httpbin.org", STAND_IN)]);
+    let first = Upstream::http_at(SocketAddr::from((ROTATING_A, 80)));
+    let second = Upstream::http_at(SocketAddr::from((ROTATING_B, 80)));
+    let resolver = Resolver::dnsmasq(ROTATING_RESOLVER, &[("httpbin.org", ROTATING_A)]);
     let dp = seed_dataplane(&resolver);
     let conf = resolver.resolv_conf();
     for i in 0..4 {
-        let ip = if i % 2 == 0 { STAND_IN } else { STAND_IN_2 };
+        let ip = if i % 2 == 0 { ROTATING_A } else { ROTATING_B };
         resolver.set_hosts(&[("httpbin.org", ip)]);
         let out = curl_in(&dp, &conf, &["http://httpbin.org/get"]);
         assert_eq!(out.http_status(), Some(200), "curl {i}: {out:?}");
@@ -220,11 +226,14 @@ fn with_registry_only_names_resolve_and_only_service_entry_traffic_leaves() {
     if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
         return;
     }
-    let upstream = Upstream::http_at(SocketAddr::from((STAND_IN, 80)));
-    let other = Upstream::http_at(SocketAddr::from((OTHER_NAME_IP, 80)));
+    let upstream = Upstream::http_at(SocketAddr::from((REGISTRY_STAND_IN, 80)));
+    let other = Upstream::http_at(SocketAddr::from((REGISTRY_OTHER, 80)));
     let resolver = Resolver::dnsmasq(
-        RESOLVER,
-        &[("httpbin.org", STAND_IN), ("other.test", OTHER_NAME_IP)],
+        REGISTRY_RESOLVER,
+        &[
+            ("httpbin.org", REGISTRY_STAND_IN),
+            ("other.test", REGISTRY_OTHER),
+        ],
     );
     // Loopback is allowed by default; allow only the resolver so the other stand-in is not.
     let dp = Dataplane::builder()
@@ -236,12 +245,12 @@ fn with_registry_only_names_resolve_and_only_service_entry_traffic_leaves() {
             "--outbound-policy",
             "registry-only",
             "--allow-cidr",
-            &format!("{RESOLVER}/32"),
+            &format!("{REGISTRY_RESOLVER}/32"),
         ])
         .start();
     let conf = resolver.resolv_conf();
     let out = dig_in(&dp, &conf, &["+short", "other.test"]).expect_success("dig other.test");
-    assert_eq!(out.stdout.trim(), OTHER_NAME_IP.to_string());
+    assert_eq!(out.stdout.trim(), REGISTRY_OTHER.to_string());
     let out = curl_in(&dp, &conf, &["http://httpbin.org/get"]);
     assert_eq!(out.http_status(), Some(200), "{out:?}");
     let out = curl_in(&dp, &conf, &["http://other.test/"]);
@@ -262,7 +271,7 @@ fn a_truncated_udp_answer_is_retried_over_tcp_and_arrives_whole() {
     // TCP, and both exchanges go through the proxy.
     let ips: Vec<Ipv4Addr> = (1..=60).map(|i| Ipv4Addr::new(127, 0, 70, i)).collect();
     let hosts: Vec<(&str, Ipv4Addr)> = ips.iter().map(|ip| ("big.test", *ip)).collect();
-    let resolver = Resolver::dnsmasq(RESOLVER, &hosts);
+    let resolver = Resolver::dnsmasq(TRUNCATING_RESOLVER, &hosts);
     let dp = seed_dataplane(&resolver);
     let out = dig_in(&dp, &resolver.resolv_conf(), &["+noedns", "big.test"])
         .expect_success("dig big.test");
@@ -273,7 +282,8 @@ fn a_truncated_udp_answer_is_retried_over_tcp_and_arrives_whole() {
     assert!(out.stdout.contains("status: NOERROR"), "{out:?}");
     assert!(out.stdout.contains("ANSWER: 60"), "{out:?}");
     assert!(
-        out.stdout.contains(&format!("SERVER: {RESOLVER}#53(")),
+        out.stdout
+            .contains(&format!("SERVER: {TRUNCATING_RESOLVER}#53(")),
         "{out:?}"
     );
     assert!(
