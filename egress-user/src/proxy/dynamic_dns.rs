@@ -25,12 +25,26 @@ const MIN_TTL: Duration = Duration::from_secs(1);
 /// Why a DYNAMIC_DNS name has no address to connect to.
 #[derive(Debug, Error)]
 pub(crate) enum DynamicDnsError {
-    #[error("the resolver configuration cannot be used: {0}")]
-    Resolver(String),
+    #[error("the resolver configuration cannot be used")]
+    Resolver(#[source] DnsError),
     #[error(transparent)]
-    Lookup(#[from] DnsError),
+    Lookup(DnsError),
     #[error("{name} resolved to no usable address")]
     NoAddress { name: String },
+}
+
+impl DynamicDnsError {
+    /// The error and its sources, `: `-separated, for one log line.
+    pub(crate) fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(error) = source {
+            text.push_str(": ");
+            text.push_str(&error.to_string());
+            source = error.source();
+        }
+        text
+    }
 }
 
 /// One name's answer.
@@ -93,7 +107,8 @@ impl NameCache {
 /// so a configuration without DYNAMIC_DNS never reads the resolver configuration.
 pub(crate) struct DynamicResolver {
     resolv_conf: PathBuf,
-    dns: OnceCell<Result<Dns, String>>,
+    /// Built on first use; a configuration that cannot be read is tried again next time.
+    dns: OnceCell<Dns>,
     cache: Mutex<NameCache>,
 }
 
@@ -114,13 +129,11 @@ impl DynamicResolver {
         }
         let dns = self
             .dns
-            .get_or_init(|| async {
-                Dns::from_resolv_conf(&self.resolv_conf).map_err(|e| format!("{e:#}"))
+            .get_or_try_init(|| async {
+                Dns::from_resolv_conf(&self.resolv_conf).map_err(DynamicDnsError::Resolver)
             })
-            .await
-            .as_ref()
-            .map_err(|e| DynamicDnsError::Resolver(e.clone()))?;
-        let (mut addrs, ttl) = dns.resolve(name).await?;
+            .await?;
+        let (mut addrs, ttl) = dns.resolve(name).await.map_err(DynamicDnsError::Lookup)?;
         // A VIP names a ServiceEntry, not a destination: connecting to one would go nowhere
         // (the waypoint is not captured) or, worse, somewhere the client chose.
         addrs.retain(|ip| !is_vip(*ip));
@@ -225,5 +238,31 @@ mod tests {
         assert!(is_vip(ip("::ffff:240.240.3.4")));
         assert!(!is_vip(ip("240.241.0.1")));
         assert!(!is_vip(ip("127.0.0.1")));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_resolver_configuration_is_named_and_tried_again() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("resolv.conf");
+        let resolver = DynamicResolver::new(path.clone());
+        let error = resolver.resolve("a.wild.test").await.expect_err("no file");
+        assert!(matches!(error, DynamicDnsError::Resolver(_)), "{error:?}");
+        assert!(
+            error.chain().contains(&path.display().to_string()),
+            "{}",
+            error.chain()
+        );
+        // Written since: the next request reads it (a lookup against a loopback address that
+        // nothing listens on then fails as a lookup, not as configuration).
+        std::fs::write(
+            &path,
+            "nameserver 127.0.63.250\noptions timeout:1 attempts:1\n",
+        )
+        .expect("writing resolv.conf");
+        let error = resolver
+            .resolve("a.wild.test")
+            .await
+            .expect_err("nothing answers");
+        assert!(!matches!(error, DynamicDnsError::Resolver(_)), "{error:?}");
     }
 }

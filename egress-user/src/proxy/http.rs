@@ -479,7 +479,7 @@ async fn upstream_peer(
     let addr = match name {
         Some(name) => {
             let addrs = waypoint.dynamic.resolve(name).await.map_err(|error| {
-                info!(%name, %error, "a DYNAMIC_DNS name did not resolve; answering 503");
+                info!(%name, error = %error.chain(), "a DYNAMIC_DNS name did not resolve; answering 503");
                 DNS_RESOLUTION_FAILURE
             })?;
             SocketAddr::new(addrs[waypoint.pick() % addrs.len()], service.upstream_port)

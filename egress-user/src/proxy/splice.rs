@@ -151,7 +151,7 @@ pub(super) async fn serve(
                 inbound.service.upstream_port,
             ),
             Err(error) => {
-                info!(%name, %error, "a DYNAMIC_DNS name did not resolve; closing");
+                info!(%name, error = %error.chain(), "a DYNAMIC_DNS name did not resolve; closing");
                 entry.response_flags = Some("UH".into());
                 entry.response_code_details = Some("dns_resolution_failure".into());
                 log(entry);
