@@ -38,11 +38,21 @@ pub enum ExplainError {
         "no ServiceEntry port matches {host}:{port}; the request would not be captured by the waypoint (it goes direct, or is refused in REGISTRY_ONLY mode)"
     )]
     NoService { host: String, port: u16 },
+    #[error(
+        "ServiceEntry {service} has resolution DYNAMIC_DNS and {why}: the waypoint answers 404 \
+         route_not_found"
+    )]
+    RouteNotFound { service: String, why: String },
 }
 
 /// What the waypoint would do.
 pub struct Explanation {
+    /// When the URL names a host: the configured host it matched and the addresses the DNS
+    /// proxy answers for it (a VIP, or `addresses`).
+    pub name: Option<crate::dnsproxy::NameMatch>,
     pub service: Arc<Service>,
+    /// DYNAMIC_DNS: the name the waypoint resolves and connects to.
+    pub dynamic_name: Option<String>,
     pub principal: Option<Principal>,
     pub method: String,
     pub authority: String,
@@ -60,15 +70,27 @@ pub struct Request<'a> {
 }
 
 /// The destination an application that dials `host` connects to, as the kernel then routes
-/// it: an IP literal is that address; a name is resolved to the first configured address of
-/// the ServiceEntry that has it as a host (exact before wildcard). `None` when the name's
-/// ServiceEntry has no configured address (its addresses come from DNS, unknown here): the
-/// kernel would have routed the resolved address to that ServiceEntry itself.
-fn destination(table: &ServiceTable, host: &str, port: u16) -> Result<Dialled, ()> {
+/// it: an IP literal is that address; a name is what the DNS proxy answers for it in the
+/// captured cgroup (a VIP or the ServiceEntry's `addresses`; an exact host before the longest
+/// wildcard), else the first configured address of the ServiceEntry that has it as a host
+/// (exact before wildcard). `Dialled::Service` when that ServiceEntry has no configured address
+/// (its addresses come from DNS, unknown here): the kernel would have routed the resolved
+/// address to that ServiceEntry itself.
+fn destination(
+    table: &ServiceTable,
+    host: &str,
+    port: u16,
+) -> Result<(Dialled, Option<crate::dnsproxy::NameMatch>), ()> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(Dialled::Address(SocketAddr::new(ip, port)));
+        return Ok((Dialled::Address(SocketAddr::new(ip, port)), None));
     }
     let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(found) = table.dns_names.lookup(&host)
+        && let Some(addr) = found.addrs.first()
+    {
+        let dst = SocketAddr::new(IpAddr::V4(*addr), port);
+        return Ok((Dialled::Address(dst), Some(found)));
+    }
     let by_name = |exact: bool| {
         table.iter().find(|s| {
             s.port == port
@@ -79,10 +101,13 @@ fn destination(table: &ServiceTable, host: &str, port: u16) -> Result<Dialled, (
         })
     };
     let service = by_name(true).or_else(|| by_name(false)).ok_or(())?;
-    Ok(match service.addresses.first() {
-        Some(net) => Dialled::Address(SocketAddr::new(net.addr, port)),
-        None => Dialled::Service(service.clone()),
-    })
+    Ok((
+        match service.addresses.first() {
+            Some(net) => Dialled::Address(SocketAddr::new(net.addr, port)),
+            None => Dialled::Service(service.clone()),
+        },
+        None,
+    ))
 }
 
 enum Dialled {
@@ -140,15 +165,28 @@ pub fn explain(
         host: host.to_owned(),
         port,
     };
-    let (route, destination_ip) =
-        match destination(&table, host, port).map_err(|()| no_service())? {
-            Dialled::Address(dst) => (
-                phases::route_destination(&table, dst, Some(&authority)),
-                Some(dst.ip()),
-            ),
-            Dialled::Service(service) => (phases::route(&table, &service, Some(&authority)), None),
-        };
+    let (dialled, name) = destination(&table, host, port).map_err(|()| no_service())?;
+    let (route, destination_ip) = match dialled {
+        Dialled::Address(dst) => (
+            phases::route_destination(&table, dst, Some(&authority)),
+            Some(dst.ip()),
+        ),
+        Dialled::Service(service) => (phases::route(&table, &service, Some(&authority)), None),
+    };
     let service = route.ok_or_else(no_service)?.service;
+    let dynamic_name = match service.upstream {
+        model::Upstream::DynamicDns => {
+            let named = (!authority.is_empty()).then_some(authority.as_str());
+            let name = phases::dynamic_name(&service, named).map_err(|why| {
+                ExplainError::RouteNotFound {
+                    service: format!("{}/{}", service.namespace, service.name),
+                    why: why.to_string(),
+                }
+            })?;
+            Some(name)
+        }
+        _ => None,
+    };
 
     if service.protocol.is_http() && is_miscased_method(request.method.as_bytes()) {
         return Err(ExplainError::MiscasedMethod {
@@ -186,7 +224,9 @@ pub fn explain(
         None,
     );
     Ok(Explanation {
+        name,
         service,
+        dynamic_name,
         principal: request.principal.clone(),
         method: request.method.to_owned(),
         authority,
@@ -199,6 +239,16 @@ impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.service;
         let d = &self.decision;
+        if let Some(name) = &self.name {
+            let addrs: Vec<String> = name.addrs.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "name:         answered {} by the DNS proxy ({} ServiceEntry host {})",
+                addrs.join(", "),
+                if name.wildcard { "wildcard" } else { "exact" },
+                name.host
+            )?;
+        }
         writeln!(
             f,
             "service:      ServiceEntry {}/{} port {} ({}), cluster {}",
@@ -208,6 +258,13 @@ impl fmt::Display for Explanation {
             s.protocol,
             s.cluster_name()
         )?;
+        if let Some(name) = &self.dynamic_name {
+            writeln!(
+                f,
+                "upstream:     what {name} resolves to, port {} (DYNAMIC_DNS; never the address dialled)",
+                s.upstream_port
+            )?;
+        }
         match &self.principal {
             Some(p) => writeln!(f, "principal:    {p}")?,
             None => writeln!(f, "principal:    none (a peer without identity)")?,
@@ -377,5 +434,114 @@ spec:
         let allowed = ask("GET", "http://httpbin.org/get;x", PathParameters::Allow).expect("ok");
         assert!(allowed.decision.allowed);
         assert_eq!(allowed.path, "/get");
+    }
+
+    const WILD: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wild, namespace: default}
+spec:
+  hosts: ['*.wild.test']
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: tls, protocol: TLS}]
+  resolution: DYNAMIC_DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: exact, namespace: default}
+spec:
+  hosts: [exact.wild.test]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-a, namespace: default}
+spec:
+  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: wild}]
+  action: ALLOW
+  rules: [{to: [{operation: {hosts: [a.wild.test]}}]}]
+";
+
+    #[test]
+    fn a_host_name_says_its_vip_and_service_entry_exact_or_by_wildcard() {
+        let config = crate::config::parse_str(Path::new("wild.yaml"), WILD).expect("parses");
+        let ask = |url, headers: &[String]| {
+            explain(
+                &config,
+                "istio-system",
+                &Request {
+                    url,
+                    method: "GET",
+                    headers,
+                    principal: None,
+                    path_parameters: PathParameters::Reject,
+                },
+            )
+        };
+        let vip_of = |name: &str| {
+            let built = model::build(&config, &DnsAnswers::new());
+            built.table.dns_names.lookup(name).expect("answered").addrs
+        };
+        let a = ask("http://a.wild.test/", &[]).expect("explained");
+        assert_eq!(a.service.name, "wild");
+        let name = a.name.as_ref().expect("a name");
+        assert!(name.wildcard);
+        assert_eq!(name.host, "*.wild.test");
+        assert_eq!(
+            name.addrs,
+            vip_of("x.y.wild.test"),
+            "one VIP per wildcard host"
+        );
+        assert!(name.addrs[0].octets()[..2] == [240, 240]);
+        assert_eq!(a.dynamic_name.as_deref(), Some("a.wild.test"));
+        assert!(a.decision.allowed);
+        let text = a.to_string();
+        assert!(
+            text.contains(&format!(
+                "name:         answered {} by the DNS proxy (wildcard ServiceEntry host *.wild.test)",
+                name.addrs[0]
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("upstream:     what a.wild.test resolves to, port 80"),
+            "{text}"
+        );
+
+        // Authorization sees the concrete name: b is not allowed.
+        let b = ask("b.wild.test", &[]).expect("a bare host name is accepted");
+        assert_eq!(b.service.name, "wild");
+        assert!(!b.decision.allowed);
+        // Host a.wild.test on b's name: the same VIP, and a's name is what is resolved.
+        let on_b = ask("http://b.wild.test/", &["Host: a.wild.test".into()]).expect("ok");
+        assert_eq!(on_b.dynamic_name.as_deref(), Some("a.wild.test"));
+        assert!(on_b.decision.allowed);
+
+        // The exact host beats the wildcard and has its own VIP.
+        let exact = ask("http://exact.wild.test/", &[]).expect("explained");
+        assert_eq!(exact.service.name, "exact");
+        let name = exact.name.as_ref().expect("a name");
+        assert!(!name.wildcard);
+        assert_ne!(name.addrs, vip_of("a.wild.test"));
+        assert!(
+            exact
+                .to_string()
+                .contains("(exact ServiceEntry host exact.wild.test)")
+        );
+
+        // A Host under none of the wildcards: no route.
+        let err = ask("http://a.wild.test/", &["Host: evil.test".into()]).err();
+        assert!(
+            matches!(err, Some(ExplainError::RouteNotFound { .. })),
+            "{:?}",
+            err.map(|e| e.to_string())
+        );
+        // The TLS port: the server name is the URL's host.
+        let tls = ask("https://a.wild.test:443/", &[]).expect("explained");
+        assert_eq!(tls.service.port, 443);
+        assert_eq!(tls.dynamic_name.as_deref(), Some("a.wild.test"));
+        // Names outside every ServiceEntry are still not captured.
+        let err = ask("http://wild.test/", &[]).err();
+        assert!(matches!(err, Some(ExplainError::NoService { .. })));
     }
 }

@@ -447,6 +447,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let waypoint_config = WaypointConfig {
         capture: opts.capture.clone(),
         path_parameters: opts.path_parameters,
+        resolv_conf: opts.dns.resolv_conf.clone(),
         ..WaypointConfig::default().with_limits(opts.limits)
     };
     let waypoint = if opts.verdict_cache && ebpf {

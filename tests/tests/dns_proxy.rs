@@ -14,12 +14,18 @@ use std::{
 
 use egress_tests::*;
 
-/// Addresses of this file only (loopback): resolvers at port 53, stand-ins at port 80.
+/// Addresses of this file only (loopback): resolvers at port 53, stand-ins at port 80. Tests
+/// run in parallel, so each test has its own (two binding one address:port collide).
 const RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 1);
 const ROTATING_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 2);
+const REGISTRY_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 5);
+const TRUNCATING_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 6);
+const ROTATING_A: Ipv4Addr = Ipv4Addr::new(127, 0, 66, 1);
+const ROTATING_B: Ipv4Addr = Ipv4Addr::new(127, 0, 66, 2);
+const REGISTRY_STAND_IN: Ipv4Addr = Ipv4Addr::new(127, 0, 67, 1);
+const REGISTRY_OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 67, 9);
 const SILENT_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 3);
 const STAND_IN: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 1);
-const STAND_IN_2: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 2);
 const OTHER_NAME_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 64, 9);
 
 const SEED_SERVICE_ENTRY: &str = include_str!("../../examples/httpbin.yaml");
@@ -172,13 +178,13 @@ fn a_resolver_that_rotates_its_answers_never_lets_a_connect_go_direct() {
     if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
         return;
     }
-    let first = Upstream::http_at(SocketAddr::from((STAND_IN, 80)));
-    let second = Upstream::http_at(SocketAddr::from((STAND_IN_2, 80)));
-    let resolver = Resolver::dnsmasq(ROTATING_RESOLVER, &[("httpbin.org", STAND_IN)]);
+    let first = Upstream::http_at(SocketAddr::from((ROTATING_A, 80)));
+    let second = Upstream::http_at(SocketAddr::from((ROTATING_B, 80)));
+    let resolver = Resolver::dnsmasq(ROTATING_RESOLVER, &[("httpbin.org", ROTATING_A)]);
     let dp = seed_dataplane(&resolver);
     let conf = resolver.resolv_conf();
     for i in 0..4 {
-        let ip = if i % 2 == 0 { STAND_IN } else { STAND_IN_2 };
+        let ip = if i % 2 == 0 { ROTATING_A } else { ROTATING_B };
         resolver.set_hosts(&[("httpbin.org", ip)]);
         let out = curl_in(&dp, &conf, &["http://httpbin.org/get"]);
         assert_eq!(out.http_status(), Some(200), "curl {i}: {out:?}");
@@ -220,11 +226,14 @@ fn with_registry_only_names_resolve_and_only_service_entry_traffic_leaves() {
     if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare"]) {
         return;
     }
-    let upstream = Upstream::http_at(SocketAddr::from((STAND_IN, 80)));
-    let other = Upstream::http_at(SocketAddr::from((OTHER_NAME_IP, 80)));
+    let upstream = Upstream::http_at(SocketAddr::from((REGISTRY_STAND_IN, 80)));
+    let other = Upstream::http_at(SocketAddr::from((REGISTRY_OTHER, 80)));
     let resolver = Resolver::dnsmasq(
-        RESOLVER,
-        &[("httpbin.org", STAND_IN), ("other.test", OTHER_NAME_IP)],
+        REGISTRY_RESOLVER,
+        &[
+            ("httpbin.org", REGISTRY_STAND_IN),
+            ("other.test", REGISTRY_OTHER),
+        ],
     );
     // Loopback is allowed by default; allow only the resolver so the other stand-in is not.
     let dp = Dataplane::builder()
@@ -236,12 +245,12 @@ fn with_registry_only_names_resolve_and_only_service_entry_traffic_leaves() {
             "--outbound-policy",
             "registry-only",
             "--allow-cidr",
-            &format!("{RESOLVER}/32"),
+            &format!("{REGISTRY_RESOLVER}/32"),
         ])
         .start();
     let conf = resolver.resolv_conf();
     let out = dig_in(&dp, &conf, &["+short", "other.test"]).expect_success("dig other.test");
-    assert_eq!(out.stdout.trim(), OTHER_NAME_IP.to_string());
+    assert_eq!(out.stdout.trim(), REGISTRY_OTHER.to_string());
     let out = curl_in(&dp, &conf, &["http://httpbin.org/get"]);
     assert_eq!(out.http_status(), Some(200), "{out:?}");
     let out = curl_in(&dp, &conf, &["http://other.test/"]);
@@ -262,7 +271,7 @@ fn a_truncated_udp_answer_is_retried_over_tcp_and_arrives_whole() {
     // TCP, and both exchanges go through the proxy.
     let ips: Vec<Ipv4Addr> = (1..=60).map(|i| Ipv4Addr::new(127, 0, 70, i)).collect();
     let hosts: Vec<(&str, Ipv4Addr)> = ips.iter().map(|ip| ("big.test", *ip)).collect();
-    let resolver = Resolver::dnsmasq(RESOLVER, &hosts);
+    let resolver = Resolver::dnsmasq(TRUNCATING_RESOLVER, &hosts);
     let dp = seed_dataplane(&resolver);
     let out = dig_in(&dp, &resolver.resolv_conf(), &["+noedns", "big.test"])
         .expect_success("dig big.test");
@@ -273,7 +282,8 @@ fn a_truncated_udp_answer_is_retried_over_tcp_and_arrives_whole() {
     assert!(out.stdout.contains("status: NOERROR"), "{out:?}");
     assert!(out.stdout.contains("ANSWER: 60"), "{out:?}");
     assert!(
-        out.stdout.contains(&format!("SERVER: {RESOLVER}#53(")),
+        out.stdout
+            .contains(&format!("SERVER: {TRUNCATING_RESOLVER}#53(")),
         "{out:?}"
     );
     assert!(
@@ -281,5 +291,219 @@ fn a_truncated_udp_answer_is_retried_over_tcp_and_arrives_whole() {
             .contains("egress_dns_requests_total{type=\"A\",rcode=\"NOERROR\"} 2"),
         "one UDP and one TCP exchange: {}",
         dp.metrics()
+    );
+}
+
+/// `python3 -c RAW_TCP IP PORT`: sends a plain-text request, prints `closed N` with the bytes
+/// the peer sent before it closed or reset the connection.
+const RAW_TCP: &str = r#"
+import socket, sys
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+conn.sendall(b"GET / HTTP/1.1\r\nHost: b.wild.test\r\n\r\n")
+got = b""
+try:
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        got += data
+except ConnectionResetError:
+    pass
+print("closed", len(got))
+"#;
+
+/// Addresses of the wildcard test: its resolver and the stand-ins for `a.wild.test` and
+/// `b.wild.test` (port 80).
+const WILD_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 63, 4);
+const WILD_A: Ipv4Addr = Ipv4Addr::new(127, 0, 65, 1);
+const WILD_B: Ipv4Addr = Ipv4Addr::new(127, 0, 65, 2);
+
+/// `*.wild.test` with `resolution: DYNAMIC_DNS` (HTTP, and TLS forwarded to `tls_port`) and a
+/// policy that allows `hosts: [a.wild.test]` only on HTTP, and the TLS port.
+fn wildcard_config(tls_port: u16) -> String {
+    format!(
+        "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: wild, namespace: default}}
+spec:
+  hosts: ['*.wild.test']
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  - {{number: 443, name: tls, protocol: TLS, targetPort: {tls_port}}}
+  resolution: DYNAMIC_DNS
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: only-a, namespace: default}}
+spec:
+  targetRefs: [{{kind: ServiceEntry, group: networking.istio.io, name: wild}}]
+  action: ALLOW
+  rules:
+  - to: [{{operation: {{hosts: [a.wild.test]}}}}]
+  # The TLS port is allowed at L4 (`hosts` is HTTP-only, so the rule above never matches a
+  # TLS connection): what refuses raw TCP there is the waypoint, not a policy.
+  - to: [{{operation: {{ports: ['443']}}}}]
+"
+    )
+}
+
+#[test]
+fn a_wildcard_service_entry_resolves_each_requests_own_name_and_only_that() {
+    if !require_privileges() || !require_tools(&["dnsmasq", "dig", "unshare", "python3"]) {
+        return;
+    }
+    let a = Upstream::http_at(SocketAddr::from((WILD_A, 80)));
+    let b = Upstream::http_at(SocketAddr::from((WILD_B, 80)));
+    let ca = TestCa::new();
+    let tls = TlsUpstream::start(&ca, &["tls.wild.test"], Cert::Valid, false);
+    let resolver = Resolver::dnsmasq(
+        WILD_RESOLVER,
+        &[
+            ("a.wild.test", WILD_A),
+            ("b.wild.test", WILD_B),
+            ("tls.wild.test", Ipv4Addr::LOCALHOST),
+        ],
+    );
+    let dp = Dataplane::builder()
+        .config(&wildcard_config(tls.addr().port()))
+        .args(&["--resolv-conf", &resolver.resolv_conf().to_string_lossy()])
+        .start();
+    let conf = resolver.resolv_conf();
+
+    // Every name under the wildcard answers the ServiceEntry's one VIP, from the resolver the
+    // client asked; the wildcard's own suffix is not one of its names.
+    let vip_of = |name: &str| {
+        let out = dig_in(&dp, &conf, &["+short", name]).expect_success("dig");
+        out.stdout.trim().to_owned()
+    };
+    let vip = vip_of("a.wild.test");
+    assert!(is_vip(&vip), "{vip}");
+    assert_eq!(vip_of("b.wild.test"), vip);
+    assert_eq!(vip_of("x.y.wild.test"), vip, "more than one label");
+    assert!(
+        !is_vip(&vip_of("wild.test")),
+        "the suffix itself is forwarded"
+    );
+    let out = dig_in(&dp, &conf, &["a.wild.test.default.svc.cluster.local"])
+        .expect_success("dig an expansion");
+    assert!(!out.stdout.contains("240.240."), "{out:?}");
+
+    // a: allowed, proxied to what the dataplane's resolver says a.wild.test is.
+    let out = curl_in(&dp, &conf, &["http://a.wild.test/get"]);
+    assert_eq!(out.http_status(), Some(200), "{out:?}");
+    assert_eq!(out.header("via").as_deref(), Some("1.1 egress-waypoint"));
+    assert_eq!(a.hits().len(), 1);
+    let line = dp.access_log_line("/get");
+    assert!(line.contains(&format!("\"{WILD_A}:80\"")), "{line}");
+    assert!(line.contains("\"a.wild.test\""), "{line}");
+
+    // b: the same VIP, denied by the policy (hosts is the concrete name).
+    let out = curl_in(&dp, &conf, &["http://b.wild.test/denied"]);
+    assert_eq!(out.http_status(), Some(403), "{out:?}");
+    assert_eq!(out.body(), "RBAC: access denied");
+
+    // `Host: a.wild.test` on a connection to b's name (and VIP): the Host is the destination,
+    // resolved by the dataplane — a's upstream, never b's.
+    let out = curl_in(
+        &dp,
+        &conf,
+        &["-H", "Host: a.wild.test", "http://b.wild.test/host-header"],
+    );
+    assert_eq!(out.http_status(), Some(200), "{out:?}");
+    let resolve = format!("b.wild.test:80:{vip}");
+    let out = curl_in(
+        &dp,
+        &conf,
+        &[
+            "--resolve",
+            &resolve,
+            "-H",
+            "Host: a.wild.test",
+            "http://b.wild.test/resolve",
+        ],
+    );
+    assert_eq!(out.http_status(), Some(200), "{out:?}");
+    let paths: Vec<String> = a.hits().into_iter().map(|h| h.path).collect();
+    assert_eq!(paths, ["/get", "/host-header", "/resolve"], "all went to a");
+    for path in ["/host-header", "/resolve"] {
+        let line = dp.access_log_line(path);
+        assert!(line.contains(&format!("\"{WILD_A}:80\"")), "{line}");
+    }
+
+    // A Host under none of the wildcards has no route (Envoy: 404 NR route_not_found).
+    let out = curl_in(
+        &dp,
+        &conf,
+        &[
+            "-H",
+            "Host: b.wild.test.evil.test",
+            "http://a.wild.test/no-route",
+        ],
+    );
+    assert_eq!(out.http_status(), Some(404), "{out:?}");
+    let line = dp.access_log_line("/no-route");
+    assert!(line.contains(" 404 NR route_not_found "), "{line}");
+
+    // TLS passthrough: the SNI is the destination, resolved by the dataplane.
+    let cacert = ca.ca_file();
+    let out = curl_in(
+        &dp,
+        &conf,
+        &[
+            "--cacert",
+            &cacert.to_string_lossy(),
+            "https://tls.wild.test/",
+        ],
+    );
+    assert_eq!(out.http_status(), Some(200), "{out:?}");
+    assert!(out.body().contains("sni=tls.wild.test"), "{out:?}");
+    assert_eq!(
+        tls.handshakes()
+            .iter()
+            .map(|h| h.sni.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("tls.wild.test")]
+    );
+    let line = dp.access_log_line("tls.wild.test");
+    assert!(line.contains(&format!("\"{}\"", tls.addr())), "{line}");
+    // An SNI under none of the wildcards, sent to the VIP: closed, nothing connected.
+    let resolve = format!("sni-evil.test:443:{vip}");
+    let out = curl_in(
+        &dp,
+        &conf,
+        &[
+            "--cacert",
+            &cacert.to_string_lossy(),
+            "--resolve",
+            &resolve,
+            "https://sni-evil.test/",
+        ],
+    );
+    assert_eq!(out.http_status(), None, "{out:?}");
+    let line = dp.access_log_line("sni-evil.test");
+    assert!(line.contains(" NR filter_chain_not_found "), "{line}");
+    assert_eq!(tls.handshakes().len(), 1, "no second handshake upstream");
+
+    // Raw TCP to the VIP (its TLS port, no ClientHello): nothing names a destination, so the
+    // connection is closed unanswered, and the log says why.
+    let vip_addr = SocketAddr::new(vip.parse().expect("a VIP"), 443);
+    let out = dp
+        .exec("default", "sleep")
+        .run(
+            "python3",
+            &["-c", RAW_TCP, &vip_addr.ip().to_string(), "443"],
+        )
+        .expect_success("the raw TCP client");
+    assert_eq!(out.stdout.trim(), "closed 0", "nothing answered: {out:?}");
+    dp.wait_for_log(
+        "raw TCP to a DYNAMIC_DNS ServiceEntry's TLS port is refused",
+        1,
+    );
+
+    assert!(
+        b.hits().is_empty(),
+        "b's upstream received nothing: {:?}",
+        b.hits()
     );
 }

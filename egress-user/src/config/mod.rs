@@ -30,7 +30,7 @@ pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{load, parse_object, parse_str};
 pub use types::*;
 
-pub(crate) use names::parse_ip_net;
+pub(crate) use names::{check_fqdn, parse_ip_net};
 
 #[cfg(test)]
 mod tests;

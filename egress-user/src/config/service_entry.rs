@@ -89,7 +89,7 @@ pub(crate) fn parse(
         entry.location = parse_location(&node, issues).unwrap_or_default();
     }
 
-    let hosts = parse_hosts(&spec, issues);
+    let hosts = parse_hosts(&spec, resolution, issues);
     entry.hosts = hosts.iter().map(|(_, host)| host.clone()).collect();
     entry.addresses = parse_addresses(&spec, resolution, issues);
     entry.ports = parse_ports(&spec, issues);
@@ -128,6 +128,10 @@ pub(crate) fn parse(
         }
     }
 
+    if resolution == Some(Resolution::DynamicDns) {
+        check_dynamic_dns(root, &spec, &entry, &hosts, endpoint_count, issues);
+    }
+
     // Plain TCP carries no name (no Host header, no SNI), so with more than one host a
     // resolving ServiceEntry could not tell which host a connection is for.
     if let Some(r) = resolution
@@ -157,25 +161,95 @@ fn parse_resolution(node: &Node<'_>, issues: &mut Issues) -> Option<Resolution> 
         "STATIC" => Resolution::Static,
         "DNS" => Resolution::Dns,
         "DNS_ROUND_ROBIN" => Resolution::DnsRoundRobin,
-        "DYNAMIC_DNS" => {
-            issues.at(
-                &node.path,
-                "resolution DYNAMIC_DNS is not supported by egress; use DNS",
-            );
-            return None;
-        }
+        "DYNAMIC_DNS" => Resolution::DynamicDns,
         other => {
             issues.at(
                 &node.path,
                 format!(
                     "unknown resolution {other:?}; expected one of NONE, STATIC, DNS, \
-                     DNS_ROUND_ROBIN"
+                     DNS_ROUND_ROBIN, DYNAMIC_DNS"
                 ),
             );
             return None;
         }
     };
     Some(resolution)
+}
+
+/// istiod's rules for `resolution: DYNAMIC_DNS` (`ValidateServiceEntry`): every host a
+/// wildcard, no `addresses`, no `endpoints` (the destination is what each request's name
+/// resolves to), ports HTTP, HTTP2, GRPC or TLS only (a name is needed: `Host` or SNI), and
+/// `MESH_INTERNAL` not with a waypoint (`istio.io/use-waypoint` other than `none`).
+fn check_dynamic_dns(
+    root: &Node<'_>,
+    spec: &Node<'_>,
+    entry: &ServiceEntry,
+    hosts: &[(String, String)],
+    endpoint_count: usize,
+    issues: &mut Issues,
+) {
+    const R: &str = "DYNAMIC_DNS";
+    for (path, host) in hosts {
+        if !host.starts_with('*') {
+            issues.at(
+                path,
+                format!("host {host:?} must be wildcarded for resolution mode {R}"),
+            );
+        }
+    }
+    if let Some(node) = spec.get("addresses")
+        && node.value.as_array().is_some_and(|a| !a.is_empty())
+    {
+        issues.at(
+            &node.path,
+            format!(
+                "addresses cannot be set for resolution type {R}: HTTP route domains are only \
+                 generated from the hosts field values"
+            ),
+        );
+    }
+    if endpoint_count != 0
+        && let Some(node) = spec.get("endpoints")
+    {
+        issues.at(
+            &node.path,
+            format!(
+                "endpoints cannot be set for resolution type {R}: the destination address is \
+                 determined from the hosts field values"
+            ),
+        );
+    }
+    // Istio parses the protocol text: `GRPC-Web` and `HTTPS` are not among the four, though
+    // `GRPC-Web` is carried as GRPC here.
+    for (i, port) in spec
+        .get("ports")
+        .and_then(|p| p.value.as_array().cloned())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = port.get("protocol").and_then(|p| p.as_str()).unwrap_or("");
+        if !["http", "http2", "grpc", "tls"].contains(&text.to_ascii_lowercase().as_str()) {
+            issues.at(
+                &format!("{}.ports[{i}].protocol", spec.path),
+                format!(
+                    "protocol {text:?}: only HTTP, TLS, GRPC, and HTTP2 protocols are supported \
+                     for resolution type {R} (the name to resolve comes from Host or SNI)"
+                ),
+            );
+        }
+    }
+    let waypoint = root
+        .value
+        .pointer("/metadata/labels/istio.io~1use-waypoint")
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("none"));
+    if entry.location == Location::MeshInternal && waypoint {
+        issues.at(
+            &spec.key_path("location"),
+            format!("location MESH_INTERNAL with resolution type {R} is not supported when using waypoints"),
+        );
+    }
 }
 
 fn parse_location(node: &Node<'_>, issues: &mut Issues) -> Option<Location> {
@@ -193,7 +267,11 @@ fn parse_location(node: &Node<'_>, issues: &mut Issues) -> Option<Location> {
 }
 
 /// The hosts with their paths. Invalid hosts are reported and left out.
-fn parse_hosts(spec: &Node<'_>, issues: &mut Issues) -> Vec<(String, String)> {
+fn parse_hosts(
+    spec: &Node<'_>,
+    resolution: Option<Resolution>,
+    issues: &mut Issues,
+) -> Vec<(String, String)> {
     let Some(node) = spec.get("hosts") else {
         issues.at(&spec.key_path("hosts"), "at least one host is required");
         return Vec::new();
@@ -217,8 +295,10 @@ fn parse_hosts(spec: &Node<'_>, issues: &mut Issues) -> Vec<(String, String)> {
             );
         } else if let Err(message) = check_wildcard_domain(host) {
             issues.at(&path, message);
-        } else if is_partial_wildcard(host) {
-            // Istio warns; we would have to guess what `*foo.com` matches, so we refuse.
+        } else if is_partial_wildcard(host) && resolution != Some(Resolution::DynamicDns) {
+            // Istio warns; we would have to guess what `*foo.com` matches, so we refuse. With
+            // DYNAMIC_DNS Istio accepts it without a warning: the name is matched as Envoy
+            // matches a suffix wildcard domain (any non-empty prefix), see `DnsNames`.
             issues.at(
                 &path,
                 format!(
@@ -268,7 +348,8 @@ fn parse_addresses(
             }
         }
         if text.contains('/')
-            && let Some(r @ (Resolution::Dns | Resolution::DnsRoundRobin)) = resolution
+            && let Some(r @ (Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns)) =
+                resolution
         {
             issues.at(
                 &path,

@@ -76,9 +76,99 @@ fn service_entry_rules() {
             vec![],
         ),
         (
-            "egress: DYNAMIC_DNS is not supported",
+            "Istio: discovery type DYNAMIC_DNS",
             format!("hosts: ['*.google.com']\n{HTTP_PORTS}\nresolution: DYNAMIC_DNS"),
-            vec!["spec.resolution: resolution DYNAMIC_DNS is not supported"],
+            vec![],
+        ),
+        (
+            "Istio: discovery type DYNAMIC_DNS, unsupported TCP protocol",
+            "hosts: ['*.google.com']\naddresses: []\n\
+             ports: [{number: 80, protocol: http, name: http-valid1}, {number: 81, protocol: TCP, name: tcp-valid1}]\n\
+             resolution: DYNAMIC_DNS"
+                .into(),
+            vec![
+                "spec.ports[1].protocol: protocol \"TCP\": only HTTP, TLS, GRPC, and HTTP2 protocols are supported for resolution type DYNAMIC_DNS",
+            ],
+        ),
+        (
+            "Istio: discovery type DYNAMIC_DNS, GRPC protocol",
+            "hosts: ['*.svc.cluster.local']\naddresses: []\n\
+             ports: [{number: 9090, protocol: GRPC, name: grpc}]\nresolution: DYNAMIC_DNS"
+                .into(),
+            vec![],
+        ),
+        (
+            "Istio: DYNAMIC_DNS accepts TLS and HTTP2, not HTTPS, GRPC-Web or an unset protocol",
+            "hosts: ['*.example.com']\n\
+             ports: [{number: 443, protocol: TLS, name: tls}, {number: 8443, protocol: HTTPS, name: https}, \
+             {number: 81, protocol: HTTP2, name: h2}, {number: 82, protocol: GRPC-Web, name: web}, \
+             {number: 83, name: unset}]\nresolution: DYNAMIC_DNS"
+                .into(),
+            vec![
+                "spec.ports[1].protocol: protocol \"HTTPS\": only HTTP, TLS, GRPC, and HTTP2",
+                "spec.ports[3].protocol: protocol \"GRPC-Web\": only HTTP, TLS, GRPC, and HTTP2",
+                "spec.ports[4].protocol: protocol \"\": only HTTP, TLS, GRPC, and HTTP2",
+            ],
+        ),
+        (
+            "Istio: discovery type DYNAMIC_DNS, FQDN host",
+            "hosts: [google.com]\naddresses: []\nports: [{number: 80, protocol: http, name: http-valid}]\n\
+             resolution: DYNAMIC_DNS"
+                .into(),
+            vec![
+                "spec.hosts[0]: host \"google.com\" must be wildcarded for resolution mode DYNAMIC_DNS",
+            ],
+        ),
+        (
+            "Istio: discovery type DYNAMIC_DNS, endpoints set",
+            "hosts: ['*.google.com']\naddresses: []\nports: [{number: 80, protocol: http, name: http-valid1}]\n\
+             endpoints: [{address: in.google.com, ports: {http-valid1: 9080}}]\nresolution: DYNAMIC_DNS"
+                .into(),
+            vec!["spec.endpoints: endpoints cannot be set for resolution type DYNAMIC_DNS"],
+        ),
+        (
+            "Istio: discovery type DYNAMIC_DNS, IP address set",
+            format!(
+                "hosts: ['*.google.com']\naddresses: [10.10.10.10]\n{HTTP_PORTS}\nresolution: DYNAMIC_DNS"
+            ),
+            vec!["spec.addresses: addresses cannot be set for resolution type DYNAMIC_DNS"],
+        ),
+        (
+            "Istio: DYNAMIC_DNS with a CIDR address: both of Istio's errors",
+            format!(
+                "hosts: ['*.google.com']\naddresses: [10.10.0.0/16]\n{HTTP_PORTS}\nresolution: DYNAMIC_DNS"
+            ),
+            vec![
+                "spec.addresses[0]: CIDR addresses are allowed only for NONE/STATIC resolution types",
+                "spec.addresses: addresses cannot be set for resolution type DYNAMIC_DNS",
+            ],
+        ),
+        (
+            "Istio: discovery type DYNAMIC_DNS, empty hosts",
+            "hosts: []\nports: [{number: 80, protocol: http, name: http-valid1}]\nresolution: DYNAMIC_DNS"
+                .into(),
+            vec!["spec.hosts: at least one host is required"],
+        ),
+        (
+            "Istio: discovery type DYNAMIC_DNS, multiple wildcarded hosts",
+            "hosts: ['*.google.com', '*.amazon.com']\nports: [{number: 80, protocol: http, name: http-valid1}]\n\
+             resolution: DYNAMIC_DNS"
+                .into(),
+            vec![],
+        ),
+        (
+            "Istio: DYNAMIC_DNS accepts a partial wildcard (no warning, unlike other resolutions)",
+            "hosts: ['*-api.example.com']\nports: [{number: 80, protocol: http, name: http}]\n\
+             resolution: DYNAMIC_DNS"
+                .into(),
+            vec![],
+        ),
+        (
+            "Istio: discovery type DYNAMIC_DNS, internal mesh location",
+            "hosts: ['*.google.com']\nports: [{number: 80, protocol: http, name: http-valid1}]\n\
+             resolution: DYNAMIC_DNS\nlocation: MESH_INTERNAL"
+                .into(),
+            vec![],
         ),
         (
             "Istio: empty hosts",
@@ -490,4 +580,36 @@ fn the_vip_label_and_status_addresses_are_read() {
     let set = check(&format!("hosts: [a.test]\n{HTTP_PORTS}\nresolution: DNS")).expect("valid");
     assert!(set.service_entries[0].auto_allocate);
     assert!(set.service_entries[0].status_addresses.is_empty());
+}
+
+#[test]
+fn dynamic_dns_mesh_internal_is_refused_with_a_waypoint_as_istio_does() {
+    let yaml = |labels: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: t\n  \
+             labels: {{{labels}}}\nspec:\n  hosts: ['*.google.com']\n  \
+             ports: [{{number: 80, protocol: HTTP, name: http}}]\n  resolution: DYNAMIC_DNS\n  \
+             location: MESH_INTERNAL\n"
+        )
+    };
+    let errors = parse_str(
+        Path::new("t.yaml"),
+        &yaml("istio.io/use-waypoint: my-waypoint"),
+    )
+    .expect_err("MESH_INTERNAL with a waypoint");
+    let got: Vec<String> = errors
+        .0
+        .iter()
+        .map(|e| format!("{}: {}", e.field.clone().unwrap_or_default(), e.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "spec.location: location MESH_INTERNAL with resolution type DYNAMIC_DNS is not supported when using waypoints"
+        ]
+    );
+    for labels in ["istio.io/use-waypoint: none", "app: x"] {
+        let set = parse_str(Path::new("t.yaml"), &yaml(labels)).expect(labels);
+        assert_eq!(set.service_entries[0].resolution, Resolution::DynamicDns);
+    }
 }

@@ -133,6 +133,9 @@ pub enum Resolution {
     Dns,
     /// As `Dns`, using one address at a time.
     DnsRoundRobin,
+    /// Wildcard hosts only: each request's own name (HTTP `Host`, TLS SNI) is resolved when it
+    /// arrives and the connection goes there (Envoy's dynamic forward proxy).
+    DynamicDns,
 }
 
 impl Resolution {
@@ -143,6 +146,7 @@ impl Resolution {
             Resolution::Static => "STATIC",
             Resolution::Dns => "DNS",
             Resolution::DnsRoundRobin => "DNS_ROUND_ROBIN",
+            Resolution::DynamicDns => "DYNAMIC_DNS",
         }
     }
 }

@@ -4,5 +4,5 @@ pub mod names;
 pub mod server;
 pub mod vip;
 
-pub use names::{Answer, DnsNames};
+pub use names::{Answer, DnsNames, NameMatch};
 pub use server::{DnsLimits, DnsProxy, Forwarding, ResolverSource};

@@ -68,6 +68,7 @@ fn upstream(se: &ServiceEntry, port: &ServicePort, hosts: &[String], dns: &DnsAn
     let upstream_port = port.target_port.unwrap_or(port.number);
     match se.resolution {
         Resolution::None => Upstream::OriginalDst,
+        Resolution::DynamicDns => Upstream::DynamicDns,
         Resolution::Static => Upstream::Endpoints(
             se.endpoints
                 .iter()
@@ -155,7 +156,21 @@ pub fn build(config: &ConfigSet, dns: &DnsAnswers) -> Built {
                         .collect();
                     found.sort_by_key(|n| (n.addr, n.prefix_len));
                     found.dedup();
-                    if found.is_empty() {
+                    // A DYNAMIC_DNS entry is reached by its VIPs only (its names resolve when
+                    // a request names them): without one (opted out of allocation) nothing
+                    // captures it.
+                    let dynamic = se.resolution == Resolution::DynamicDns;
+                    let has_vip = hosts.iter().any(|h| {
+                        vips.contains_key(&(se.namespace.clone(), se.name.clone(), h.clone()))
+                    });
+                    if found.is_empty() && dynamic && !has_vip {
+                        warnings.push(format!(
+                            "ServiceEntry {}/{}: resolution DYNAMIC_DNS without a VIP (auto-allocation is off): nothing captures {}",
+                            se.namespace,
+                            se.name,
+                            hosts.join(", ")
+                        ));
+                    } else if found.is_empty() && !dynamic {
                         warnings.push(format!(
                             "ServiceEntry {}/{}: no address to capture for {} yet (no `addresses`, and DNS has not answered)",
                             se.namespace,
@@ -368,7 +383,7 @@ mod tests {
         assert_eq!(vips, vec![0, 1]);
         let upstream_is_never_the_vip = match &first.upstream {
             Upstream::Endpoints(eps) => eps.iter().all(|e| !e.ip().to_string().starts_with("240.")),
-            Upstream::OriginalDst => false,
+            Upstream::OriginalDst | Upstream::DynamicDns => false,
         };
         assert!(upstream_is_never_the_vip);
     }
@@ -452,6 +467,51 @@ mod tests {
         assert_eq!(built.table.by_host(0, "unknown.test").map(|s| s.id), None);
         assert!(
             built.warnings[0].contains("shared by ServiceEntries default/httpbin, default/second")
+        );
+    }
+
+    #[test]
+    fn a_dynamic_dns_entry_is_captured_by_its_vip_and_resolves_per_request() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\n\
+                    spec:\n  hosts: ['*.wild.test']\n  ports: [{number: 80, protocol: HTTP, name: http}]\n  \
+                    resolution: DYNAMIC_DNS\n";
+        let config = crate::config::parse_str(std::path::Path::new("w.yaml"), yaml).expect("valid");
+        let built = build(&config, &DnsAnswers::new());
+        assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+        let service = built.table.get(0).expect("one service");
+        assert_eq!(service.upstream, Upstream::DynamicDns);
+        assert_eq!(service.addresses.len(), 1);
+        assert!(
+            service.addresses[0]
+                .addr
+                .to_string()
+                .starts_with("240.240.")
+        );
+        assert_eq!(
+            built.routes.len(),
+            1,
+            "the VIP is in the kernel's service map"
+        );
+        assert!(
+            !dns_hosts(&config).contains("*.wild.test"),
+            "wildcards are never resolved"
+        );
+
+        let opted_out = yaml.replace(
+            "metadata: {name: wild}",
+            "metadata: {name: wild, labels: {networking.istio.io/enable-autoallocate-ip: 'false'}}",
+        );
+        let config =
+            crate::config::parse_str(std::path::Path::new("w.yaml"), &opted_out).expect("valid");
+        let built = build(&config, &DnsAnswers::new());
+        assert!(built.routes.is_empty());
+        assert!(
+            built
+                .warnings
+                .iter()
+                .any(|w| w.contains("DYNAMIC_DNS without a VIP")),
+            "{:?}",
+            built.warnings
         );
     }
 }

@@ -22,6 +22,9 @@ pub enum Upstream {
     /// `resolution: STATIC` endpoints or the addresses DNS returned (ports already applied).
     /// Empty when DNS has not answered (yet): the waypoint answers 503.
     Endpoints(Vec<SocketAddr>),
+    /// `resolution: DYNAMIC_DNS`: the name each request carries (`Host`, SNI) is checked
+    /// against the wildcard hosts and resolved when it arrives; never the address dialled.
+    DynamicDns,
 }
 
 /// One port of one ServiceEntry.
@@ -59,6 +62,8 @@ impl Service {
         match &self.upstream {
             Upstream::OriginalDst => Some(SocketAddr::new(origin_dst, self.upstream_port)),
             Upstream::Endpoints(eps) if eps.is_empty() => None,
+            // The name is resolved by the waypoint first (`proxy::dynamic_dns`).
+            Upstream::DynamicDns => None,
             Upstream::Endpoints(eps) => Some(eps[pick % eps.len()]),
         }
     }

@@ -36,15 +36,16 @@ use super::{
     framing::{Framed, FramingSignal, Violation},
     phases::{self, TargetRefused, UpgradeRequest},
     reply::{
-        CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, LocalReply, NO_HEALTHY_UPSTREAM, NO_SERVER_NAME,
-        PATH_NORMALIZATION_FAILED, PATH_PARAMETER_REFUSED, REQUEST_HEADER_TIMEOUT,
-        STREAM_IDLE_TIMEOUT, TLS_CREDENTIAL_UNAVAILABLE, UPGRADE_FAILED, UPSTREAM_RESPONSE_TIMEOUT,
+        CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, DNS_RESOLUTION_FAILURE, LocalReply,
+        NO_HEALTHY_UPSTREAM, NO_SERVER_NAME, PATH_NORMALIZATION_FAILED, PATH_PARAMETER_REFUSED,
+        REQUEST_HEADER_TIMEOUT, ROUTE_NOT_FOUND, STREAM_IDLE_TIMEOUT, TLS_CREDENTIAL_UNAVAILABLE,
+        UPGRADE_FAILED, UPSTREAM_RESPONSE_TIMEOUT,
     },
     upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
 };
 use crate::{
     drain::{DrainPhase, DrainSignal},
-    model::Service,
+    model::{Service, Upstream},
     policy::NormalizedTarget,
     telemetry::{
         AccessLog, AccessLogEntry, Metrics,
@@ -285,11 +286,12 @@ async fn forward(
         Ok(request) => request,
         Err(reply) => return exchange.local(reply),
     };
-    let (service, tls) = match route_and_authorize(waypoint, &mut exchange, &request) {
+    let Routed { service, tls, name } = match route_and_authorize(waypoint, &mut exchange, &request)
+    {
         Ok(routed) => routed,
         Err(reply) => return exchange.local(reply),
     };
-    let peer = match upstream_peer(waypoint, &mut exchange, &service, tls) {
+    let peer = match upstream_peer(waypoint, &mut exchange, &service, tls, name.as_deref()).await {
         Ok(peer) => peer,
         Err(reply) => return exchange.local(reply),
     };
@@ -391,14 +393,23 @@ fn request_filter(
     })
 }
 
+/// What the route and authorize phases chose.
+struct Routed {
+    service: Arc<Service>,
+    /// The TLS its upstream wants.
+    tls: Option<UpstreamTls>,
+    /// On a DYNAMIC_DNS ServiceEntry: the concrete name to resolve and connect to.
+    name: Option<String>,
+}
+
 /// Phases 2 and 3, route and authorize, against one table generation: the table may have been
 /// replaced since accept (DNS refresh, config reload), and a request sees services and
-/// policies of the same generation. Returns the service and the TLS its upstream wants.
+/// policies of the same generation.
 fn route_and_authorize(
     waypoint: &Waypoint,
     exchange: &mut Exchange,
     request: &Filtered,
-) -> Result<(Arc<Service>, Option<UpstreamTls>), LocalReply> {
+) -> Result<Routed, LocalReply> {
     let table = waypoint.services.load();
     let route = phases::route(
         &table,
@@ -410,6 +421,18 @@ fn route_and_authorize(
         exchange.entry.upstream_cluster = Some(route.service.cluster_name());
         exchange.labels = exchange.inbound.request_labels(&route.service);
     }
+    let name = match route.service.upstream {
+        Upstream::DynamicDns => {
+            match phases::dynamic_name(&route.service, exchange.entry.authority.as_deref()) {
+                Ok(name) => Some(name),
+                Err(why) => {
+                    info!(%why, "no route on a DYNAMIC_DNS ServiceEntry; answering 404");
+                    return Err(ROUTE_NOT_FOUND);
+                }
+            }
+        }
+        _ => None,
+    };
     let http = phases::HttpRequest {
         method: request.parts.method.as_str(),
         host: exchange.entry.authority.as_deref().unwrap_or(""),
@@ -436,21 +459,35 @@ fn route_and_authorize(
         return Err(TLS_CREDENTIAL_UNAVAILABLE);
     }
     let tls = table.tls(route.service.id).cloned();
-    Ok((route.service, tls))
+    Ok(Routed {
+        service: route.service,
+        tls,
+        name,
+    })
 }
 
-/// Phase 4, upstream peer: the endpoint (round-robin), and for DestinationRule TLS the server
-/// name, fixed before anything is sent; a request that cannot have one is refused rather than
-/// sent in plain text.
-fn upstream_peer(
+/// Phase 4, upstream peer: the endpoint (round-robin; for DYNAMIC_DNS, among what `name`
+/// resolves to), and for DestinationRule TLS the server name, fixed before anything is sent; a
+/// request that cannot have one is refused rather than sent in plain text.
+async fn upstream_peer(
     waypoint: &Waypoint,
     exchange: &mut Exchange,
     service: &Service,
     tls: Option<UpstreamTls>,
+    name: Option<&str>,
 ) -> Result<Peer, LocalReply> {
-    let addr = service
-        .upstream_addr(exchange.inbound.original_dst.ip(), waypoint.pick())
-        .ok_or(NO_HEALTHY_UPSTREAM)?;
+    let addr = match name {
+        Some(name) => {
+            let addrs = waypoint.dynamic.resolve(name).await.map_err(|error| {
+                info!(%name, error = %error.chain(), "a DYNAMIC_DNS name did not resolve; answering 503");
+                DNS_RESOLUTION_FAILURE
+            })?;
+            SocketAddr::new(addrs[waypoint.pick() % addrs.len()], service.upstream_port)
+        }
+        None => service
+            .upstream_addr(exchange.inbound.original_dst.ip(), waypoint.pick())
+            .ok_or(NO_HEALTHY_UPSTREAM)?,
+    };
     exchange.entry.upstream_host = Some(addr);
     let tls = match tls {
         None => None,

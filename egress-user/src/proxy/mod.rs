@@ -5,6 +5,7 @@
 //! redirect is closed, never proxied) → service → principal → [`http`] or [`splice`].
 mod authz;
 mod body;
+mod dynamic_dns;
 mod framing;
 mod http;
 pub mod limits;
@@ -72,6 +73,9 @@ pub struct WaypointConfig {
     pub capture: CaptureMode,
     /// What a `;` in a request path gets: refused (default) or forwarded and matched without.
     pub path_parameters: PathParameters,
+    /// The resolver configuration DYNAMIC_DNS names are resolved with (`--resolv-conf`, the
+    /// one `resolution: DNS` uses too).
+    pub resolv_conf: std::path::PathBuf,
 }
 
 /// How connections reach the waypoint.
@@ -98,6 +102,7 @@ impl Default for WaypointConfig {
             upstream_connect_timeout: Duration::from_secs(5),
             capture: CaptureMode::Ebpf,
             path_parameters: PathParameters::Reject,
+            resolv_conf: crate::dns::RESOLV_CONF.into(),
         }
     }
 }
@@ -129,6 +134,8 @@ pub struct Waypoint {
     verdicts: Option<Arc<dyn VerdictSink>>,
     /// Tells every connection how far a drain has got.
     drain: Drain,
+    /// Resolves the names of DYNAMIC_DNS requests.
+    dynamic: dynamic_dns::DynamicResolver,
 }
 
 /// How a drain ended.
@@ -269,6 +276,7 @@ impl Waypoint {
             identities,
             access_log,
             client: upstream::client(&config),
+            dynamic: dynamic_dns::DynamicResolver::new(config.resolv_conf.clone()),
             connections: Arc::new(Semaphore::new(
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),

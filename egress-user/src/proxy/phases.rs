@@ -4,7 +4,8 @@
 //! 1. **request filter** — the framing gate ran before hyper ([`super::framing`]); here: the
 //!    authority ([`authority`]), `CONNECT` and `Upgrade` ([`upgrade_request`]), one normalized
 //!    target ([`request_target`]), header hygiene ([`clean_headers`]);
-//! 2. **route** — which ServiceEntry, of the table current now ([`route`]);
+//! 2. **route** — which ServiceEntry, of the table current now ([`route`]); for a DYNAMIC_DNS
+//!    one, which concrete name ([`dynamic_name`]);
 //! 3. **authorize** — the engine's verdict on what will be forwarded ([`authorize`]);
 //! 4. **upstream peer** — endpoint and TLS server name ([`server_name`] and
 //!    [`Service::upstream_addr`]);
@@ -153,6 +154,49 @@ pub(crate) fn route_destination(
 ) -> Option<Route> {
     let kernel = table.get(table.route(dst)?)?;
     route(table, kernel, authority)
+}
+
+/// Why a connection to a DYNAMIC_DNS ServiceEntry has no destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NoDynamicName {
+    /// Nothing names the destination: no `Host`, no SNI — or a port that carries neither (raw
+    /// TCP), which istiod refuses in config and the waypoint refuses on the wire.
+    Missing,
+    /// The name matches none of the ServiceEntry's wildcard hosts, or is no DNS name.
+    NotMatching(String),
+}
+
+impl std::fmt::Display for NoDynamicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoDynamicName::Missing => f.write_str("no Host or SNI names the destination"),
+            NoDynamicName::NotMatching(name) => {
+                write!(f, "{name:?} matches no wildcard host of the ServiceEntry")
+            }
+        }
+    }
+}
+
+/// Route, on a `resolution: DYNAMIC_DNS` ServiceEntry: the concrete name to resolve and
+/// connect to — the request's authority (HTTP) or server name (TLS), without port or trailing
+/// dot, lower case — when it is a DNS name matching one of the wildcard hosts. The address the
+/// client dialled (a VIP) plays no part: the destination is only ever what this name resolves
+/// to.
+pub(crate) fn dynamic_name(service: &Service, name: Option<&str>) -> Result<String, NoDynamicName> {
+    let name = name.ok_or(NoDynamicName::Missing)?;
+    let host = match name.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => name,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let matches = service
+        .hosts
+        .iter()
+        .any(|pattern| pattern.starts_with('*') && host_matches(pattern, &host));
+    if !matches || crate::config::check_fqdn(&host).is_err() {
+        return Err(NoDynamicName::NotMatching(name.to_owned()));
+    }
+    Ok(host)
 }
 
 fn same_service(a: &Service, b: &Service) -> bool {
@@ -352,6 +396,49 @@ pub(crate) fn append_via(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dynamic_name_must_match_a_wildcard_and_be_a_dns_name() {
+        let service = Service {
+            id: 0,
+            namespace: "default".into(),
+            name: "wild".into(),
+            hosts: vec!["*.wild.test".into(), "*-api.example.com".into()],
+            addresses: vec![],
+            port: 80,
+            port_name: "http".into(),
+            protocol: Protocol::Http,
+            upstream_port: 80,
+            upstream: crate::model::Upstream::DynamicDns,
+        };
+        let name = |n: Option<&str>| dynamic_name(&service, n);
+        assert_eq!(name(Some("a.wild.test")).as_deref(), Ok("a.wild.test"));
+        assert_eq!(
+            name(Some("X.Y.Wild.Test.:8080")).as_deref(),
+            Ok("x.y.wild.test")
+        );
+        assert_eq!(
+            name(Some("pay-api.example.com")).as_deref(),
+            Ok("pay-api.example.com")
+        );
+        assert_eq!(name(None), Err(NoDynamicName::Missing));
+        for refused in [
+            "wild.test",
+            "a.wild.test.evil.test",
+            "evil.test",
+            "240.240.1.2",
+            "a_b.wild.test",
+            "a..wild.test",
+            "[::1]:80",
+            "example.com",
+        ] {
+            assert_eq!(
+                name(Some(refused)),
+                Err(NoDynamicName::NotMatching(refused.into())),
+                "{refused}"
+            );
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {

@@ -127,6 +127,28 @@ pub(super) const TLS_CREDENTIAL_UNAVAILABLE: LocalReply = LocalReply::fixed(
     "upstream_reset_before_response_started{connection_failure,tls_credentials_unavailable}",
     false,
 );
+/// A request on a DYNAMIC_DNS ServiceEntry whose `Host` is no name its wildcard hosts match:
+/// Envoy answers a request that matches no virtual host (and so no route) with 404, flag
+/// `NR`, details `route_not_found`, and no body. Not 403: nothing was denied by a policy — the
+/// name is simply not a destination of this ServiceEntry, so there is no route for it.
+pub(super) const ROUTE_NOT_FOUND: LocalReply = LocalReply::fixed(
+    StatusCode::NOT_FOUND,
+    "",
+    Some("NR"),
+    "route_not_found",
+    false,
+);
+
+/// The name a DYNAMIC_DNS request is for did not resolve (Envoy's dynamic forward proxy:
+/// 503 `UH`, `dns_resolution_failure`).
+pub(super) const DNS_RESOLUTION_FAILURE: LocalReply = LocalReply::fixed(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "DNS resolution failure",
+    Some("UH"),
+    "dns_resolution_failure",
+    false,
+);
+
 /// The service this connection was accepted for is no longer configured.
 pub(super) const CLUSTER_NOT_FOUND: LocalReply = LocalReply::fixed(
     StatusCode::SERVICE_UNAVAILABLE,

@@ -9,6 +9,7 @@
 mod tls_peek;
 use std::{
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
@@ -26,12 +27,15 @@ use tokio::{
 use tracing::{debug, info};
 
 use super::{
-    Inbound, Waypoint, authz, body::Activity, phases::host_matches, upstream::UpstreamFailure,
+    Inbound, Waypoint, authz,
+    body::Activity,
+    phases::{self, host_matches},
+    upstream::UpstreamFailure,
 };
 use crate::{
     config::Protocol,
     drain::DrainPhase,
-    model::ServiceTable,
+    model::{ServiceTable, Upstream},
     telemetry::{
         Metrics,
         metrics::{TCP_RECEIVED_BYTES_TOTAL, TCP_SENT_BYTES_TOTAL},
@@ -53,7 +57,22 @@ pub(super) async fn serve(
         waypoint.access_log.log(&entry);
     };
 
-    let sni = if matches!(inbound.service.protocol, Protocol::Tls | Protocol::Https) {
+    let tls = matches!(inbound.service.protocol, Protocol::Tls | Protocol::Https);
+    let dynamic = inbound.service.upstream == Upstream::DynamicDns;
+    if dynamic && !tls {
+        // istiod refuses such a port in config; a table built otherwise still never connects
+        // a connection somewhere its client chose. Envoy: no filter chain matches.
+        info!(
+            protocol = %inbound.service.protocol,
+            "raw TCP to a DYNAMIC_DNS ServiceEntry is refused: only a Host header or a TLS SNI \
+             names its destination, and plain TCP carries neither; closing"
+        );
+        entry.response_flags = Some("NR".into());
+        entry.response_code_details = Some("filter_chain_not_found".into());
+        log(entry);
+        return;
+    }
+    let sni = if tls {
         match tls_peek::peek_sni(&downstream, tls_peek::CLIENT_HELLO_TIMEOUT).await {
             Ok(Some(sni))
                 if inbound
@@ -69,6 +88,17 @@ pub(super) async fn serve(
                 entry.requested_server_name = sni;
                 entry.response_flags = Some("NR".into());
                 entry.response_code_details = Some("filter_chain_not_found".into());
+                log(entry);
+                return;
+            }
+            Err(error) if dynamic => {
+                info!(
+                    %error,
+                    "raw TCP to a DYNAMIC_DNS ServiceEntry's TLS port is refused: without a TLS \
+                     ClientHello naming a server, nothing names the destination; closing"
+                );
+                entry.response_flags = Some("NR".into());
+                entry.response_code_details = Some(error.details().into());
                 log(entry);
                 return;
             }
@@ -103,14 +133,42 @@ pub(super) async fn serve(
         return;
     }
 
-    let Some(upstream_addr) = inbound
-        .service
-        .upstream_addr(inbound.original_dst.ip(), waypoint.pick())
-    else {
-        info!("no healthy upstream; closing");
-        entry.response_flags = Some("UH".into());
-        log(entry);
-        return;
+    let upstream_addr = if dynamic {
+        // The SNI matched a host above; it must also be a wildcard match and a DNS name.
+        let name = match phases::dynamic_name(&inbound.service, sni.as_deref()) {
+            Ok(name) => name,
+            Err(why) => {
+                info!(%why, "no destination on a DYNAMIC_DNS ServiceEntry; closing");
+                entry.response_flags = Some("NR".into());
+                entry.response_code_details = Some("filter_chain_not_found".into());
+                log(entry);
+                return;
+            }
+        };
+        match waypoint.dynamic.resolve(&name).await {
+            Ok(addrs) => SocketAddr::new(
+                addrs[waypoint.pick() % addrs.len()],
+                inbound.service.upstream_port,
+            ),
+            Err(error) => {
+                info!(%name, error = %error.chain(), "a DYNAMIC_DNS name did not resolve; closing");
+                entry.response_flags = Some("UH".into());
+                entry.response_code_details = Some("dns_resolution_failure".into());
+                log(entry);
+                return;
+            }
+        }
+    } else {
+        let Some(upstream_addr) = inbound
+            .service
+            .upstream_addr(inbound.original_dst.ip(), waypoint.pick())
+        else {
+            info!("no healthy upstream; closing");
+            entry.response_flags = Some("UH".into());
+            log(entry);
+            return;
+        };
+        upstream_addr
     };
     entry.upstream_host = Some(upstream_addr);
 

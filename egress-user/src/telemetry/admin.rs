@@ -135,6 +135,7 @@ fn config_dump(table: &ServiceTable) -> Response<Full<Bytes>> {
                 Upstream::Endpoints(endpoints) => json!({
                     "endpoints": endpoints.iter().map(ToString::to_string).collect::<Vec<_>>()
                 }),
+                Upstream::DynamicDns => json!({ "dynamic_dns": { "port": s.upstream_port } }),
             };
             json!({
                 "id": s.id,

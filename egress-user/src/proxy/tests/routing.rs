@@ -67,14 +67,48 @@ spec:
   addresses: [198.19.7.0/24]
   ports: [{number: 80, name: http, protocol: HTTP}]
   resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dyn, namespace: default}
+spec:
+  hosts: ['*.dyn.test']
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DYNAMIC_DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: deep-dyn, namespace: default}
+spec:
+  hosts: ['*.deep.dyn.test']
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DYNAMIC_DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: exact-dyn, namespace: default}
+spec:
+  hosts: [exact.dyn.test]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
 ";
 
 fn deny_policies() -> String {
-    ["wide", "narrow", "single", "shared-a", "shared-b", "wild"]
-        .iter()
-        .map(|se| {
-            format!(
-                "---
+    [
+        "wide",
+        "narrow",
+        "single",
+        "shared-a",
+        "shared-b",
+        "wild",
+        "dyn",
+        "deep-dyn",
+        "exact-dyn",
+    ]
+    .iter()
+    .map(|se| {
+        format!(
+            "---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: deny-{se}, namespace: default}}
@@ -83,12 +117,16 @@ spec:
   action: DENY
   rules: [{{}}]
 "
-            )
-        })
-        .collect()
+        )
+    })
+    .collect()
 }
 
-/// (url as the app dials it, Host header, the ServiceEntry it must reach)
+/// A DYNAMIC_DNS request whose Host matches none of the wildcards: no route (404 NR).
+const NO_ROUTE: &str = "404";
+
+/// (url as the app dials it, Host header, the ServiceEntry it must reach, "" for none,
+/// [`NO_ROUTE`] for a 404). A name resolves as the DNS proxy answers it in the captured cgroup.
 const CASES: &[(&str, &str, &str)] = &[
     // Nested CIDRs: the longest prefix wins, whatever the order of the ServiceEntries.
     ("http://198.18.9.9/", "x.test", "wide"),
@@ -111,9 +149,26 @@ const CASES: &[(&str, &str, &str)] = &[
     // Wildcard hosts.
     ("http://198.19.7.1/", "api.wild.test", "wild"),
     ("http://api.wild.test/", "api.wild.test", "wild"),
+    // DYNAMIC_DNS: any name below the wildcard, one label or more, answers its VIP; an exact
+    // host beats the wildcard, the longer wildcard the shorter.
+    ("http://a.dyn.test/", "a.dyn.test", "dyn"),
+    ("http://x.y.dyn.test/", "x.y.dyn.test", "dyn"),
+    ("http://a.deep.dyn.test/", "a.deep.dyn.test", "deep-dyn"),
+    ("http://exact.dyn.test/", "exact.dyn.test", "exact-dyn"),
+    // On the wildcard's VIP the Host names the destination: another name under it is the
+    // same ServiceEntry, a name under none of its wildcards has no route.
+    ("http://a.dyn.test/", "b.dyn.test", "dyn"),
+    ("http://a.dyn.test/", "evil.test", NO_ROUTE),
+    ("http://a.dyn.test/", "a.dyn.test.evil.test", NO_ROUTE),
+    // The exact host's VIP is not the wildcard's: a Host under the wildcard stays there.
+    ("http://exact.dyn.test/", "a.dyn.test", "exact-dyn"),
 ];
 
-fn explained(config: &crate::config::ConfigSet, url: &str, host: &str) -> Option<Explanation> {
+fn explained(
+    config: &crate::config::ConfigSet,
+    url: &str,
+    host: &str,
+) -> Result<Explanation, explain::ExplainError> {
     let headers = [format!("Host: {host}")];
     explain::explain(
         config,
@@ -126,7 +181,6 @@ fn explained(config: &crate::config::ConfigSet, url: &str, host: &str) -> Option
             path_parameters: PathParameters::Reject,
         },
     )
-    .ok()
 }
 
 #[tokio::test]
@@ -151,8 +205,13 @@ async fn explain_and_the_waypoint_route_every_case_alike() {
     let mut sent = 0;
     for (url, host, expected) in CASES {
         let explanation = explained(&config, url, host);
-        let explained_se = explanation.as_ref().map_or("", |e| e.service.name.as_str());
+        let explained_se = match &explanation {
+            Ok(e) => e.service.name.as_str(),
+            Err(explain::ExplainError::RouteNotFound { .. }) => NO_ROUTE,
+            Err(_) => "",
+        };
         assert_eq!(explained_se, *expected, "explain: {url} Host {host}");
+        let explanation = explanation.ok();
 
         // The waypoint: the kernel routes by address (the app resolved a name to the
         // address `explain` chose), then the waypoint by Host.
@@ -160,10 +219,16 @@ async fn explain_and_the_waypoint_route_every_case_alike() {
         let port = uri.port_u16().unwrap_or(80);
         let ip: IpAddr = match uri.host().and_then(|h| h.parse().ok()) {
             Some(ip) => ip,
-            None => explanation
-                .as_ref()
-                .and_then(|e| e.service.addresses.first())
-                .map(|net| net.addr)
+            None => table
+                .dns_names
+                .lookup(uri.host().expect("a host"))
+                .and_then(|found| found.addrs.first().copied().map(IpAddr::V4))
+                .or_else(|| {
+                    explanation
+                        .as_ref()
+                        .and_then(|e| e.service.addresses.first())
+                        .map(|net| net.addr)
+                })
                 .expect("a name case resolves to its ServiceEntry's address"),
         };
         let IpAddr::V4(v4) = ip else {
@@ -177,10 +242,18 @@ async fn explain_and_the_waypoint_route_every_case_alike() {
         let mut stream = dp.connect_to(CGROUP_SLEEP, dst, kernel).await;
         let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let response = raw_exchange(&mut stream, request.as_bytes()).await;
-        assert!(response.starts_with("HTTP/1.1 403 "), "{url}: {response}");
         sent += 1;
         let lines = dp.log_lines(sent).await;
         let line = lines.last().expect("a line");
+        if *expected == NO_ROUTE {
+            assert!(response.starts_with("HTTP/1.1 404 "), "{url}: {response}");
+            assert!(
+                line.contains(" 404 NR route_not_found "),
+                "{url} Host {host}: {line}"
+            );
+            continue;
+        }
+        assert!(response.starts_with("HTTP/1.1 403 "), "{url}: {response}");
         let details = explanation
             .expect("explained")
             .decision

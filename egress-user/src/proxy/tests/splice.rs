@@ -100,3 +100,40 @@ async fn tcp_idle_connections_are_closed() {
         lines[0]
     );
 }
+
+/// istiod refuses a TCP port on a DYNAMIC_DNS ServiceEntry; a table that has one anyway (built
+/// by hand here) still never connects: plain TCP names no destination, and the address the
+/// client dialled is never one.
+#[tokio::test]
+async fn raw_tcp_to_a_dynamic_dns_service_is_refused_and_logged() {
+    let dataplane = Dataplane::start(service(
+        "*.wild.test",
+        Protocol::Tcp,
+        Upstream::DynamicDns,
+        80,
+    ))
+    .await;
+    let mut stream = dataplane.connect(CGROUP_WEB).await;
+    let _ = stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.wild.test\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let read = timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "closed without data: {buf:?}"
+    );
+    let lines = dataplane.log_lines(1).await;
+    assert!(
+        lines[0].contains("\"- - -\" 0 NR filter_chain_not_found - \"-\" 0 0 "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(" \"-\" outbound|80||*.wild.test "),
+        "no upstream host: {}",
+        lines[0]
+    );
+}
