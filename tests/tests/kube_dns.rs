@@ -20,16 +20,18 @@ use std::{
 use egress_tests::*;
 
 /// Addresses of this file only (loopback). The node's resolver, for the agent's own lookups.
-const NODE_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 66, 1);
+const NODE_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 68, 1);
+/// The second test's node resolver: the two tests run in parallel, each with its own dnsmasq.
+const NODE_RESOLVER_2: Ipv4Addr = Ipv4Addr::new(127, 0, 68, 3);
 /// Each pod's resolver, inside the pod's netns (nothing listens there in the node's).
-const POD_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 66, 2);
+const POD_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 68, 2);
 /// What the node's resolver says httpbin.org is: the stand-in, in the node's namespace.
-const STAND_IN: Ipv4Addr = Ipv4Addr::new(127, 0, 67, 1);
+const STAND_IN: Ipv4Addr = Ipv4Addr::new(127, 0, 68, 11);
 /// What a pod's resolver says httpbin.org is (nothing listens there: a connect that went
 /// direct would fail).
-const POD_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 67, 9);
+const POD_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 68, 9);
 /// A name that is no ServiceEntry host, as the pods' resolver answers it.
-const OTHER_NAME_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 67, 10);
+const OTHER_NAME_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 68, 10);
 
 const SEED_SERVICE_ENTRY: &str = include_str!("../../examples/httpbin.yaml");
 const SEED_POLICY: &str = include_str!("../../examples/httpbin-authz.yaml");
@@ -311,7 +313,7 @@ fn kube_dns_a_deleted_pod_loses_its_dns_listener_and_its_lookups_are_left_alone(
     let cluster = Cluster::start();
     apply_seed(&cluster);
     let node = Node::new(&cluster);
-    let node_resolver = Resolver::dnsmasq(NODE_RESOLVER, &[("httpbin.org", STAND_IN)]);
+    let node_resolver = Resolver::dnsmasq(NODE_RESOLVER_2, &[("httpbin.org", STAND_IN)]);
     let agent = agent(&node, &node_resolver);
     let (mut gone, _gone_resolver) =
         with_own_resolver(node.pod("default", "gone").service_account("sleep").start());
