@@ -621,6 +621,9 @@ impl Report {
                     .map(|(a, b)| a >= TARGET_DENY_SPEEDUP && b >= TARGET_DENY_SPEEDUP),
             ));
         }
+        if rows.is_empty() {
+            return;
+        }
         md.push_str("#### Targets (issues 5, 6, 11 and 15; shown, never enforced)\n\n| target | measured | |\n|---|---:|---|\n");
         for (target, measured, met) in rows {
             let verdict = match met {
@@ -642,7 +645,7 @@ impl Report {
         let _ = writeln!(
             md,
             "**Machine.** CPU: {}; `nproc` {}; Linux {}; memory {} GiB; load average at the \
-             start {}.",
+             start {}.\n",
             text("cpu_model"),
             text("nproc"),
             text("kernel"),
@@ -651,13 +654,17 @@ impl Report {
         );
         match self.steal_summary() {
             Some((overall, worst, phase)) => {
+                let most = if worst > 0.0 {
+                    format!("the most in one phase {worst:.2}% ({phase})")
+                } else {
+                    "none in any phase".to_owned()
+                };
                 let _ = writeln!(
                     md,
                     "**Steal time** (`/proc/stat`, time the hypervisor ran something else while \
                      this machine's CPUs wanted to run) during the {} measured phases: \
-                     **{overall:.2}%** of CPU time; the most in one phase {worst:.2}% ({phase}). \
-                     Figures from two machines, or two runs, are only comparable when both are \
-                     near zero.\n",
+                     **{overall:.2}%** of CPU time; {most}. Figures from two machines, or two \
+                     runs, are only comparable when both are near zero.\n",
                     self.steal.len()
                 );
             }
