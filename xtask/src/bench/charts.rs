@@ -13,6 +13,8 @@ use super::{
 };
 
 type DrawResult = Result<(), Box<dyn Error>>;
+/// Draws one chart into a file with a title; `None` when the report has no data for it.
+type Draw = fn(&Report, &Path, &str) -> Option<DrawResult>;
 
 /// Colours of the series, in order.
 const COLOURS: [RGBColor; 4] = [
@@ -27,7 +29,7 @@ const FONT: &str = "sans-serif";
 /// Draws every chart the report has data for into `dir`; returns (file name, title) of those
 /// written.
 pub fn write(report: &Report, dir: &Path) -> Vec<(String, String)> {
-    let charts: [(&str, &str, fn(&Report, &Path, &str) -> Option<DrawResult>); 4] = [
+    let charts: [(&str, &str, Draw); 4] = [
         (
             "requests.svg",
             "Requests/s per configuration (median, min–max over the rounds)",
