@@ -445,6 +445,37 @@ pub fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> anyhow::R
     }
 }
 
+/// Runs a cleanup `command` to its end, bounded by `limit` only: unlike [`wait_bounded`] it
+/// is not cut short by Ctrl-C, which is when cleanup runs. Its output goes to `log`.
+pub fn run_cleanup(command: &mut Command, log: &Path, limit: Duration) -> anyhow::Result<()> {
+    let line = cmd::display(command);
+    let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!(
+                    "`{line}` failed ({status}): {}",
+                    fs::read_to_string(log).unwrap_or_default().trim()
+                );
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{line}` did not finish within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs `command` (bounded by `limit`) with stdout and stderr to `log`; the output when it
 /// succeeds.
 pub fn run_logged(command: &mut Command, log: &Path, limit: Duration) -> anyhow::Result<String> {
