@@ -106,6 +106,7 @@ fn requests(report: &Report, path: &Path, title: &str) -> Option<DrawResult> {
             .x_labels(n)
             .x_label_formatter(&|x| label_at(&names, *x))
             .y_desc("requests/s")
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .label_style((FONT, 14))
             .draw()?;
         let width = 0.8 / figures.len() as f64;
@@ -198,6 +199,7 @@ fn sweep(report: &Report, path: &Path, title: &str) -> Option<DrawResult> {
             .configure_mesh()
             .x_desc("ServiceEntry addresses")
             .y_desc("requests/s")
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style((FONT, 14))
             .draw()?;
