@@ -97,18 +97,21 @@ enum Task {
     /// kube-apiserver and etcd);
     /// requests/s, added latency at fixed rates, CPU per 10k requests, peak RSS; the
     /// ServiceEntry scale sweep (E vs I); connect→deny latency (kernel cache, waypoint,
-    /// Envoy). Needs root. Prints markdown tables and writes DIR/results.json and DIR/summary.md
-    /// (see docs/benchmarks.md). Missed targets are shown, never fail the run; a measurement
+    /// Envoy); DNS query latency through the DNS proxy against the resolver direct; proxy CPU
+    /// per request as a multiple of nginx's and syscalls per request (strace, a separate
+    /// phase); the machine and its steal time. Needs root. Prints markdown tables and writes
+    /// DIR/results.json, DIR/summary.md and SVG charts in DIR (see docs/benchmarks.md). Missed targets are shown, never fail the run; a measurement
     /// that cannot be made does.
     Bench {
         /// A bounded smoke run (about 2 minutes once built): one round, 2 s load runs, sweep 1
-        /// and 100 addresses, 2000 connects for connect→deny, debug build.
+        /// and 100 addresses, 2000 connects for connect→deny, 2000 DNS queries per path,
+        /// debug build.
         #[arg(long)]
         quick: bool,
         /// Rounds (default 3, or 1 with --quick); configurations are interleaved per round.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
         rounds: Option<u32>,
-        /// Only these figures (http, sweep, deny) or configurations of the http figures (D, E,
+        /// Only these figures (http, sweep, deny, dns) or configurations of the http figures (D, E,
         /// I, V, E-nosockmap, E+TLS, V+TLS, P: E served from inside a pod's network namespace
         /// by `egress run --kubernetes`); repeatable or comma-separated, any case; default all.
         /// Naming configurations runs the http figures with only those, e.g. `--only E,P` or

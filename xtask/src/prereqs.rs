@@ -59,6 +59,8 @@ const DEBIAN_PACKAGES: &[(&str, Option<&str>)] = &[
     // For the libbpf cross-check test (libbpf-sys builds libbpf from source against libelf).
     ("libelf-dev", None),
     ("pkg-config", Some("pkg-config")),
+    // `cargo xtask bench`: syscalls per request of the proxies (`strace -c -f -p`).
+    ("strace", Some("strace")),
     // The flood e2e tests (slowloris, slow bodies) against the waypoint.
     ("slowhttptest", Some("slowhttptest")),
 ];

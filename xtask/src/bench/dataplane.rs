@@ -79,7 +79,10 @@ impl Dataplane {
     pub fn start(env: &Env, opts: &DataplaneOptions) -> anyhow::Result<Self> {
         let name = format!("egress-bench-{}-{}", std::process::id(), opts.name);
         let files = std::env::temp_dir().join(&name);
-        let [listen, admin] = free_ports()?;
+        let [listen, admin, dns] = free_ports()?;
+        // `--dns-listen` (UDP and TCP) on a free port, so two dataplanes (or a test's) never
+        // fight over the default 127.0.0.1:15053.
+        let dns = env.egress_dns.then_some(dns);
         let pod_root = match &opts.capture {
             Capture::Kubernetes { pod_root, .. } => Some(pod_root.clone()),
             _ => None,
@@ -122,6 +125,9 @@ impl Dataplane {
                 "--verdict-cache",
                 if opts.verdict_cache { "on" } else { "off" },
             ]);
+        if let Some(dns) = dns {
+            command.args(["--dns-listen", &dns.to_string()]);
+        }
         if !opts.sockmap {
             command.args(["--sockmap", "off"]);
         }

@@ -18,7 +18,7 @@ use super::{
     free_ports,
     http::{EnvoyRun, WORKERS},
     iptables::Redirect,
-    load,
+    load::{self, Steal, StealMeter},
     report::Report,
     run_logged, sleep_checked,
 };
@@ -71,7 +71,24 @@ pub fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             match measure(env, scenario, &name) {
                 Ok(result) => {
                     println!("    {result}");
-                    for field in ["deny_p50_us", "deny_p99_us", "full_p50_us", "full_p99_us"] {
+                    let ticks = |k: &str| result["steal"][k].as_u64().unwrap_or(0);
+                    report.steal(
+                        format!("{name} connect→deny"),
+                        Steal {
+                            steal_ticks: ticks("steal_ticks"),
+                            total_ticks: ticks("total_ticks"),
+                        },
+                    );
+                    // min, p90 and max: the distribution chart (charts.rs), not the table.
+                    for field in [
+                        "deny_min_us",
+                        "deny_p50_us",
+                        "deny_p90_us",
+                        "deny_p99_us",
+                        "deny_max_us",
+                        "full_p50_us",
+                        "full_p99_us",
+                    ] {
                         if let Some(v) = result[field].as_f64() {
                             report.sample(scenario.key(), field, round, v);
                         }
@@ -146,7 +163,9 @@ fn measure(env: &Env, scenario: Scenario, name: &str) -> anyhow::Result<Value> {
             }
             let refused_before = dp.counter("refused_verdict_cache")?;
             let mode = if kernel { "kernel" } else { "waypoint" };
+            let steal = StealMeter::start();
             let mut result = probe(count, mode, "probe")?;
+            result["steal"] = steal.stop().json();
             check_denied(&result, count)?;
             let refused = dp.counter("refused_verdict_cache")? - refused_before;
             result["kernel_refusals"] = json!(refused as u64);
@@ -169,7 +188,9 @@ fn measure(env: &Env, scenario: Scenario, name: &str) -> anyhow::Result<Value> {
             if warm["denied"] != json!(1) {
                 bail!("the warm-up connect was not closed by Envoy: {warm}");
             }
-            let result = probe(count, "probe")?;
+            let steal = StealMeter::start();
+            let mut result = probe(count, "probe")?;
+            result["steal"] = steal.stop().json();
             check_denied(&result, count)?;
             run.keep_log(&env.out.join("logs"), name);
             Ok(result)

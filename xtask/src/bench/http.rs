@@ -20,7 +20,7 @@ use super::{
     pod::{ControlPlane, Node, Pod},
     remove_dir_all,
     report::Report,
-    run_logged,
+    run_logged, syscalls,
 };
 use crate::cmd::step;
 
@@ -98,6 +98,13 @@ pub mod metric {
     pub const CPU_NGINX: &str = "cpu_nginx_s_per_10k";
     pub const CPU_SYSTEM: &str = "cpu_system_s_per_10k";
     pub const RSS: &str = "peak_rss_mib";
+    /// Proxy CPU per request ÷ nginx CPU per request, both over the same requests (the run at
+    /// the highest fixed rate), per round.
+    pub const CPU_PROXY_OVER_NGINX: &str = "cpu_proxy_over_nginx";
+    pub const CPU_PROXY_US: &str = "cpu_proxy_us_per_request";
+    pub const CPU_NGINX_US: &str = "cpu_nginx_us_per_request";
+    /// Syscalls of the proxy per request (strace, a separate traced phase).
+    pub const SYSCALLS: &str = "syscalls_per_request";
 }
 
 /// What P needs for all its rounds: one control plane and one node.
@@ -461,15 +468,55 @@ fn measure(
         // CPU per request at the highest fixed rate: every configuration did the same work.
         if i + 1 == env.plan.rates.len() && run.requests > 0 {
             let per_10k = |s: f64| s / run.requests as f64 * 10_000.0;
+            let per_request_us = |s: f64| s / run.requests as f64 * 1e6;
             if let Some(proxy_s) = cpu.proxy_s {
                 report.sample(key, metric::CPU_PROXY, round, per_10k(proxy_s));
+                report.sample(key, metric::CPU_PROXY_US, round, per_request_us(proxy_s));
+                if cpu.nginx_s > 0.0 {
+                    report.sample(
+                        key,
+                        metric::CPU_PROXY_OVER_NGINX,
+                        round,
+                        proxy_s / cpu.nginx_s,
+                    );
+                }
             }
+            report.sample(
+                key,
+                metric::CPU_NGINX_US,
+                round,
+                per_request_us(cpu.nginx_s),
+            );
             report.sample(key, metric::CPU_NGINX, round, per_10k(cpu.nginx_s));
             report.sample(key, metric::CPU_SYSTEM, round, per_10k(cpu.system_s));
         }
     }
     if let Some(rss) = proxy.pid().and_then(load::peak_rss_mib) {
         report.sample(key, metric::RSS, round, rss);
+    }
+    // Last, so tracing never slows a measured phase: syscalls per request under strace.
+    if let Some(pid) = proxy.pid() {
+        let traced = syscalls::count(pid, &env.out.join("logs"), &name, || {
+            load::wrk(env, &client, &target, 16, false, seconds, &log("syscalls")?)
+        })?;
+        match traced {
+            Ok(count) => {
+                println!(
+                    "    syscalls per request: {:.1} ({} calls, {} requests)",
+                    count.per_request(),
+                    count.calls,
+                    count.requests
+                );
+                report.sample(key, metric::SYSCALLS, round, count.per_request());
+                report.raw_value(serde_json::json!({
+                    "config": key, "round": round + 1, "figure": "syscalls", "strace": count.json(),
+                }));
+            }
+            Err(why) => {
+                println!("    syscalls per request: not measured: {why}");
+                report.syscall_note(key, round, &why);
+            }
+        }
     }
     match &proxy {
         Proxy::Egress(dp) => dp.keep_log(&env.out.join("logs"), &name),

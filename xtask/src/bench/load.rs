@@ -72,6 +72,8 @@ pub struct LoadRun {
     pub p50_us: f64,
     pub p99_us: f64,
     pub raw: Value,
+    /// Steal time of the whole machine while it ran.
+    pub steal: Steal,
 }
 
 impl LoadRun {
@@ -122,7 +124,9 @@ pub fn wrk(
         command.args(["-H", "Connection: close"]);
     }
     command.arg(&target.url);
+    let steal = StealMeter::start();
     let output = run_logged(&mut command, log, Duration::from_secs(seconds) + SLACK)?;
+    let steal = steal.stop();
     let line = output
         .lines()
         .find_map(|line| line.strip_prefix("WRK_JSON "))
@@ -141,6 +145,7 @@ pub fn wrk(
         p50_us: n("p50_us") as f64,
         p99_us: n("p99_us") as f64,
         raw,
+        steal,
     })
 }
 
@@ -175,7 +180,9 @@ pub fn oha(
         .arg(&json_path)
         .args(["-H", &format!("Host: {}", target.host)])
         .arg(&target.url);
+    let steal = StealMeter::start();
     run_logged(&mut command, log, Duration::from_secs(seconds) + SLACK)?;
+    let steal = steal.stop();
     let text = fs::read_to_string(&json_path)
         .with_context(|| format!("reading oha's output {}", json_path.display()))?;
     let raw: Value = serde_json::from_str(&text)
@@ -214,6 +221,7 @@ pub fn oha(
         p50_us: secs(&raw["latencyPercentiles"]["p50"]) * 1e6,
         p99_us: secs(&raw["latencyPercentiles"]["p99"]) * 1e6,
         raw: summary,
+        steal,
     })
 }
 
@@ -305,6 +313,71 @@ pub fn system_busy_ticks() -> u64 {
         .sum()
 }
 
+/// Steal time over one measured phase: ticks the hypervisor ran something else while this
+/// machine's CPUs wanted to run, against all CPU ticks of the phase (`/proc/stat`'s `cpu` line).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Steal {
+    pub steal_ticks: u64,
+    pub total_ticks: u64,
+}
+
+impl Steal {
+    /// Steal as a percentage of CPU time (`None` when no tick passed).
+    pub fn percent(&self) -> Option<f64> {
+        (self.total_ticks > 0).then(|| self.steal_ticks as f64 * 100.0 / self.total_ticks as f64)
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "steal_ticks": self.steal_ticks,
+            "total_ticks": self.total_ticks,
+            "steal_pct": self.percent(),
+        })
+    }
+}
+
+/// Reads `/proc/stat` at the start of a phase; [`StealMeter::stop`] gives the phase's [`Steal`].
+pub struct StealMeter {
+    start: Steal,
+}
+
+impl StealMeter {
+    pub fn start() -> StealMeter {
+        StealMeter { start: cpu_times() }
+    }
+
+    pub fn stop(&self) -> Steal {
+        let now = cpu_times();
+        Steal {
+            steal_ticks: now.steal_ticks.saturating_sub(self.start.steal_ticks),
+            total_ticks: now.total_ticks.saturating_sub(self.start.total_ticks),
+        }
+    }
+}
+
+/// Steal and total ticks of all CPUs since boot (zero when /proc/stat cannot be read).
+fn cpu_times() -> Steal {
+    fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| parse_cpu_times(&stat))
+        .unwrap_or_default()
+}
+
+/// `/proc/stat`'s aggregate `cpu` line: user nice system idle iowait irq softirq steal [guest
+/// guest_nice]; guest time is already inside user and nice, so the total is the first eight.
+fn parse_cpu_times(stat: &str) -> Option<Steal> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(Steal {
+        steal_ticks: *values.get(7)?,
+        total_ticks: values.iter().take(8).sum(),
+    })
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -330,4 +403,25 @@ pub fn log_path(env: &Env, name: &str) -> anyhow::Result<PathBuf> {
     let dir = env.out.join("logs");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir.join(format!("{name}.log")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let stat = "cpu  100 5 50 800 10 1 4 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\n";
+        let times = parse_cpu_times(stat).expect("a cpu line");
+        assert_eq!(times.steal_ticks, 30);
+        // guest (7) is inside user already: not counted twice.
+        assert_eq!(times.total_ticks, 1000);
+        assert_eq!(times.percent(), Some(3.0));
+        assert!(parse_cpu_times("cpu0 1 2 3\n").is_none());
+        assert!(
+            parse_cpu_times("cpu  1 2 3 4\n").is_none(),
+            "no steal field"
+        );
+        assert_eq!(Steal::default().percent(), None);
+    }
 }

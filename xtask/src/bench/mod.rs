@@ -4,13 +4,18 @@
 //!   (egress, eBPF capture), I (egress behind iptables REDIRECT), V (Envoy behind iptables
 //!   REDIRECT), and E and V again with TLS origination to the upstream ([`http`]);
 //! - a ServiceEntry scale sweep, E against I ([`sweep`]);
-//! - connect→deny latency: kernel verdict cache, waypoint, Envoy ([`deny`]).
+//! - connect→deny latency: kernel verdict cache, waypoint, Envoy ([`deny`]);
+//! - DNS query latency through the DNS proxy against the resolver asked direct ([`dns`]);
+//! - per configuration, syscalls per request of the proxy in a separate traced phase
+//!   ([`syscalls`]); the machine and its steal time; SVG charts beside summary.md ([`charts`]).
 //!
 //! Every process the bench starts is its own guard: Drop kills it by pid and removes what it
 //! made (cgroups, pins, iptables chains, temporary directories). SIGINT/SIGTERM only set a flag
 //! that every wait loop checks, so Ctrl-C unwinds through those guards.
+mod charts;
 mod dataplane;
 mod deny;
+mod dns;
 mod envoy;
 mod http;
 mod iptables;
@@ -19,6 +24,7 @@ mod nginx;
 mod pod;
 mod report;
 mod sweep;
+mod syscalls;
 mod tools;
 
 use std::{
@@ -61,6 +67,12 @@ pub enum Figure {
     Sweep,
     /// connect→deny latency: kernel verdict cache, waypoint, Envoy.
     Deny,
+    /// DNS query latency: through the DNS proxy against the resolver asked direct.
+    Dns,
+}
+
+impl Figure {
+    pub const ALL: [Figure; 4] = [Figure::Http, Figure::Sweep, Figure::Deny, Figure::Dns];
 }
 
 /// What `--only` names: a set of figures, or one configuration of the http figures (which
@@ -71,7 +83,7 @@ pub enum Only {
     Config(http::Config),
 }
 
-/// `--only`'s parser: `http`, `sweep`, `deny`, or a configuration key (`D`, `E`, `I`, `V`,
+/// `--only`'s parser: `http`, `sweep`, `deny`, `dns`, or a configuration key (`D`, `E`, `I`, `V`,
 /// `E-nosockmap`, `E+TLS`, `V+TLS`, `P`), any case.
 pub fn parse_only(value: &str) -> Result<Only, String> {
     use clap::ValueEnum as _;
@@ -87,7 +99,7 @@ pub fn parse_only(value: &str) -> Result<Only, String> {
     }
     let configs: Vec<&str> = http::Config::ALL.iter().map(|c| c.key()).collect();
     Err(format!(
-        "`{value}` is neither a figure (http, sweep, deny) nor a configuration ({})",
+        "`{value}` is neither a figure (http, sweep, deny, dns) nor a configuration ({})",
         configs.join(", ")
     ))
 }
@@ -96,10 +108,7 @@ pub fn parse_only(value: &str) -> Result<Only, String> {
 /// configurations in [`http::Config::ALL`]'s order.
 pub fn selection(only: &[Only]) -> (Vec<Figure>, Vec<http::Config>) {
     if only.is_empty() {
-        return (
-            vec![Figure::Http, Figure::Sweep, Figure::Deny],
-            http::Config::ALL.to_vec(),
-        );
+        return (Figure::ALL.to_vec(), http::Config::ALL.to_vec());
     }
     let named: Vec<http::Config> = only
         .iter()
@@ -109,7 +118,7 @@ pub fn selection(only: &[Only]) -> (Vec<Figure>, Vec<http::Config>) {
         })
         .collect();
     let mut figures = Vec::new();
-    for figure in [Figure::Http, Figure::Sweep, Figure::Deny] {
+    for figure in Figure::ALL {
         let wanted =
             only.contains(&Only::Figure(figure)) || (figure == Figure::Http && !named.is_empty());
         if wanted {
@@ -153,6 +162,8 @@ pub struct Plan {
     pub rates: [u32; 2],
     pub sweep: Vec<usize>,
     pub deny_count: usize,
+    /// Sequential DNS queries per path and round.
+    pub dns_count: usize,
     /// The configurations of the http figures, in the order of the first round.
     pub configs: Vec<http::Config>,
 }
@@ -168,6 +179,7 @@ impl Plan {
                 rates: [1000, 5000],
                 sweep: vec![1, 100],
                 deny_count: 2_000,
+                dns_count: 2_000,
                 configs,
             }
         } else {
@@ -178,6 +190,7 @@ impl Plan {
                 rates: [1000, 5000],
                 sweep: vec![1, 100, 1_000, 10_000],
                 deny_count: 20_000,
+                dns_count: 10_000,
                 configs,
             }
         }
@@ -188,6 +201,8 @@ impl Plan {
 pub struct Env {
     pub egress: PathBuf,
     pub probe: PathBuf,
+    /// The DNS load generator (xtask/src/bin/dns-probe.rs).
+    pub dns_probe: PathBuf,
     pub tools: tools::Tools,
     pub cgroup_root: PathBuf,
     pub out: PathBuf,
@@ -197,6 +212,8 @@ pub struct Env {
     pub egress_capture: bool,
     /// Whether `egress run` has `--kubernetes` (needed for P).
     pub egress_kubernetes: bool,
+    /// Whether `egress run` has the DNS proxy (`--dns-listen`; needed for the DNS figure).
+    pub egress_dns: bool,
 }
 
 pub fn bench(ws: &Workspace, opts: &BenchOptions) -> anyhow::Result<()> {
@@ -231,24 +248,34 @@ pub fn bench(ws: &Workspace, opts: &BenchOptions) -> anyhow::Result<()> {
         None => !opts.quick,
     };
     let egress = tasks::build(ws, release)?;
-    step("building connect-probe");
+    step("building connect-probe and dns-probe");
     let profile_dir = if release { "release" } else { "debug" };
     let mut build = Command::new("cargo");
-    build
-        .current_dir(&ws.root)
-        .args(["build", "-p", "xtask", "--bin", "connect-probe"]);
+    build.current_dir(&ws.root).args([
+        "build",
+        "-p",
+        "xtask",
+        "--bin",
+        "connect-probe",
+        "--bin",
+        "dns-probe",
+    ]);
     if release {
         build.arg("--release");
     }
     cmd::run(&mut build)?;
     let probe = ws.target_dir().join(profile_dir).join("connect-probe");
-    if !probe.is_file() {
-        bail!("the build succeeded but {} is not there", probe.display());
+    let dns_probe = ws.target_dir().join(profile_dir).join("dns-probe");
+    for bin in [&probe, &dns_probe] {
+        if !bin.is_file() {
+            bail!("the build succeeded but {} is not there", bin.display());
+        }
     }
     let help = cmd::probe(Command::new(&egress).args(["run", "--help"])).unwrap_or_default();
     let env = Env {
         egress,
         probe,
+        dns_probe,
         tools,
         cgroup_root,
         out: out.clone(),
@@ -256,6 +283,7 @@ pub fn bench(ws: &Workspace, opts: &BenchOptions) -> anyhow::Result<()> {
         egress_workers: help.contains("--workers"),
         egress_capture: help.contains("--capture"),
         egress_kubernetes: help.contains("--kubernetes"),
+        egress_dns: help.contains("--dns-listen"),
     };
     if !env.egress_workers {
         println!("    note: this egress has no --workers; E runs with its default worker count");
@@ -273,6 +301,14 @@ pub fn bench(ws: &Workspace, opts: &BenchOptions) -> anyhow::Result<()> {
     if figures.contains(&Figure::Deny) {
         deny::run(&env, &mut report)?;
     }
+    if figures.contains(&Figure::Dns)
+        && let Err(error) = dns::run(&env, &mut report)
+    {
+        check_interrupted()?;
+        let message = format!("DNS: {error:#}");
+        eprintln!("    FAILED {message}");
+        report.errors.push(message);
+    }
     report.elapsed = started.elapsed();
 
     let table = report.markdown();
@@ -285,7 +321,15 @@ pub fn bench(ws: &Workspace, opts: &BenchOptions) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&report.json())? + "\n",
     )
     .with_context(|| format!("writing {}", json_path.display()))?;
-    fs::write(&summary_path, format!("# cargo xtask bench\n\n{table}"))
+    let charts = charts::write(&report, &out);
+    let mut summary = format!("# cargo xtask bench\n\n{table}");
+    if !charts.is_empty() {
+        summary.push_str("\n#### Charts\n\n");
+        for (file, title) in &charts {
+            summary.push_str(&format!("![{title}]({file})\n\n"));
+        }
+    }
+    fs::write(&summary_path, summary)
         .with_context(|| format!("writing {}", summary_path.display()))?;
     step(&format!(
         "wrote {} and {} ({:.0} s)",
@@ -326,11 +370,22 @@ fn machine() -> Value {
                 .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let processors = fs::read_to_string("/proc/cpuinfo")
+        .map(|info| info.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0);
+    // Whatever else runs on the machine when the bench starts (builds, other tests).
+    let loadavg = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned());
     json!({
         "kernel": kernel,
         "cpus": cpus,
+        "nproc": cpus,
+        "cpuinfo_processors": processors,
         "cpu_model": model,
         "mem_gib": (mem_gib * 10.0).round() / 10.0,
+        "loadavg_at_start": loadavg,
         "summary": format!("Linux {kernel}, {cpus} × {model}, {mem_gib:.1} GiB"),
     })
 }
@@ -385,6 +440,37 @@ pub fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> anyhow::R
             let _ = child.wait();
             check_interrupted()?;
             bail!("`{what}` did not finish within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a cleanup `command` to its end, bounded by `limit` only: unlike [`wait_bounded`] it
+/// is not cut short by Ctrl-C, which is when cleanup runs. Its output goes to `log`.
+pub fn run_cleanup(command: &mut Command, log: &Path, limit: Duration) -> anyhow::Result<()> {
+    let line = cmd::display(command);
+    let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!(
+                    "`{line}` failed ({status}): {}",
+                    fs::read_to_string(log).unwrap_or_default().trim()
+                );
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{line}` did not finish within {limit:?}");
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -530,12 +616,16 @@ mod tests {
         );
         let error = parse_only("X").unwrap_err();
         assert!(error.contains("`X`") && error.contains("P") && error.contains("sweep"));
+        assert_eq!(parse_only("DNS"), Ok(Only::Figure(Figure::Dns)));
     }
 
     #[test]
     fn naming_configurations_runs_only_those_http_figures() {
         let (figures, configs) = selection(&[]);
-        assert_eq!(figures, [Figure::Http, Figure::Sweep, Figure::Deny]);
+        assert_eq!(
+            figures,
+            [Figure::Http, Figure::Sweep, Figure::Deny, Figure::Dns]
+        );
         assert_eq!(configs, Config::ALL);
         let (figures, configs) = selection(&[Only::Config(Config::P), Only::Config(Config::E)]);
         assert_eq!(figures, [Figure::Http]);

@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     LOAD_CPU, check_interrupted, free_ports, http_get, nginx, remove_cgroup_tree, remove_dir_all,
-    stop_child, wait_bounded,
+    run_cleanup, stop_child, wait_bounded,
 };
 use crate::cmd;
 
@@ -532,10 +532,12 @@ impl Drop for Pod<'_> {
         if !self.cgroup.as_os_str().is_empty() {
             remove_cgroup_tree(&self.cgroup, &self.node.cgroup_root);
         }
+        // Also on Ctrl-C (run_quiet would stop at the interrupt and leave the netns behind).
         if let Some(netns) = self.netns.take()
-            && let Err(e) = run_quiet(
+            && let Err(e) = run_cleanup(
                 Command::new("ip").args(["netns", "del", &netns]),
                 &self.log("ip-netns-del"),
+                COMMAND_TIMEOUT,
             )
         {
             eprintln!("removing network namespace {netns}: {e:#}");

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{
     Env, LOAD_CPU, SERVER_CPU,
     http::{Config, WORKERS, metric},
-    load::{Cpu, LoadRun},
+    load::{Cpu, LoadRun, Steal},
 };
 
 /// Targets of issue 5 and 6, shown next to the figures.
@@ -20,6 +20,8 @@ pub const TARGET_KERNEL_P99_US: f64 = 10.0;
 pub const TARGET_DENY_SPEEDUP: f64 = 10.0;
 /// Issue 11: a pod in its own network namespace stays within 10% of host mode.
 pub const TARGET_P_OVER_E: f64 = 0.9;
+/// Issue 15: the proxy's CPU per request at most this multiple of nginx's.
+pub const TARGET_CPU_E_OVER_NGINX: f64 = 1.2;
 
 /// Median and range of one figure over the rounds.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +72,11 @@ pub struct Report {
     /// The sweep sizes that were measured.
     pub sweep_sizes: Vec<usize>,
     pub deny_count: usize,
+    pub dns_count: usize,
+    /// Steal time of every measured phase: (phase, steal).
+    steal: Vec<(String, Steal)>,
+    /// Why syscalls per request were not measured: configuration → round → reason.
+    syscall_notes: BTreeMap<String, BTreeMap<usize, String>>,
 }
 
 impl Report {
@@ -98,7 +105,39 @@ impl Report {
             elapsed: Duration::ZERO,
             sweep_sizes: Vec::new(),
             deny_count: plan.deny_count,
+            dns_count: plan.dns_count,
+            steal: Vec::new(),
+            syscall_notes: BTreeMap::new(),
         }
+    }
+
+    /// The steal time of one measured phase.
+    pub fn steal(&mut self, phase: String, steal: Steal) {
+        self.steal.push((phase, steal));
+    }
+
+    /// Syscalls per request of `config` could not be counted in `round`, because `why`.
+    pub fn syscall_note(&mut self, config: &str, round: usize, why: &str) {
+        self.syscall_notes
+            .entry(config.to_owned())
+            .or_default()
+            .insert(round, why.to_owned());
+    }
+
+    /// Steal over all measured phases (percent of CPU time), and the phase with the most.
+    fn steal_summary(&self) -> Option<(f64, f64, &str)> {
+        let (steal, total) = self.steal.iter().fold((0u64, 0u64), |(s, t), (_, x)| {
+            (s + x.steal_ticks, t + x.total_ticks)
+        });
+        if total == 0 {
+            return None;
+        }
+        let (phase, worst) = self
+            .steal
+            .iter()
+            .filter_map(|(phase, x)| Some((phase.as_str(), x.percent()?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        Some((steal as f64 * 100.0 / total as f64, worst, phase))
     }
 
     pub fn sample(&mut self, config: &str, metric: &str, round: usize, value: f64) {
@@ -117,6 +156,7 @@ impl Report {
         run: &LoadRun,
         cpu: Option<Cpu>,
     ) {
+        self.steal(format!("{config} round {} {figure}", round + 1), run.steal);
         self.raw.push(json!({
             "config": config,
             "round": round + 1,
@@ -131,6 +171,7 @@ impl Report {
                 "proxy_s": c.proxy_s, "nginx_s": c.nginx_s, "system_s": c.system_s,
             })),
             "tool": run.raw,
+            "steal": run.steal.json(),
         }));
     }
 
@@ -183,12 +224,15 @@ impl Report {
             self.plan["run_seconds"],
             self.elapsed.as_secs_f64()
         );
+        self.machine_section(&mut md);
+        self.cost_table(&mut md);
         self.http_table(&mut md);
         self.tls_table(&mut md);
         self.sockmap_table(&mut md);
         self.pod_table(&mut md);
         self.sweep_table(&mut md);
         self.deny_table(&mut md);
+        self.dns_table(&mut md);
         self.targets_table(&mut md);
         if !self.errors.is_empty() {
             md.push_str("\n**Failed measurements** (left out of the tables):\n\n");
@@ -247,8 +291,21 @@ impl Report {
                 Kind::Cost,
             ),
             (
+                format!(
+                    "proxy CPU per request ÷ nginx's, same requests (at {} req/s)",
+                    self.rates[1]
+                ),
+                metric::CPU_PROXY_OVER_NGINX.to_owned(),
+                Kind::Cost,
+            ),
+            (
                 "peak RSS of the proxy, MiB".to_owned(),
                 metric::RSS.to_owned(),
+                Kind::Cost,
+            ),
+            (
+                "syscalls of the proxy per request (strace, separate phase)".to_owned(),
+                metric::SYSCALLS.to_owned(),
                 Kind::Cost,
             ),
         ]);
@@ -471,6 +528,14 @@ impl Report {
             fmt(cpu),
             cpu.map(|r| r <= TARGET_CPU_E_OVER_V),
         ));
+        let over_nginx = self
+            .stat("E", metric::CPU_PROXY_OVER_NGINX)
+            .map(|s| s.median);
+        http_rows.push((
+            format!("E proxy CPU per request ≤ {TARGET_CPU_E_OVER_NGINX}× nginx's (same run)"),
+            fmt(over_nginx),
+            over_nginx.map(|r| r <= TARGET_CPU_E_OVER_NGINX),
+        ));
         let cpu_sys = ratio("E", "V", metric::CPU_SYSTEM);
         http_rows.push((
             format!("E CPU per 10k requests (whole system) ≤ {TARGET_CPU_E_OVER_V}× V"),
@@ -556,7 +621,10 @@ impl Report {
                     .map(|(a, b)| a >= TARGET_DENY_SPEEDUP && b >= TARGET_DENY_SPEEDUP),
             ));
         }
-        md.push_str("#### Targets (issues 5, 6 and 11; shown, never enforced)\n\n| target | measured | |\n|---|---:|---|\n");
+        if rows.is_empty() {
+            return;
+        }
+        md.push_str("#### Targets (issues 5, 6, 11 and 15; shown, never enforced)\n\n| target | measured | |\n|---|---:|---|\n");
         for (target, measured, met) in rows {
             let verdict = match met {
                 Some(true) => "met",
@@ -567,7 +635,151 @@ impl Report {
         }
     }
 
-    fn has_any(&self, configs: &[&str]) -> bool {
+    /// What the figures ran on: CPU, nproc, kernel, memory, and the steal time while they ran.
+    fn machine_section(&self, md: &mut String) {
+        let m = &self.machine;
+        let text = |k: &str| {
+            m[k].as_str()
+                .map_or_else(|| m[k].to_string(), str::to_owned)
+        };
+        let _ = writeln!(
+            md,
+            "**Machine.** CPU: {}; `nproc` {}; Linux {}; memory {} GiB; load average at the \
+             start {}.\n",
+            text("cpu_model"),
+            text("nproc"),
+            text("kernel"),
+            text("mem_gib"),
+            text("loadavg_at_start"),
+        );
+        match self.steal_summary() {
+            Some((overall, worst, phase)) => {
+                let most = if worst > 0.0 {
+                    format!("the most in one phase {worst:.2}% ({phase})")
+                } else {
+                    "none in any phase".to_owned()
+                };
+                let _ = writeln!(
+                    md,
+                    "**Steal time** (`/proc/stat`, time the hypervisor ran something else while \
+                     this machine's CPUs wanted to run) during the {} measured phases: \
+                     **{overall:.2}%** of CPU time; {most}. Figures from two machines, or two \
+                     runs, are only comparable when both are near zero.\n",
+                    self.steal.len()
+                );
+            }
+            None => md.push_str("**Steal time**: not measured (no phase ran).\n\n"),
+        }
+    }
+
+    /// CPU and syscalls per request of each proxy, as multiples of nginx's in the same run.
+    fn cost_table(&self, md: &mut String) {
+        let configs: Vec<Config> = Config::ALL
+            .into_iter()
+            .filter(|c| {
+                self.stat(c.key(), metric::CPU_PROXY_US).is_some()
+                    || self.stat(c.key(), metric::SYSCALLS).is_some()
+                    || self.syscall_notes.contains_key(c.key())
+            })
+            .collect();
+        if configs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "#### Cost per request against the limit: proxy CPU and syscalls, nginx in the same run\n\n\
+             CPU over the {} req/s run (utime + stime of every thread, `/proc/PID/stat`) ÷ its \
+             requests; nginx's over the same requests. Syscalls: `strace -c -f -p PROXY` over a \
+             separate keep-alive run (16 connections) after the measured ones, ÷ the requests \
+             wrk completed in it.\n\n\
+             | configuration | proxy CPU µs/request | nginx CPU µs/request | proxy ÷ nginx | \
+             syscalls/request |\n|---|---:|---:|---:|---:|",
+            self.rates[1]
+        );
+        for config in configs {
+            let key = config.key();
+            let syscalls = match (
+                self.stat(key, metric::SYSCALLS),
+                self.syscall_notes.get(key),
+            ) {
+                (Some(_), _) => self.cell(key, metric::SYSCALLS, Kind::Cost),
+                (None, Some(notes)) => format!(
+                    "not measured: {}",
+                    notes
+                        .values()
+                        .next()
+                        .map_or("", String::as_str)
+                        .replace('|', "/")
+                ),
+                (None, None) => "—".to_owned(),
+            };
+            let ratio =
+                self.stat(key, metric::CPU_PROXY_OVER_NGINX)
+                    .map_or("—".to_owned(), |s| {
+                        if s.n > 1 {
+                            format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
+                        } else {
+                            format!("{:.2}×", s.median)
+                        }
+                    });
+            let _ = writeln!(
+                md,
+                "| {key} | {} | {} | {ratio} | {syscalls} |",
+                self.cell(key, metric::CPU_PROXY_US, Kind::Cost),
+                self.cell(key, metric::CPU_NGINX_US, Kind::Cost),
+            );
+        }
+        md.push('\n');
+    }
+
+    fn dns_table(&self, md: &mut String) {
+        if !self.has_any(&[
+            "dns-direct-fwd",
+            "dns-proxy-fwd",
+            "dns-direct-se",
+            "dns-proxy-se",
+        ]) {
+            return;
+        }
+        let _ = write!(
+            md,
+            "#### DNS query latency: through the DNS proxy against the resolver asked direct\n\n\
+             {} sequential A queries per path and round (UDP, one connected socket, 1 s timeout \
+             each) to dnsmasq on loopback: direct from outside the captured cgroup, and from \
+             inside it, where the kernel rewrites them to egress's DNS listener. A forwarded \
+             name is sent on to dnsmasq and its answer returned; the ServiceEntry host is \
+             answered by egress itself.\n\n\
+             | name | direct p50 µs | direct p99 µs | through egress p50 µs | through egress p99 µs | p50 ÷ direct | p99 ÷ direct |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
+            self.dns_count
+        );
+        for (label, direct, proxy) in [
+            (
+                "forwarded (no ServiceEntry)",
+                "dns-direct-fwd",
+                "dns-proxy-fwd",
+            ),
+            (
+                "ServiceEntry host (answered by egress)",
+                "dns-direct-se",
+                "dns-proxy-se",
+            ),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {} | {} | {} | {} |",
+                self.cell(direct, "p50_us", Kind::Cost),
+                self.cell(direct, "p99_us", Kind::Cost),
+                self.cell(proxy, "p50_us", Kind::Cost),
+                self.cell(proxy, "p99_us", Kind::Cost),
+                self.ratio_cell(proxy, direct, "p50_us", Kind::Cost),
+                self.ratio_cell(proxy, direct, "p99_us", Kind::Cost),
+            );
+        }
+        md.push('\n');
+    }
+
+    pub fn has_any(&self, configs: &[&str]) -> bool {
         self.samples
             .keys()
             .any(|(c, _)| configs.contains(&c.as_str()))
@@ -607,7 +819,21 @@ impl Report {
             "rounds": rounds,
             "runs": self.raw,
             "errors": self.errors,
+            "steal": {
+                "overall_pct": self.steal_summary().map(|s| s.0),
+                "max_phase_pct": self.steal_summary().map(|s| s.1),
+                "max_phase": self.steal_summary().map(|s| s.2),
+                "phases": self.steal.iter().map(|(phase, x)| {
+                    let mut v = x.json();
+                    v["phase"] = json!(phase);
+                    v
+                }).collect::<Vec<_>>(),
+            },
+            "syscalls_not_measured": self.syscall_notes.iter().map(|(config, rounds)| {
+                (config.clone(), rounds.iter().map(|(r, why)| json!([r + 1, why])).collect::<Vec<_>>())
+            }).collect::<BTreeMap<_, _>>(),
             "targets": {
+                "cpu_e_over_nginx_max": TARGET_CPU_E_OVER_NGINX,
                 "e_over_d_min": TARGET_E_OVER_D,
                 "e_over_v_min": TARGET_E_OVER_V,
                 "cpu_e_over_v_max": TARGET_CPU_E_OVER_V,
@@ -645,7 +871,7 @@ fn num(x: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
     #[test]
@@ -657,7 +883,7 @@ mod tests {
         assert!(Stat::of(&[]).is_none());
     }
 
-    fn empty() -> Report {
+    pub fn empty() -> Report {
         Report {
             profile: "release".to_owned(),
             machine: json!({"summary": "test"}),
@@ -670,6 +896,9 @@ mod tests {
             elapsed: Duration::ZERO,
             sweep_sizes: Vec::new(),
             deny_count: 0,
+            dns_count: 0,
+            steal: Vec::new(),
+            syscall_notes: BTreeMap::new(),
         }
     }
 
@@ -701,6 +930,94 @@ mod tests {
         let mut report = empty();
         report.sample("E", metric::KA16, 0, 10_000.0);
         assert!(!report.markdown().contains("P÷E"));
+    }
+
+    #[test]
+    fn cost_per_request_machine_and_steal_are_first_class() {
+        let mut report = empty();
+        report.machine = json!({
+            "cpu_model": "AMD EPYC", "nproc": 2, "kernel": "6.18.44", "mem_gib": 23.5,
+            "loadavg_at_start": "0.10 0.20 0.30", "summary": "test",
+        });
+        report.sample("E", metric::CPU_PROXY_US, 0, 33.0);
+        report.sample("E", metric::CPU_NGINX_US, 0, 14.0);
+        report.sample("E", metric::CPU_PROXY_OVER_NGINX, 0, 33.0 / 14.0);
+        report.sample("E", metric::SYSCALLS, 0, 6.5);
+        report.sample("V", metric::CPU_PROXY_US, 0, 60.0);
+        report.sample("V", metric::CPU_NGINX_US, 0, 15.0);
+        report.sample("V", metric::CPU_PROXY_OVER_NGINX, 0, 4.0);
+        report.syscall_note("V", 0, "strace is not installed");
+        report.steal(
+            "E round 1 keepalive_c16".into(),
+            Steal {
+                steal_ticks: 1,
+                total_ticks: 400,
+            },
+        );
+        report.steal(
+            "V round 1 keepalive_c16".into(),
+            Steal {
+                steal_ticks: 9,
+                total_ticks: 400,
+            },
+        );
+        let md = report.markdown();
+        assert!(
+            md.contains("CPU: AMD EPYC; `nproc` 2; Linux 6.18.44; memory 23.5 GiB"),
+            "{md}"
+        );
+        assert!(
+            md.contains("during the 2 measured phases: **1.25%**"),
+            "{md}"
+        );
+        assert!(md.contains("2.25% (V round 1 keepalive_c16)"), "{md}");
+        assert!(md.contains("| E | 33.0 | 14.0 | 2.36× | 6.50 |"), "{md}");
+        assert!(
+            md.contains("| V | 60.0 | 15.0 | 4.00× | not measured: strace is not installed |"),
+            "{md}"
+        );
+        let target = md
+            .lines()
+            .find(|l| l.starts_with("| E proxy CPU per request ≤ 1.2× nginx's"))
+            .unwrap_or_else(|| panic!("no issue 15 target row:\n{md}"));
+        assert!(target.ends_with("| 2.36× | not met |"), "{target}");
+        let json = report.json();
+        assert_eq!(json["steal"]["overall_pct"], json!(1.25));
+        assert_eq!(
+            json["syscalls_not_measured"]["V"],
+            json!([[1, "strace is not installed"]])
+        );
+    }
+
+    #[test]
+    fn dns_latency_direct_against_the_proxy() {
+        let mut report = empty();
+        report.dns_count = 2000;
+        for (key, p50, p99) in [
+            ("dns-direct-fwd", 40.0, 80.0),
+            ("dns-proxy-fwd", 100.0, 240.0),
+            ("dns-direct-se", 40.0, 90.0),
+            ("dns-proxy-se", 30.0, 60.0),
+        ] {
+            report.sample(key, "p50_us", 0, p50);
+            report.sample(key, "p99_us", 0, p99);
+        }
+        let md = report.markdown();
+        assert!(md.contains("2000 sequential A queries"), "{md}");
+        assert!(
+            md.contains(
+                "| forwarded (no ServiceEntry) | 40.0 | 80.0 | 100 | 240 | 2.50× | 3.00× |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| ServiceEntry host (answered by egress) | 40.0 | 90.0 | 30.0 | 60.0 | 0.75× | 0.67× |"
+            ),
+            "{md}"
+        );
+        // Without DNS samples, no DNS table.
+        assert!(!empty().markdown().contains("DNS query latency"));
     }
 
     #[test]

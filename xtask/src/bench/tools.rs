@@ -24,6 +24,10 @@ const DEBIAN: &[(&str, Option<&str>)] = &[
     ("openssl", Some("openssl")),
     ("util-linux", Some("taskset")),
     ("curl", Some("curl")),
+    // Syscalls per request: `strace -c -f -p PROXY` over a separate, traced load phase.
+    ("strace", Some("strace")),
+    // The DNS figure's upstream resolver (the daemon only; no service is started).
+    ("dnsmasq-base", Some("dnsmasq")),
     // oha's TLS backend links the system OpenSSL (faster to build than rustls' aws-lc).
     ("libssl-dev", None),
 ];
