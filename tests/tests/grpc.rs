@@ -157,6 +157,7 @@ fn an_allowed_method_works_and_a_denied_one_is_permission_denied() {
         let series = metrics.lines().find(|line| {
             line.starts_with("istio_requests_total{")
                 && line.contains("destination_service=\"grpc.test\"")
+                && line.contains(",request_protocol=\"grpc\",")
                 && line.contains(",response_code=\"200\",")
                 && line.contains(&format!("grpc_response_status=\"{status}\""))
         });
@@ -165,6 +166,14 @@ fn an_allowed_method_works_and_a_denied_one_is_permission_denied() {
             "grpc_response_status {status}:\n{metrics}"
         );
     }
+    assert!(
+        !metrics
+            .lines()
+            .any(|line| line.starts_with("istio_requests_total{")
+                && line.contains("destination_service=\"grpc.test\"")
+                && line.contains(",request_protocol=\"http\",")),
+        "a gRPC call labelled http:\n{metrics}"
+    );
 }
 
 #[test]

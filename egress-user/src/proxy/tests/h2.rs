@@ -140,17 +140,20 @@ spec:
         lines.iter().any(|l| l.contains("\"POST /admin.Admin/Drop HTTP/2\" 200 - rbac_access_denied_matched_policy[ns[egress]-policy[no-admin]-rule[0]]")),
         "{lines:?}"
     );
-    let count = |status: &str| {
+    let count = |protocol: &str, status: &str| {
         Metrics::global().get(
             REQUESTS_TOTAL,
             &[
                 ("destination_service", "grpc.test"),
+                ("request_protocol", protocol),
                 ("grpc_response_status", status),
             ],
         )
     };
-    assert_eq!(count("0"), 1);
-    assert_eq!(count("7"), 1);
+    // Istio labels gRPC calls `request_protocol="grpc"`, never `http`.
+    assert_eq!(count("grpc", "0"), 1);
+    assert_eq!(count("grpc", "7"), 1);
+    assert_eq!(count("http", "0") + count("http", "7"), 0);
 }
 
 #[tokio::test]
