@@ -14,6 +14,8 @@ pub mod handover;
 pub mod identity;
 pub mod kube;
 pub mod model;
+#[cfg(test)]
+mod module_graph_tests;
 pub mod netns;
 pub mod output;
 pub mod pods;
