@@ -36,6 +36,10 @@ const REMOVED: &[(&str, &str)] = &[
     ("proxy/http", "proxy/reply"),
 ];
 
+/// Direct two-way imports removed whose modules are still on a longer cycle (see
+/// [`STILL_CYCLIC`]): neither may import the other again while the rest is untangled.
+const REMOVED_DIRECT: &[(&str, &str)] = &[("reload", "run")];
+
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// The first identifier of `text` and, after `::`, the second (`b::c` gives `b`, `c`).
@@ -229,6 +233,13 @@ fn no_import_cycle_comes_back() {
     for (a, b) in REMOVED {
         assert!(
             !(reachable(&graph, a).contains(*b) && reachable(&graph, b).contains(*a)),
+            "{a} and {b} import each other again"
+        );
+    }
+    let imports = |a: &str, b: &str| graph.get(a).is_some_and(|n| n.contains(b));
+    for (a, b) in REMOVED_DIRECT {
+        assert!(
+            !(imports(a, b) && imports(b, a)),
             "{a} and {b} import each other again"
         );
     }

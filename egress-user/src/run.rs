@@ -130,6 +130,8 @@ pub enum RunError {
     Dns(#[from] DnsError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error(transparent)]
+    Reload(#[from] crate::reload::ReloadError),
     #[error(
         "the waypoint listener must be a specific IPv4 address (the kernel rewrites connects to it), got {0}"
     )]
