@@ -15,6 +15,8 @@ pub mod identity;
 #[cfg(feature = "agent")]
 pub mod kube;
 pub mod model;
+#[cfg(test)]
+mod module_graph_tests;
 pub mod netns;
 pub mod output;
 pub mod pods;

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use egress::{
     bpf, cgroup,
     config::{self, IpNet},
@@ -132,8 +132,8 @@ struct RunArgs {
     /// With --kubernetes: which ServiceEntries are captured. bound: those bound to a waypoint
     /// as Istio binds them, by the label istio.io/use-waypoint on the ServiceEntry or on its
     /// namespace (value `none` on the ServiceEntry opts it out). all: every ServiceEntry.
-    #[arg(long, value_name = "MODE", default_value = "bound", value_parser = ["bound", "all"])]
-    service_entries: String,
+    #[arg(long, value_name = "MODE", value_enum, default_value = "bound")]
+    service_entries: ServiceEntries,
     /// cgroup v2 directory whose processes are captured (created if missing).
     /// Default: <cgroup2 mount>/egress.
     #[arg(long, value_name = "DIR")]
@@ -151,8 +151,8 @@ struct RunArgs {
     #[arg(long, value_name = "PATH|-", default_value = "-")]
     access_log: String,
     /// Access log format: Istio's default text line, or JSON lines.
-    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    access_log_format: String,
+    #[arg(long, value_name = "FORMAT", value_enum, default_value = "text")]
+    access_log_format: LogFormat,
     /// Trust domain of workload principals.
     #[arg(long, value_name = "DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
@@ -164,8 +164,8 @@ struct RunArgs {
     /// from the captured cgroup to anything that is no ServiceEntry address, except --allow-cidr.
     /// Default: what the mesh config says (an `istio` ConfigMap among the --config files, key
     /// data.mesh), else allow-any.
-    #[arg(long, value_name = "MODE", value_parser = ["allow-any", "registry-only"])]
-    outbound_policy: Option<String>,
+    #[arg(long, value_name = "MODE", value_enum)]
+    outbound_policy: Option<OutboundPolicy>,
     /// A CIDR that registry-only still lets through (repeatable). Default: 127.0.0.0/8 and the
     /// IPv4 nameservers of /etc/resolv.conf.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
@@ -173,8 +173,8 @@ struct RunArgs {
     /// Cache L4-decidable denies in the kernel, so the next connect of a denied identity is
     /// refused with EPERM before it reaches the waypoint. `off` sends every connect to the
     /// waypoint (for comparison).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
-    verdict_cache: String,
+    #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
+    verdict_cache: Switch,
     /// Entries of the kernel verdict cache (an LRU: eviction only costs speed).
     #[arg(long, value_name = "N", default_value_t = egress_common::VERDICTS_MAX)]
     verdict_cache_size: u32,
@@ -183,8 +183,8 @@ struct RunArgs {
     /// nat OUTPUT rules that REDIRECT ServiceEntry addresses to --listen (exempting this
     /// process's cgroup <cgroup>/egress-waypoint), the destination comes from SO_ORIGINAL_DST and
     /// the identity from --capture-identity (for comparisons: `cargo xtask bench` uses it).
-    #[arg(long, value_name = "MODE", default_value = "ebpf", value_parser = ["ebpf", "iptables"])]
-    capture: String,
+    #[arg(long, value_name = "MODE", value_enum, default_value = "ebpf")]
+    capture: Capture,
     /// With --capture iptables: the identity of every connection, NAMESPACE/SERVICE_ACCOUNT
     /// (as a sidecar has one). Default: callers without identity.
     #[arg(long, value_name = "NS/SA", value_parser = parse_identity)]
@@ -196,8 +196,8 @@ struct RunArgs {
     /// Hand messages between a captured application and the waypoint (HTTP ports) straight to
     /// the peer socket (sockhash + sk_msg), skipping the loopback TCP/IP stack. `off`: every
     /// byte takes the TCP path (for comparison, or a kernel that misbehaves).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
-    sockmap: String,
+    #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
+    sockmap: Switch,
     /// Path parameters (`;` or `%3B` in a path segment, e.g. `/admin;x`). Tomcat, Jetty and
     /// Spring drop them and read `..;` as `..`, so a path an AuthorizationPolicy denied could
     /// be served. reject: such a request gets 400 and is never forwarded. allow: it is
@@ -257,16 +257,16 @@ struct RunArgs {
     /// TCP to port 53) into the DNS proxy. `off`:
     /// DNS is left alone, and a host-only ServiceEntry is captured only at the addresses the
     /// dataplane itself resolves (an application that gets other answers goes direct).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
-    dns_capture: String,
+    #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
+    dns_capture: Switch,
     /// Detach capture and remove the pins under --bpffs, then exit.
     #[arg(long)]
     cleanup: bool,
     /// With --kubernetes: `on` serves this node's enrolled pods (above). `off` captures
     /// --cgroup as in host mode (workloads through `egress exec`), with the configuration from
     /// the API server: for nodes without kubelet pods, and for tests.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
-    pods: String,
+    #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
+    pods: Switch,
     /// With --kubernetes: the host's /proc, where a pod's network namespace is found through
     /// a process of its cgroup (/proc/<pid>/ns/net). The DaemonSet mounts it at /host/proc.
     #[arg(long, value_name = "DIR", default_value = "/proc")]
@@ -285,12 +285,63 @@ struct InstallArgs {
     bpffs: PathBuf,
     #[arg(long, value_name = "N")]
     verdict_cache_size: Option<u32>,
-    #[arg(long, value_parser = ["attach", "none"])]
-    programs: String,
-    #[arg(long, value_parser = ["on", "off"])]
-    sockmap: String,
-    #[arg(long, value_parser = ["on", "off"], default_value = "off")]
-    kernel_log: String,
+    #[arg(long, value_enum)]
+    programs: Programs,
+    #[arg(long, value_enum)]
+    sockmap: Switch,
+    #[arg(long, value_enum, default_value = "off")]
+    kernel_log: Switch,
+}
+
+// The value enums below keep plain comments on their variants: a doc comment would become the
+// value's help and change how `--help` lists the possible values.
+
+/// A feature flag spelt `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    fn is_on(self) -> bool {
+        self == Self::On
+    }
+}
+
+/// `--service-entries`: which ServiceEntries Kubernetes mode captures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ServiceEntries {
+    Bound,
+    All,
+}
+
+/// `--access-log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--outbound-policy`: Istio's outboundTrafficPolicy.mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OutboundPolicy {
+    AllowAny,
+    RegistryOnly,
+}
+
+/// `--capture`: how connections reach the waypoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Capture {
+    Ebpf,
+    Iptables,
+}
+
+/// `__install --programs`: attach the programs, or only pin maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Programs {
+    Attach,
+    None,
 }
 
 #[derive(Args)]
@@ -409,9 +460,9 @@ fn main() -> ExitCode {
             &args.cgroup,
             &args.bpffs,
             args.verdict_cache_size,
-            args.programs == "attach",
-            args.sockmap == "on",
-            args.kernel_log == "on",
+            args.programs == Programs::Attach,
+            args.sockmap.is_on(),
+            args.kernel_log.is_on(),
         ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -495,7 +546,7 @@ fn run(args: RunArgs) -> ExitCode {
     if args.cleanup {
         return cleanup(&args.bpffs, args.cgroup);
     }
-    let serve_pods = args.kubernetes && args.pods == "on";
+    let serve_pods = args.kubernetes && args.pods.is_on();
     let default_cgroup = if serve_pods {
         kubelet_pod_root
     } else {
@@ -524,10 +575,9 @@ fn run(args: RunArgs) -> ExitCode {
         Some(KubeOptions {
             kubeconfig: args.kubeconfig,
             node_name,
-            service_entries: if args.service_entries == "all" {
-                Binding::All
-            } else {
-                Binding::Bound
+            service_entries: match args.service_entries {
+                ServiceEntries::All => Binding::All,
+                ServiceEntries::Bound => Binding::Bound,
             },
             root_namespace: args.root_namespace.clone(),
         })
@@ -543,16 +593,18 @@ fn run(args: RunArgs) -> ExitCode {
         bpffs: args.bpffs,
         access_log: AccessLogTarget {
             path: (args.access_log != "-").then(|| PathBuf::from(&args.access_log)),
-            json: args.access_log_format == "json",
+            json: args.access_log_format == LogFormat::Json,
         },
         trust_domain: trust_domain.clone(),
         root_namespace: args.root_namespace,
-        registry_only: args.outbound_policy.map(|p| p == "registry-only"),
+        registry_only: args
+            .outbound_policy
+            .map(|p| p == OutboundPolicy::RegistryOnly),
         allowed_cidrs: (!args.allow_cidr.is_empty()).then_some(args.allow_cidr),
-        verdict_cache: args.verdict_cache == "on",
+        verdict_cache: args.verdict_cache.is_on(),
         verdict_cache_size: Some(args.verdict_cache_size),
-        capture: match (args.capture.as_str(), &args.capture_identity) {
-            ("iptables", identity) => CaptureMode::Iptables {
+        capture: match (args.capture, &args.capture_identity) {
+            (Capture::Iptables, identity) => CaptureMode::Iptables {
                 principal: identity
                     .as_ref()
                     .map(|(ns, sa)| Principal::new(&trust_domain, ns, sa)),
@@ -563,7 +615,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
             _ => CaptureMode::Ebpf,
         },
-        sockmap: args.sockmap == "on",
+        sockmap: args.sockmap.is_on(),
         path_parameters: args.path_parameters,
         dns: DnsOptions {
             resolv_conf: args.resolv_conf,
@@ -578,7 +630,7 @@ fn run(args: RunArgs) -> ExitCode {
         kernel_log: args.kernel_log,
         pods,
         dns_listen: args.dns_listen,
-        dns_capture: args.dns_capture == "on",
+        dns_capture: args.dns_capture.is_on(),
     };
     match limits::raise_open_files(args.max_connections as usize) {
         Ok(files) if files.is_short() => tracing::warn!(
@@ -697,11 +749,60 @@ mod tests {
             panic!("egress run parses as Run");
         };
         assert!(args.kubernetes && args.configs.is_empty());
-        assert_eq!(args.service_entries, "bound");
+        assert_eq!(args.service_entries, ServiceEntries::Bound);
         let both = Cli::try_parse_from(["egress", "run", "--kubernetes", "-c", "x"]);
         assert!(both.is_err(), "--config conflicts with --kubernetes");
         let neither = Cli::try_parse_from(["egress", "run"]);
         assert!(neither.is_err(), "file mode still needs --config");
+    }
+
+    #[test]
+    fn value_flags_parse_their_spellings_and_keep_their_defaults() {
+        let Command::Run(args) = Cli::parse_from(["egress", "run", "-c", "x"]).command else {
+            panic!("egress run parses as Run");
+        };
+        assert_eq!(args.verdict_cache, Switch::On);
+        assert_eq!(args.sockmap, Switch::On);
+        assert_eq!(args.dns_capture, Switch::On);
+        assert_eq!(args.pods, Switch::On);
+        assert_eq!(args.capture, Capture::Ebpf);
+        assert_eq!(args.access_log_format, LogFormat::Text);
+        assert_eq!(args.outbound_policy, None);
+        let Command::Run(args) = Cli::parse_from([
+            "egress",
+            "run",
+            "-c",
+            "x",
+            "--sockmap",
+            "off",
+            "--verdict-cache",
+            "off",
+            "--dns-capture",
+            "off",
+            "--capture",
+            "iptables",
+            "--access-log-format",
+            "json",
+            "--outbound-policy",
+            "registry-only",
+        ])
+        .command
+        else {
+            panic!("egress run parses as Run");
+        };
+        assert!(!args.sockmap.is_on() && !args.verdict_cache.is_on() && !args.dns_capture.is_on());
+        assert_eq!(args.capture, Capture::Iptables);
+        assert_eq!(args.access_log_format, LogFormat::Json);
+        assert_eq!(args.outbound_policy, Some(OutboundPolicy::RegistryOnly));
+        let bad = Cli::try_parse_from(["egress", "run", "-c", "x", "--sockmap", "yes"])
+            .err()
+            .expect("--sockmap yes is refused")
+            .to_string();
+        assert!(
+            bad.contains("invalid value 'yes' for '--sockmap <on|off>'")
+                && bad.contains("[possible values: on, off]"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use thiserror::Error;
 use tokio::{signal::unix::Signal, sync::watch};
 use tracing::{error, info, warn};
 
@@ -26,9 +27,18 @@ use crate::{
     identity::{CgroupIdentities, Principal},
     model::{self, DnsAnswers, ServiceTable},
     policy::PolicySet,
-    run::RunError,
     verdicts::{self, Anchor},
 };
+
+/// What failed while a configuration was applied to the kernel and the resolver. Its own
+/// error (not `run`'s), so that `run` depends on `reload` and not the reverse.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
+}
 
 /// How often the config paths are checked for changes.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -254,7 +264,7 @@ impl Reconciler {
         verdict_cache: bool,
         outbound: Outbound,
         dns_options: DnsOptions,
-    ) -> Result<Self, RunError> {
+    ) -> Result<Self, ReloadError> {
         let (answers_tx, answers_rx) = watch::channel(DnsAnswers::new());
         let mut this = Self {
             anchors: Vec::new(),
@@ -303,7 +313,7 @@ impl Reconciler {
 
     /// Tells the background resolver which hosts the config needs, starting it when the
     /// first are configured. Never waits on a lookup.
-    fn update_hosts(&mut self) -> Result<(), RunError> {
+    fn update_hosts(&mut self) -> Result<(), ReloadError> {
         let hosts = model::dns_hosts(&self.config);
         if let Some(resolution) = &self.resolution {
             resolution.hosts.send_if_modified(|current| {
@@ -336,7 +346,7 @@ impl Reconciler {
     }
 
     /// REGISTRY_ONLY from the command line, else from the mesh config, else ALLOW_ANY.
-    fn apply_outbound(&mut self) -> Result<(), RunError> {
+    fn apply_outbound(&mut self) -> Result<(), ReloadError> {
         let registry_only = self
             .outbound
             .registry_only
@@ -404,7 +414,7 @@ impl Reconciler {
     }
 
     /// Builds the next generation's table (services + `policies`) and syncs the kernel.
-    fn build(&mut self, policies: &Arc<PolicySet>) -> Result<ServiceTable, RunError> {
+    fn build(&mut self, policies: &Arc<PolicySet>) -> Result<ServiceTable, ReloadError> {
         self.generation += 1;
         let built = model::build(&self.config, &self.answers);
         for warning in &built.warnings {
@@ -429,7 +439,7 @@ impl Reconciler {
         if !new_generation && anchors == self.anchors {
             return;
         }
-        let result = (|| -> Result<usize, RunError> {
+        let result = (|| -> Result<usize, ReloadError> {
             if new_generation {
                 self.capture.set_generation(table.generation)?;
             }

@@ -130,6 +130,9 @@ pub enum RunError {
     Dns(#[from] DnsError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    /// Boxed: it would make every `RunError` as large as the largest kernel or DNS error again.
+    #[error(transparent)]
+    Reload(Box<crate::reload::ReloadError>),
     #[error(
         "the waypoint listener must be a specific IPv4 address (the kernel rewrites connects to it), got {0}"
     )]
@@ -169,6 +172,12 @@ pub enum RunError {
     },
     #[error("the waypoint stopped accepting connections")]
     Serve(#[source] std::io::Error),
+}
+
+impl From<crate::reload::ReloadError> for RunError {
+    fn from(error: crate::reload::ReloadError) -> Self {
+        Self::Reload(Box::new(error))
+    }
 }
 
 /// Binds the DNS proxy's UDP socket and TCP listener on `--dns-listen`, serves them, and

@@ -10,24 +10,12 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
+// The sink is kernel-facing and the anchor an identity; both are found here too.
+pub use crate::{bpf::VerdictSink, identity::Anchor};
 use crate::{
-    identity::Principal,
     model::ServiceTable,
     policy::{Attributes, HttpAttributes, Target},
 };
-
-/// Where cached verdicts go (the kernel map; a no-op in tests without one).
-pub trait VerdictSink: Send + Sync + 'static {
-    /// Caches an L4-decidable deny of `generation` for (identity anchor, service, port).
-    fn deny(&self, identity_id: u64, service_id: u32, port: u16, generation: u64);
-}
-
-/// One identity anchor: a cgroup that carries an identity.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Anchor {
-    pub cgroup_id: u64,
-    pub principal: Option<Principal>,
-}
 
 /// A deny to cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +84,7 @@ mod tests {
     use std::{path::Path, sync::Arc};
 
     use super::*;
-    use crate::{config::parse_str, model, policy::PolicySet};
+    use crate::{config::parse_str, identity::Principal, model, policy::PolicySet};
 
     const CONFIG: &str = "
 apiVersion: networking.istio.io/v1

@@ -99,17 +99,76 @@ if goaway is not None:
 print("closed")
 "#;
 
+/// Opens an HTTP/2 connection and then stalls: `preface` sends the preface and SETTINGS only,
+/// and answers what the server sends (SETTINGS ack, PINGs), as a slowloris client would;
+/// `partial` also acks the server's SETTINGS, then sends a HEADERS frame without END_HEADERS
+/// (a CONTINUATION that never comes) and nothing more (any other frame would be a protocol
+/// error). Reads until the server closes; prints `goaway CODE` if it said GOAWAY, then `closed
+/// SECONDS` (since the stall began).
+const STALL: &str = r#"
+import socket, sys, time
+import h2.connection, h2.config, h2.exceptions
+import hpack
+from hyperframe.frame import HeadersFrame
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+conn.initiate_connection()
+sock.sendall(conn.data_to_send())
+partial = sys.argv[3] == "partial"
+got = b""
+def receive(data):
+    global got
+    got += data
+    try:
+        conn.receive_data(data)
+    except h2.exceptions.ProtocolError:
+        pass
+if partial:
+    receive(sock.recv(65536))
+    sock.sendall(conn.data_to_send())
+    frame = HeadersFrame(1)
+    frame.data = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"),
+        (":path", "/echo.Echo/Say"), (":authority", sys.argv[1])])
+    sock.sendall(frame.serialize())
+started = time.monotonic()
+try:
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        receive(data)
+        pending = conn.data_to_send()
+        if pending and not partial:
+            sock.sendall(pending)
+except OSError:
+    pass
+# The server's frames as sent (the client's state machine never saw the raw HEADERS).
+at = 0
+while at + 9 <= len(got):
+    length = int.from_bytes(got[at:at + 3], "big")
+    if got[at + 3] == 0x7 and at + 17 <= len(got):
+        print("goaway", int.from_bytes(got[at + 13:at + 17], "big"))
+        break
+    at += 9 + length
+print("closed", round(time.monotonic() - started, 1))
+"#;
+
 const DENY_ADMIN: &str = "  - to:
     - operation:
         paths: [/admin.Admin/*]
 ";
 
 fn start(ip: Ipv4Addr, upstream: SocketAddr) -> Dataplane {
+    start_with(ip, upstream, &[])
+}
+
+fn start_with(ip: Ipv4Addr, upstream: SocketAddr, args: &[&str]) -> Dataplane {
     let se = yaml::static_service_entry("grpc", "grpc.test", IpAddr::V4(ip), 80, upstream)
         .replace("protocol: HTTP\n", "protocol: GRPC\n");
     Dataplane::builder()
         .service_entry(&se)
         .config(&yaml::httpbin_policy("no-admin", "DENY", DENY_ADMIN).replace("httpbin", "grpc"))
+        .args(args)
         .start()
 }
 
@@ -157,6 +216,7 @@ fn an_allowed_method_works_and_a_denied_one_is_permission_denied() {
         let series = metrics.lines().find(|line| {
             line.starts_with("istio_requests_total{")
                 && line.contains("destination_service=\"grpc.test\"")
+                && line.contains(",request_protocol=\"grpc\",")
                 && line.contains(",response_code=\"200\",")
                 && line.contains(&format!("grpc_response_status=\"{status}\""))
         });
@@ -165,6 +225,14 @@ fn an_allowed_method_works_and_a_denied_one_is_permission_denied() {
             "grpc_response_status {status}:\n{metrics}"
         );
     }
+    assert!(
+        !metrics
+            .lines()
+            .any(|line| line.starts_with("istio_requests_total{")
+                && line.contains("destination_service=\"grpc.test\"")
+                && line.contains(",request_protocol=\"http\",")),
+        "a gRPC call labelled http:\n{metrics}"
+    );
 }
 
 #[test]
@@ -244,6 +312,39 @@ fn a_rapid_reset_flood_is_cut_off_with_goaway_and_bounded_memory() {
         "waypoint RSS {rss} KiB after the flood"
     );
     // The waypoint still serves the next client.
+    let out = python(&dp, CLIENT, &[&format!("{ip}:80"), "/echo.Echo/Say"]);
+    assert_eq!(out.stdout, "ok hello\n", "{out:?}");
+}
+
+#[test]
+fn a_stalled_http2_connection_is_closed_at_the_header_read_timeout() {
+    if !require_privileges() || !require_python_modules(&["h2", "grpc"]) {
+        return;
+    }
+    let ip = Ipv4Addr::new(127, 77, 40, 4);
+    let server = PythonServer::start(SERVER);
+    let dp = start_with(ip, server.addr(), &["--header-read-timeout", "2s"]);
+    for stall in ["preface", "partial"] {
+        let out = python(&dp, STALL, &[&ip.to_string(), "80", stall]);
+        assert!(out.success(), "{stall}: {out:?}");
+        let mut lines = out.stdout.lines();
+        // NO_ERROR: the server's graceful GOAWAY.
+        assert_eq!(lines.next(), Some("goaway 0"), "{stall}: {out:?}");
+        let seconds: f64 = lines
+            .next()
+            .and_then(|l| l.strip_prefix("closed "))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{stall}: no close in {out:?}"));
+        // Not before the timeout; and long before the keep-alive PING (every --idle-timeout,
+        // 5m) could have found the client out — it answers PINGs anyway.
+        assert!(
+            (1.5..20.0).contains(&seconds),
+            "{stall}: closed after {seconds}s"
+        );
+    }
+    dp.wait_for_log("no complete HTTP/2 request headers", 2);
+    assert!(server.log().is_empty(), "nothing reached the server");
+    // A client that completes its request in time is served on the same port.
     let out = python(&dp, CLIENT, &[&format!("{ip}:80"), "/echo.Echo/Say"]);
     assert_eq!(out.stdout, "ok hello\n", "{out:?}");
 }

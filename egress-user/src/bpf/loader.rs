@@ -416,7 +416,7 @@ fn remove_pin(path: &Path) -> Result<(), BpfError> {
     }
 }
 
-impl crate::verdicts::VerdictSink for Capture {
+impl super::VerdictSink for Capture {
     fn deny(&self, identity_id: u64, service_id: u32, port: u16, generation: u64) {
         match self.cache_deny(identity_id, service_id, port, generation) {
             Ok(()) => debug!(

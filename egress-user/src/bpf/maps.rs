@@ -17,7 +17,8 @@ use egress_common::{
 };
 
 use super::BpfError;
-use crate::{config::IpNet, model::OriginSource};
+use super::OriginSource;
+use crate::config::IpNet;
 
 /// One kernel service-map entry: an address or CIDR on one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

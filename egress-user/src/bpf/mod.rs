@@ -12,11 +12,27 @@ pub use loader::{AnchorFlags, Capture, cleanup, install_pinned, write_object};
 pub use maps::{ServiceRoute, register_anchor};
 pub use status::{Status, status};
 
-use std::{io, path::PathBuf};
+use std::{io, net::SocketAddr, path::PathBuf};
 
+use egress_common::Origin;
 use thiserror::Error;
 
 use crate::cgroup::CgroupError;
+
+/// Where the waypoint learns what the kernel recorded for a redirected connection.
+pub trait OriginSource: Send + Sync + 'static {
+    /// The origin of the connection whose client end is `peer` (as seen on accept), in the
+    /// network namespace with cookie `netns_cookie` (the accepting listener's: see
+    /// [`crate::netns::netns_cookie`]).
+    fn origin(&self, netns_cookie: u64, peer: SocketAddr) -> Option<Origin>;
+}
+
+/// Where cached verdicts go (the kernel map; a no-op in tests without one). See
+/// [`crate::verdicts`], which decides what is cached.
+pub trait VerdictSink: Send + Sync + 'static {
+    /// Caches an L4-decidable deny of `generation` for (identity anchor, service, port).
+    fn deny(&self, identity_id: u64, service_id: u32, port: u16, generation: u64);
+}
 
 #[derive(Debug, Error)]
 pub enum BpfError {

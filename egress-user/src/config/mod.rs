@@ -29,6 +29,8 @@ pub use authorization_policy::DRY_RUN_ANNOTATION;
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{load, parse_object, parse_str};
 pub use types::*;
+// Defined with the TLS client they build (config depends on tls, not the reverse).
+pub use crate::tls::{ClientTlsSettings, TlsMode};
 
 pub(crate) use names::{check_fqdn, parse_ip_net};
 

@@ -2,6 +2,8 @@
 //! (files or the Kubernetes API) beyond a [`Source`] for error messages.
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
+use crate::tls::ClientTlsSettings;
+
 /// Where an object was read: a document of a file (`FILE:DOC`, the index 1-based), or an object
 /// of the Kubernetes API (`Kind ns/name`). Every error message starts with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,56 +298,6 @@ pub struct DestinationRule {
     /// `trafficPolicy.portLevelSettings[]` that carry `tls`: port number -> settings. A port's
     /// own settings win over `tls` for that port.
     pub port_tls: Vec<(u16, ClientTlsSettings)>,
-}
-
-/// `ClientTLSSettings.mode`. `ISTIO_MUTUAL` is refused at load (no mesh CA in host mode).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum TlsMode {
-    #[default]
-    Disable,
-    Simple,
-    Mutual,
-}
-
-impl TlsMode {
-    /// The name Istio's YAML uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::Disable => "DISABLE",
-            TlsMode::Simple => "SIMPLE",
-            TlsMode::Mutual => "MUTUAL",
-        }
-    }
-}
-
-impl fmt::Display for TlsMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `ClientTLSSettings`: how the waypoint originates TLS to an upstream. File paths are read and
-/// checked at load; `client` is the rustls configuration built from them (`None` for DISABLE),
-/// one per settings set so that TLS sessions are resumed only within it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClientTlsSettings {
-    pub mode: TlsMode,
-    pub client_certificate: Option<PathBuf>,
-    pub private_key: Option<PathBuf>,
-    pub ca_certificates: Option<PathBuf>,
-    pub ca_crl: Option<PathBuf>,
-    /// Server name to send; default: the ServiceEntry host the request is for.
-    pub sni: Option<String>,
-    /// Names the upstream certificate must carry, checked instead of the SNI.
-    pub subject_alt_names: Vec<String>,
-    pub insecure_skip_verify: bool,
-    /// `credentialName` (Kubernetes mode only): a Secret in the rule's namespace holds the
-    /// certificates instead of files. Its `client` is built when the Secret is read.
-    pub credential_name: Option<String>,
-    /// Why `client` could not be built (a Secret missing or invalid): the service's requests
-    /// are refused with 503, never sent in plain text.
-    pub unavailable: Option<String>,
-    pub client: Option<crate::tls::TlsClient>,
 }
 
 /// A `security.istio.io` AuthorizationPolicy (`v1` or `v1beta1`), validated as Istio validates

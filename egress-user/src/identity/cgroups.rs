@@ -10,7 +10,8 @@ use std::{
 };
 
 use super::Principal;
-use crate::{cgroup, model::IdentitySource, verdicts::Anchor};
+use super::{Anchor, IdentitySource};
+use crate::cgroup;
 
 /// How deep below the captured cgroup a scan looks.
 const MAX_DEPTH: usize = 12;

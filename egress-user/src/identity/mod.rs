@@ -7,6 +7,20 @@ use std::fmt;
 
 pub use cgroups::{CgroupIdentities, exec_cgroup, principal_for_path};
 
+/// Where the waypoint learns who a cgroup is.
+pub trait IdentitySource: Send + Sync + 'static {
+    /// The principal of a cgroup, or `None` for a cgroup without identity.
+    fn principal(&self, cgroup_id: u64) -> Option<Principal>;
+}
+
+/// One identity anchor: a cgroup that carries an identity (the kernel verdict cache keys on
+/// it; see [`crate::verdicts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub cgroup_id: u64,
+    pub principal: Option<Principal>,
+}
+
 /// The default SPIFFE trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 

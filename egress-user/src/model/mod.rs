@@ -5,11 +5,8 @@ use std::{
     sync::Arc,
 };
 
-use egress_common::Origin;
-
 use crate::{
     config::{IpNet, Protocol},
-    identity::Principal,
     policy::PolicySet,
     tls::UpstreamTls,
 };
@@ -279,22 +276,11 @@ fn contains(net: &IpNet, ip: IpAddr) -> bool {
     }
 }
 
-/// Where the waypoint learns what the kernel recorded for a redirected connection.
-pub trait OriginSource: Send + Sync + 'static {
-    /// The origin of the connection whose client end is `peer` (as seen on accept), in the
-    /// network namespace with cookie `netns_cookie` (the accepting listener's: see
-    /// [`crate::netns::netns_cookie`]).
-    fn origin(&self, netns_cookie: u64, peer: SocketAddr) -> Option<Origin>;
-}
-
-/// Where the waypoint learns who a cgroup is.
-pub trait IdentitySource: Send + Sync + 'static {
-    /// The principal of a cgroup, or `None` for a cgroup without identity.
-    fn principal(&self, cgroup_id: u64) -> Option<Principal>;
-}
-
 mod build;
 mod destination;
+// Each trait lives with its implementation (the kernel maps, the cgroup tree), so neither
+// module depends on this one; the waypoint finds both here.
+pub use crate::{bpf::OriginSource, identity::IdentitySource};
 pub use build::{Built, DnsAnswers, build, dns_hosts};
 pub use destination::{select_destination_rule, select_tls};
 

@@ -34,7 +34,7 @@ use super::{
     Inbound, Waypoint, authz,
     body::{self, Activity, BodyEnd, Metered},
     framing::{Framed, FramingSignal, Violation},
-    phases::{self, TargetRefused, UpgradeRequest},
+    phases::{self, RequestProtocol, TargetRefused, UpgradeRequest},
     reply::{
         CLUSTER_NOT_FOUND, CONNECT_NOT_SUPPORTED, DNS_RESOLUTION_FAILURE, LocalReply,
         NO_HEALTHY_UPSTREAM, NO_SERVER_NAME, PATH_NORMALIZATION_FAILED, PATH_PARAMETER_REFUSED,
@@ -260,7 +260,7 @@ fn log_refusal(waypoint: &Waypoint, inbound: &Inbound, reply: &LocalReply, sent:
     entry.bytes_sent = if sent { reply.body.len() as u64 } else { 0 };
     waypoint.access_log.log(&entry);
     Metrics::global().record_request(
-        &inbound.request_labels(&inbound.service),
+        &inbound.request_labels(&inbound.service, RequestProtocol::Http),
         &RequestOutcome {
             grpc_status: None,
             code: entry.response_code,
@@ -419,7 +419,9 @@ fn route_and_authorize(
     .ok_or(CLUSTER_NOT_FOUND)?;
     if route.by_host {
         exchange.entry.upstream_cluster = Some(route.service.cluster_name());
-        exchange.labels = exchange.inbound.request_labels(&route.service);
+        exchange.labels = exchange
+            .inbound
+            .request_labels(&route.service, exchange.protocol);
     }
     let name = match route.service.upstream {
         Upstream::DynamicDns => {
@@ -593,6 +595,8 @@ struct Exchange {
     inbound: Arc<Inbound>,
     /// Istio's standard labels of this request's metrics.
     labels: Labels,
+    /// Their `request_protocol`: `grpc` or `http`.
+    protocol: RequestProtocol,
     entry: AccessLogEntry,
     started: Instant,
     activity: Arc<Activity>,
@@ -623,13 +627,15 @@ impl Exchange {
         entry.user_agent = text("user-agent");
         entry.request_id = text("x-request-id");
         let grpc = text("content-type").is_some_and(|t| t.starts_with("application/grpc"));
+        let protocol = phases::request_protocol(req.version(), headers);
         Self {
+            protocol,
             grpc,
             grpc_status: Arc::new(AtomicU32::new(0)),
             log: waypoint.access_log.clone(),
             drain: waypoint.drain.signal(),
             logged: false,
-            labels: inbound.request_labels(&inbound.service),
+            labels: inbound.request_labels(&inbound.service, protocol),
             inbound,
             entry,
             started: Instant::now(),

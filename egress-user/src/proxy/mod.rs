@@ -41,6 +41,7 @@ use tokio::{
 };
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use self::phases::RequestProtocol;
 use crate::{
     drain::{self, Drain, DrainPhase, DrainPlan, Gate},
     identity::Principal,
@@ -162,6 +163,8 @@ struct Inbound {
     tcp_labels: Labels,
     /// The labels of its requests (HTTP ports only), rendered once at accept.
     request_labels: Option<Labels>,
+    /// The labels of its gRPC requests (`HTTP2` and `GRPC` ports only), rendered once at accept.
+    grpc_labels: Option<Labels>,
 }
 
 impl Inbound {
@@ -180,6 +183,8 @@ impl Inbound {
             .protocol
             .is_http()
             .then(|| Self::standard_labels(source, &service, "http"));
+        let grpc_labels = phases::speaks_h2(service.protocol)
+            .then(|| Self::standard_labels(source, &service, "grpc"));
         Self {
             peer,
             original_dst,
@@ -190,6 +195,7 @@ impl Inbound {
             learner: None,
             tcp_labels,
             request_labels,
+            grpc_labels,
         }
     }
 
@@ -211,15 +217,20 @@ impl Inbound {
         self.tcp_labels.clone()
     }
 
-    /// Istio's standard labels for a request on this connection to `service`: the
-    /// connection's own service (rendered at accept), or — when the Host header picked another
-    /// ServiceEntry on a shared address — that one's, rendered now.
-    fn request_labels(&self, service: &Service) -> Labels {
-        match &self.request_labels {
+    /// Istio's standard labels for a request of `protocol` on this connection to `service`:
+    /// the connection's own service (rendered at accept), or — when the Host header picked
+    /// another ServiceEntry on a shared address, or gRPC arrived on a port that was not expected
+    /// to carry it — rendered now.
+    fn request_labels(&self, service: &Service, protocol: RequestProtocol) -> Labels {
+        let rendered = match protocol {
+            RequestProtocol::Http => &self.request_labels,
+            RequestProtocol::Grpc => &self.grpc_labels,
+        };
+        match rendered {
             Some(labels) if service.id == self.service.id => labels.clone(),
             _ => {
                 let source = Self::source_workload(self.principal.as_ref(), self.spiffe.as_deref());
-                Self::standard_labels(source, service, "http")
+                Self::standard_labels(source, service, protocol.as_str())
             }
         }
     }

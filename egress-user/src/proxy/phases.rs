@@ -35,6 +35,37 @@ pub(crate) fn speaks_h2(protocol: Protocol) -> bool {
     matches!(protocol, Protocol::Http2 | Protocol::Grpc)
 }
 
+/// Istio's `request_protocol` of a request: `grpc` for HTTP/2 carrying
+/// `content-type: application/grpc…` (gRPC over HTTP/2, as Envoy's gRPC check sees it), `http`
+/// for anything else.
+pub(crate) fn request_protocol(version: Version, headers: &HeaderMap) -> RequestProtocol {
+    let grpc_content = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if version == Version::HTTP_2 && grpc_content {
+        RequestProtocol::Grpc
+    } else {
+        RequestProtocol::Http
+    }
+}
+
+/// The `request_protocol` label of a request's metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestProtocol {
+    Http,
+    Grpc,
+}
+
+impl RequestProtocol {
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
 /// Why a request target was refused.
 #[derive(Debug)]
 pub(crate) enum TargetRefused {
@@ -438,6 +469,54 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    #[test]
+    fn grpc_is_http2_with_a_grpc_content_type() {
+        let with = |content_type: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(t) = content_type {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(t));
+            }
+            headers
+        };
+        for (version, content_type, expected) in [
+            (
+                Version::HTTP_2,
+                Some("application/grpc"),
+                RequestProtocol::Grpc,
+            ),
+            (
+                Version::HTTP_2,
+                Some("application/grpc+proto"),
+                RequestProtocol::Grpc,
+            ),
+            (
+                Version::HTTP_2,
+                Some("application/grpc-web"),
+                RequestProtocol::Grpc,
+            ),
+            (
+                Version::HTTP_2,
+                Some("application/json"),
+                RequestProtocol::Http,
+            ),
+            (Version::HTTP_2, None, RequestProtocol::Http),
+            (
+                Version::HTTP_11,
+                Some("application/grpc"),
+                RequestProtocol::Http,
+            ),
+            (Version::HTTP_10, None, RequestProtocol::Http),
+        ] {
+            assert_eq!(
+                request_protocol(version, &with(content_type)),
+                expected,
+                "{version:?} {content_type:?}"
+            );
+        }
+        assert_eq!(RequestProtocol::Grpc.as_str(), "grpc");
+        assert_eq!(RequestProtocol::Http.as_str(), "http");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! system roots (with `caCrl` when given), the name against `subjectAltNames` when given and
 //! otherwise against the SNI, the server-auth EKU always. `insecureSkipVerify` skips all of it.
 mod reason;
+mod settings;
 mod verify;
 
 use std::{
@@ -30,8 +31,7 @@ use rustls::{
 use thiserror::Error;
 
 pub use reason::failure_reason;
-
-use crate::config::{ClientTlsSettings, TlsMode};
+pub use settings::{ClientTlsSettings, TlsMode};
 
 /// Why a settings set could not be turned into a client configuration. `field` is the YAML name
 /// of the setting to blame (`caCertificates`, `privateKey`, ...).

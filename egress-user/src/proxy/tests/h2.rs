@@ -1,6 +1,8 @@
 //! HTTP/2 and gRPC ports through the in-process waypoint: h2c with prior knowledge from the
 //! client, per-request authorization, an HTTP/2 upstream, gRPC statuses for local replies and
 //! in the metrics, and a rapid-reset flood cut off with GOAWAY.
+use std::time::Instant;
+
 use http_body_util::Empty;
 use hyper::{body::Frame, client::conn::http2 as client_h2, server::conn::http2 as server_h2};
 use hyper_util::rt::TokioExecutor;
@@ -140,17 +142,20 @@ spec:
         lines.iter().any(|l| l.contains("\"POST /admin.Admin/Drop HTTP/2\" 200 - rbac_access_denied_matched_policy[ns[egress]-policy[no-admin]-rule[0]]")),
         "{lines:?}"
     );
-    let count = |status: &str| {
+    let count = |protocol: &str, status: &str| {
         Metrics::global().get(
             REQUESTS_TOTAL,
             &[
                 ("destination_service", "grpc.test"),
+                ("request_protocol", protocol),
                 ("grpc_response_status", status),
             ],
         )
     };
-    assert_eq!(count("0"), 1);
-    assert_eq!(count("7"), 1);
+    // Istio labels gRPC calls `request_protocol="grpc"`, never `http`.
+    assert_eq!(count("grpc", "0"), 1);
+    assert_eq!(count("grpc", "7"), 1);
+    assert_eq!(count("http", "0") + count("http", "7"), 0);
 }
 
 #[tokio::test]
@@ -193,7 +198,18 @@ async fn a_rapid_reset_flood_gets_goaway() {
     let _ = stream.write_all(&flood).await;
     let mut got = Vec::new();
     let _ = timeout(WAIT, stream.read_to_end(&mut got)).await;
-    // Find a GOAWAY among the server's frames, after its preface SETTINGS.
+    // ENHANCE_YOUR_CALM.
+    assert_eq!(
+        goaway_code(&got),
+        Some(0xb),
+        "{} bytes from the server",
+        got.len()
+    );
+    assert!(upstream.requests().len() < 2000, "the flood was cut short");
+}
+
+/// The error code of the first GOAWAY among the server's frames, after its preface SETTINGS.
+fn goaway_code(got: &[u8]) -> Option<u32> {
     let mut at = 0;
     let mut goaway = None;
     while at + 9 <= got.len() {
@@ -206,8 +222,52 @@ async fn a_rapid_reset_flood_gets_goaway() {
             ));
         }
         at += 9 + len;
+        if goaway.is_some() {
+            break;
+        }
     }
-    // ENHANCE_YOUR_CALM (0xb).
-    assert_eq!(goaway, Some(0xb), "{} bytes from the server", got.len());
-    assert!(upstream.requests().len() < 2000, "the flood was cut short");
+    goaway
+}
+
+#[tokio::test]
+async fn a_connection_that_never_completes_its_headers_is_closed_at_the_header_read_timeout() {
+    let upstream = grpc_upstream().await;
+    let config = WaypointConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..WaypointConfig::default()
+    };
+    let dp = Dataplane::with(
+        grpc_service("slow.test", upstream.addr),
+        config,
+        AccessLogFormat::Text,
+    )
+    .await;
+    // GET / on authority "x", as in the flood above, without END_HEADERS: a CONTINUATION
+    // that never comes.
+    let partial = frame(0x1, 0x0, 1, &[0x82, 0x86, 0x84, 0x41, 0x01, b'x']);
+    for opening in [Vec::new(), partial] {
+        let mut stream = dp.connect(CGROUP_WEB).await;
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        hello.extend(&opening);
+        stream.write_all(&hello).await.expect("preface");
+        let mut got = Vec::new();
+        let started = Instant::now();
+        timeout(WAIT, stream.read_to_end(&mut got))
+            .await
+            .expect("closed before the wait ran out")
+            .expect("read");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "closed only at the timeout"
+        );
+        // NO_ERROR: a graceful GOAWAY, as for an idle HTTP/1 connection's close.
+        assert_eq!(
+            goaway_code(&got),
+            Some(0),
+            "{} bytes from the server",
+            got.len()
+        );
+    }
+    assert!(upstream.requests().is_empty());
 }
