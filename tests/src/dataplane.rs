@@ -223,6 +223,21 @@ impl Dataplane {
         }
     }
 
+    /// Waits (bounded) until the access log has at least `count` lines and returns them all. A
+    /// line is written when its request or connection is done, which can be just after the
+    /// client saw the end of it.
+    #[track_caller]
+    pub fn access_log_lines_at_least(&self, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + ACCESS_LOG_TIMEOUT;
+        loop {
+            let lines = self.access_log_lines();
+            if lines.len() >= count || Instant::now() >= deadline {
+                return lines;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits (bounded) for an access-log line containing `needle` and returns it.
     #[track_caller]
     pub fn access_log_line(&self, needle: &str) -> String {

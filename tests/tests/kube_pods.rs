@@ -200,7 +200,7 @@ fn kube_pods_two_pods_on_the_same_local_port_are_told_apart() {
             "round {round}: {allowed:?}"
         );
     }
-    let lines = agent.access_log_lines();
+    let lines = agent.access_log_lines_at_least(8);
     let from = |sa: &str| {
         lines
             .iter()
