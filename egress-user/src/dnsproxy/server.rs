@@ -43,7 +43,7 @@ pub const MAX_QUERY: usize = 4096;
 /// Largest upstream reply relayed (a TCP reply may be up to 64 KiB).
 const MAX_REPLY: usize = 65_535;
 /// Metric name.
-pub const REQUESTS_TOTAL: &str = "egress_dns_requests_total";
+pub const REQUESTS_TOTAL: &str = crate::telemetry::metrics::DNS_REQUESTS_TOTAL;
 
 /// Where the proxy learns which resolver a client asked (the kernel maps).
 pub trait ResolverSource: Send + Sync + 'static {

@@ -48,7 +48,7 @@ const SECRET_GRACE: Duration = Duration::from_secs(2);
 /// a waypoint (this agent).
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// The metric counting objects rejected by validation, labelled by kind.
-pub const REJECTED_OBJECTS: &str = "egress_config_rejected_objects_total";
+pub const REJECTED_OBJECTS: &str = crate::telemetry::metrics::CONFIG_REJECTED_OBJECTS_TOTAL;
 
 /// Which ServiceEntries are captured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -48,8 +48,8 @@ use crate::{
     model::{Service, Upstream},
     policy::NormalizedTarget,
     telemetry::{
-        AccessLog, AccessLogEntry, Metrics,
-        metrics::{Labels, RequestOutcome},
+        AccessLog, AccessLogEntry,
+        metrics::{RequestOutcome, RequestSeries},
     },
     tls::{TlsClient, UpstreamTls},
 };
@@ -259,17 +259,16 @@ fn log_refusal(waypoint: &Waypoint, inbound: &Inbound, reply: &LocalReply, sent:
     entry.response_code_details = Some(reply.details.to_string());
     entry.bytes_sent = if sent { reply.body.len() as u64 } else { 0 };
     waypoint.access_log.log(&entry);
-    Metrics::global().record_request(
-        &inbound.request_labels(&inbound.service, RequestProtocol::Http),
-        &RequestOutcome {
+    inbound
+        .request_labels(&inbound.service, RequestProtocol::Http)
+        .record(&RequestOutcome {
             grpc_status: None,
             code: entry.response_code,
             flags: reply.flag.unwrap_or("-"),
             duration: Duration::ZERO,
             request_bytes: 0,
             response_bytes: entry.bytes_sent,
-        },
-    );
+        });
 }
 
 /// One request, phase by phase (see [`phases`]). Never fails: every failure is an HTTP answer,
@@ -593,8 +592,8 @@ async fn proxy(
 struct Exchange {
     log: AccessLog,
     inbound: Arc<Inbound>,
-    /// Istio's standard labels of this request's metrics.
-    labels: Labels,
+    /// This request's metrics, with Istio's standard labels.
+    labels: RequestSeries,
     /// Their `request_protocol`: `grpc` or `http`.
     protocol: RequestProtocol,
     entry: AccessLogEntry,
@@ -758,17 +757,14 @@ impl Exchange {
             0 => None,
             status => Some(status - 1),
         };
-        Metrics::global().record_request(
-            &self.labels,
-            &RequestOutcome {
-                grpc_status,
-                code: self.entry.response_code,
-                flags: self.entry.response_flags.as_deref().unwrap_or("-"),
-                duration: self.entry.duration,
-                request_bytes: self.entry.bytes_received,
-                response_bytes: self.entry.bytes_sent,
-            },
-        );
+        self.labels.record(&RequestOutcome {
+            grpc_status,
+            code: self.entry.response_code,
+            flags: self.entry.response_flags.as_deref().unwrap_or("-"),
+            duration: self.entry.duration,
+            request_bytes: self.entry.bytes_received,
+            response_bytes: self.entry.bytes_sent,
+        });
     }
 }
 

@@ -18,7 +18,7 @@ use crate::telemetry::{Metrics, metrics::Labels};
 
 /// `egress_waypoint_connections_rejected_total{reason="max_connections"}`: connections closed on
 /// accept because `--max-connections` were being served (Envoy's `downstream_cx_overflow`).
-pub const CONNECTIONS_REJECTED_TOTAL: &str = "egress_waypoint_connections_rejected_total";
+pub const CONNECTIONS_REJECTED_TOTAL: &str = crate::telemetry::metrics::CONNECTIONS_REJECTED_TOTAL;
 
 /// File descriptors beyond two per connection: listeners, the admin server, bpffs maps, the
 /// access log, the runtime's own.

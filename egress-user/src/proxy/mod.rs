@@ -49,7 +49,10 @@ use crate::{
     policy::PathParameters,
     telemetry::{
         self, AccessLog, AccessLogEntry, Metrics,
-        metrics::{ConnectionLabels, Labels, SourceWorkload, TCP_CLOSED_TOTAL, TCP_OPENED_TOTAL},
+        metrics::{
+            ConnectionLabels, Labels, RequestSeries, SourceWorkload, TCP_CLOSED_TOTAL,
+            TCP_OPENED_TOTAL,
+        },
     },
     verdicts::{Learner, VerdictSink},
 };
@@ -161,10 +164,10 @@ struct Inbound {
     learner: Option<Learner>,
     /// Istio's standard labels of the connection's TCP metrics, rendered once at accept.
     tcp_labels: Labels,
-    /// The labels of its requests (HTTP ports only), rendered once at accept.
-    request_labels: Option<Labels>,
-    /// The labels of its gRPC requests (`HTTP2` and `GRPC` ports only), rendered once at accept.
-    grpc_labels: Option<Labels>,
+    /// The metrics of its requests (HTTP ports only), labelled once at accept.
+    request_labels: Option<RequestSeries>,
+    /// The metrics of its gRPC requests (`HTTP2` and `GRPC` ports only), labelled once at accept.
+    grpc_labels: Option<RequestSeries>,
 }
 
 impl Inbound {
@@ -179,12 +182,12 @@ impl Inbound {
         // connection on the hot path only clones them.
         let source = Self::source_workload(principal.as_ref(), spiffe.as_deref());
         let tcp_labels = Self::standard_labels(source, &service, "tcp");
-        let request_labels = service
-            .protocol
-            .is_http()
-            .then(|| Self::standard_labels(source, &service, "http"));
-        let grpc_labels = phases::speaks_h2(service.protocol)
-            .then(|| Self::standard_labels(source, &service, "grpc"));
+        let request_labels = service.protocol.is_http().then(|| {
+            Metrics::global().request_series(Self::standard_labels(source, &service, "http"))
+        });
+        let grpc_labels = phases::speaks_h2(service.protocol).then(|| {
+            Metrics::global().request_series(Self::standard_labels(source, &service, "grpc"))
+        });
         Self {
             peer,
             original_dst,
@@ -217,11 +220,11 @@ impl Inbound {
         self.tcp_labels.clone()
     }
 
-    /// Istio's standard labels for a request of `protocol` on this connection to `service`:
-    /// the connection's own service (rendered at accept), or — when the Host header picked
-    /// another ServiceEntry on a shared address, or gRPC arrived on a port that was not expected
-    /// to carry it — rendered now.
-    fn request_labels(&self, service: &Service, protocol: RequestProtocol) -> Labels {
+    /// The request metrics, with Istio's standard labels, of a request of `protocol` on this
+    /// connection to `service`: the connection's own service (labelled at accept), or — when the
+    /// Host header picked another ServiceEntry on a shared address, or gRPC arrived on a port that
+    /// was not expected to carry it — labelled now.
+    fn request_labels(&self, service: &Service, protocol: RequestProtocol) -> RequestSeries {
         let rendered = match protocol {
             RequestProtocol::Http => &self.request_labels,
             RequestProtocol::Grpc => &self.grpc_labels,
@@ -230,7 +233,11 @@ impl Inbound {
             Some(labels) if service.id == self.service.id => labels.clone(),
             _ => {
                 let source = Self::source_workload(self.principal.as_ref(), self.spiffe.as_deref());
-                Self::standard_labels(source, service, protocol.as_str())
+                Metrics::global().request_series(Self::standard_labels(
+                    source,
+                    service,
+                    protocol.as_str(),
+                ))
             }
         }
     }

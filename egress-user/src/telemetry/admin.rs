@@ -1,7 +1,6 @@
 //! The admin endpoint: readiness, the service table, and Prometheus metrics, over HTTP/1.1.
 use std::{
     convert::Infallible,
-    fmt::Write as _,
     io,
     sync::{
         Arc,
@@ -23,7 +22,13 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::metrics::Metrics;
+use prometheus_client::{
+    encoding::prometheus_text,
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use super::metrics::{self, Metrics};
 use crate::{
     drain::Gate,
     model::{ServiceTable, Upstream},
@@ -169,23 +174,23 @@ fn pods(state: &AdminState) -> Response<Full<Bytes>> {
     respond(StatusCode::OK, "application/json", Bytes::from(body))
 }
 
+/// The kernel counters, then the registry's metrics, in the Prometheus text format.
 fn prometheus(state: &AdminState) -> Response<Full<Bytes>> {
-    let mut out = String::with_capacity(4096);
+    let mut kernel = Registry::default();
     for (name, value) in (state.kernel_counters)() {
+        let name = format!("egress_bpf_{name}");
         if name.ends_with("_entries") {
-            let _ = writeln!(out, "# TYPE egress_bpf_{name} gauge");
-            let _ = writeln!(out, "egress_bpf_{name} {value}");
-            continue;
+            kernel.register(name, "Kernel map entries", ConstGauge::new(value));
+        } else {
+            // The encoder names a counter `<name>_total`.
+            kernel.register(name, "Kernel counter", ConstCounter::new(value));
         }
-        let _ = writeln!(out, "# TYPE egress_bpf_{name}_total counter");
-        let _ = writeln!(out, "egress_bpf_{name}_total {value}");
     }
+    let mut out = String::with_capacity(4096);
+    // Writing to a String does not fail.
+    let _ = prometheus_text::encode(&mut out, &kernel);
     Metrics::global().render(&mut out);
-    respond(
-        StatusCode::OK,
-        "text/plain; version=0.0.4; charset=utf-8",
-        Bytes::from(out),
-    )
+    respond(StatusCode::OK, metrics::CONTENT_TYPE, Bytes::from(out))
 }
 
 #[cfg(test)]
@@ -247,7 +252,9 @@ mod tests {
         let state = Arc::new(AdminState {
             ready: ready.clone(),
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::new(vec![service()]))),
-            kernel_counters: Arc::new(|| vec![("redirected_ipv4", 7)]),
+            kernel_counters: Arc::new(|| {
+                vec![("redirected_ipv4", 7), ("verdict_cache_entries", 3)]
+            }),
             pods: None,
         });
         let server = tokio::spawn(serve_admin(listener, state, crate::drain::always_open()));
@@ -272,24 +279,31 @@ mod tests {
             8080
         );
 
-        Metrics::global().record_request(
-            &Labels::new(&[
+        Metrics::global()
+            .request_series(Labels::new(&[
                 ("reporter", REPORTER),
                 ("source_principal", "admin-unit-test"),
-            ]),
-            &RequestOutcome {
+            ]))
+            .record(&RequestOutcome {
                 grpc_status: None,
                 code: 200,
                 flags: "-",
                 duration: Duration::from_millis(3),
                 request_bytes: 0,
                 response_bytes: 10,
-            },
-        );
+            });
         let (status, body) = get(addr, "/stats/prometheus").await;
         assert_eq!(status, StatusCode::OK);
         assert!(
-            body.contains("egress_bpf_redirected_ipv4_total 7\n"),
+            body.contains(
+                "# TYPE egress_bpf_redirected_ipv4_total counter\negress_bpf_redirected_ipv4_total 7\n"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "# TYPE egress_bpf_verdict_cache_entries gauge\negress_bpf_verdict_cache_entries 3\n"
+            ),
             "{body}"
         );
         assert!(

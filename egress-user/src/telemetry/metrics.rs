@@ -1,20 +1,39 @@
-//! Istio's standard metrics as the waypoint reports them, rendered in the Prometheus text
-//! exposition format (0.0.4).
+//! Istio's standard metrics as the waypoint reports them, on `prometheus-client`: counters and
+//! histograms in label-keyed [`Family`]s of one process-wide [`Registry`], rendered in the
+//! Prometheus text exposition format (0.0.4, [`CONTENT_TYPE`]) by the client's own encoder.
 //!
 //! A process-wide registry (like Prometheus' default registry): the proxy records, the admin
 //! endpoint renders, and neither has to carry a handle through the other's API.
 //!
 //! Labels are Istio's standard set (istio.io "Istio Standard Metrics"), valued as Istio's
 //! waypoint (an Envoy `reporter="waypoint"`, server-side) values them; see [`ConnectionLabels`].
-//! The label text of a connection is rendered once, when the connection is accepted
-//! ([`Labels`]); a request only adds its code and flags, so recording one costs one lock and one
-//! map lookup.
+//!
+//! What recording costs. A connection's label set ([`Labels`]) is built once, when the
+//! connection is accepted, and shared by reference count from then on. Its requests go through a
+//! [`RequestSeries`], which keeps the metric handles (Arc-backed: a counter and three
+//! histograms) of each outcome — `response_code`, `grpc_response_status`, `response_flags` —
+//! the connection has seen, up to [`MAX_CACHED_OUTCOMES`]. A request with an outcome seen
+//! before costs one uncontended per-connection lock, a scan of at most eight small keys, one
+//! atomic add and three histogram observations (each a per-series lock and a search of 20
+//! bounds): no allocation, no hashing, no map lookup. The first request of an outcome
+//! allocates its key and looks the series up in the four families (a hash of the label set
+//! and a read lock each; a write lock the first time the series exists anywhere). (The
+//! hand-written registry this replaced took one process-wide lock, a map lookup comparing label
+//! text, and an allocation on every request.) Counters recorded with [`Metrics::add`] (TCP
+//! connections and bytes, DNS, rejected objects) cost one family lookup each.
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
     sync::{Arc, LazyLock, Mutex},
     time::Duration,
 };
+
+use prometheus_client::{
+    encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder, prometheus_text},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// The `Content-Type` of what [`Metrics::render`] writes.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// `istio_requests_total{<standard labels>}`: one per HTTP request answered.
 pub const REQUESTS_TOTAL: &str = "istio_requests_total";
@@ -33,6 +52,38 @@ pub const TCP_CLOSED_TOTAL: &str = "istio_tcp_connections_closed_total";
 pub const TCP_RECEIVED_BYTES_TOTAL: &str = "istio_tcp_received_bytes_total";
 /// `istio_tcp_sent_bytes_total{...}`: bytes to the downstream on spliced connections.
 pub const TCP_SENT_BYTES_TOTAL: &str = "istio_tcp_sent_bytes_total";
+/// `egress_dns_requests_total{type,rcode}`: queries the DNS proxy answered.
+pub const DNS_REQUESTS_TOTAL: &str = "egress_dns_requests_total";
+/// `egress_config_rejected_objects_total{kind}`: Kubernetes objects rejected by validation.
+pub const CONFIG_REJECTED_OBJECTS_TOTAL: &str = "egress_config_rejected_objects_total";
+/// `egress_waypoint_connections_rejected_total{reason}`: connections closed on accept.
+pub const CONNECTIONS_REJECTED_TOTAL: &str = "egress_waypoint_connections_rejected_total";
+
+/// Every counter [`Metrics::add`] knows, with its help text, in the order rendered.
+const COUNTERS: [(&str, &str); 7] = [
+    (
+        CONFIG_REJECTED_OBJECTS_TOTAL,
+        "Kubernetes objects rejected by validation, by kind",
+    ),
+    (
+        DNS_REQUESTS_TOTAL,
+        "DNS queries answered, by type and rcode",
+    ),
+    (
+        CONNECTIONS_REJECTED_TOTAL,
+        "Waypoint connections closed on accept, by reason",
+    ),
+    (TCP_CLOSED_TOTAL, "TCP connections closed"),
+    (TCP_OPENED_TOTAL, "TCP connections opened"),
+    (
+        TCP_RECEIVED_BYTES_TOTAL,
+        "Bytes received from the downstream on spliced connections",
+    ),
+    (
+        TCP_SENT_BYTES_TOTAL,
+        "Bytes sent to the downstream on spliced connections",
+    ),
+];
 
 /// Envoy's default histogram buckets, which Istio keeps for all four request histograms
 /// (durations in milliseconds, sizes in bytes).
@@ -41,38 +92,50 @@ pub const BUCKETS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
+/// How many outcomes a [`RequestSeries`] keeps handles for; further ones are looked up in the
+/// families on every request (a connection sees a handful: 200, 404, a denial...).
+pub const MAX_CACHED_OUTCOMES: usize = 8;
+
 /// The `reporter` label value for everything the waypoint reports.
 pub const REPORTER: &str = "waypoint";
 /// Istio's value for a label it cannot know.
 pub const UNKNOWN: &str = "unknown";
 
-/// A label set rendered once as Prometheus label text: `k="v",k="v"` with values escaped.
-/// Cloning is a reference-count increment.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Labels(Arc<str>);
+/// A label set, built once and shared: cloning is a reference-count increment. Values are
+/// escaped when rendered (by the encoder), not here.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Labels(Arc<[(Box<str>, Box<str>)]>);
 
 impl Labels {
-    /// Renders `pairs` in the order given (the order is part of the series' identity).
+    /// The pairs in the order given (the order is part of how the series renders).
     pub fn new(pairs: &[(&str, &str)]) -> Self {
-        let mut text = String::with_capacity(pairs.len() * 32);
-        for (key, value) in pairs {
-            if !text.is_empty() {
-                text.push(',');
-            }
-            let _ = write!(text, "{key}=\"");
-            escape_label(value, &mut text);
-            text.push('"');
+        Self(
+            pairs
+                .iter()
+                .map(|(key, value)| (Box::from(*key), Box::from(*value)))
+                .collect(),
+        )
+    }
+
+    /// The pairs, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(key, value)| (&**key, &**value))
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs()
+            .find(|(k, _)| *k == key)
+            .map(|(_, value)| value)
+    }
+}
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        for pair in self.pairs() {
+            pair.encode(encoder.encode_label())?;
         }
-        Self(text.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The value of `key`, unescaped (for tests and the query in [`Metrics::get`]).
-    pub fn get(&self, key: &str) -> Option<String> {
-        label_value(&self.0, key)
+        Ok(())
     }
 }
 
@@ -168,71 +231,193 @@ pub struct RequestOutcome<'a> {
     pub response_bytes: u64,
 }
 
-/// One histogram series: per-bucket counts (not cumulative), sum and count.
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, value: f64) {
-        if let Some(i) = BUCKETS.iter().position(|b| value <= *b) {
-            self.buckets[i] += 1;
-        }
-        self.sum += value;
-        self.count += 1;
-    }
-}
-
-/// The request series key: the connection's labels plus the per-request ones.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct RequestKey {
-    labels: Labels,
+/// The request series key: the connection's labels, then `response_code`,
+/// `grpc_response_status` (empty: no gRPC, as Istio reports plain HTTP) and `response_flags`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RequestLabels {
+    connection: Labels,
     code: u16,
     grpc_status: Option<u32>,
     flags: Box<str>,
 }
 
-impl RequestKey {
-    /// The full label text: connection labels, then `response_code`, `grpc_response_status`
-    /// (empty: no gRPC, as Istio reports plain HTTP) and `response_flags`.
-    fn label_text(&self) -> String {
-        let mut text = String::with_capacity(self.labels.as_str().len() + 80);
-        text.push_str(self.labels.as_str());
-        let _ = write!(
-            text,
-            ",response_code=\"{}\",grpc_response_status=\"",
-            self.code
-        );
-        if let Some(status) = self.grpc_status {
-            let _ = write!(text, "{status}");
-        }
-        text.push_str("\",response_flags=\"");
-        escape_label(&self.flags, &mut text);
-        text.push('"');
-        text
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.connection.encode(encoder)?;
+        ("response_code", self.code).encode(encoder.encode_label())?;
+        ("grpc_response_status", self.grpc_status).encode(encoder.encode_label())?;
+        ("response_flags", &*self.flags).encode(encoder.encode_label())
     }
 }
 
-/// Everything recorded for one request series.
-#[derive(Debug, Default)]
-struct RequestStats {
-    count: u64,
+/// A histogram family with Envoy's buckets.
+type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+fn envoy_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The four request families (cloning shares them).
+#[derive(Clone, Debug)]
+struct RequestFamilies {
+    count: Family<RequestLabels, Counter>,
+    duration: HistogramFamily,
+    request_bytes: HistogramFamily,
+    response_bytes: HistogramFamily,
+}
+
+impl RequestFamilies {
+    /// The handles of one series, created if new.
+    fn handles(&self, labels: &RequestLabels) -> RequestHandles {
+        RequestHandles {
+            count: self.count.get_or_create_owned(labels),
+            duration: self.duration.get_or_create_owned(labels),
+            request_bytes: self.request_bytes.get_or_create_owned(labels),
+            response_bytes: self.response_bytes.get_or_create_owned(labels),
+        }
+    }
+}
+
+/// One request series' metrics, shared with the registry.
+#[derive(Debug)]
+struct RequestHandles {
+    count: Counter,
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
 }
 
-/// Counters and request series keyed by name and label set.
-#[derive(Debug, Default)]
+impl RequestHandles {
+    fn record(&self, outcome: &RequestOutcome<'_>) {
+        self.count.inc();
+        self.duration
+            .observe(outcome.duration.as_secs_f64() * 1000.0);
+        self.request_bytes.observe(outcome.request_bytes as f64);
+        self.response_bytes.observe(outcome.response_bytes as f64);
+    }
+}
+
+/// The outcome part of a request series key.
+#[derive(Debug)]
+struct OutcomeKey {
+    code: u16,
+    grpc_status: Option<u32>,
+    flags: Box<str>,
+}
+
+impl OutcomeKey {
+    fn is(&self, outcome: &RequestOutcome<'_>) -> bool {
+        self.code == outcome.code
+            && self.grpc_status == outcome.grpc_status
+            && *self.flags == *outcome.flags
+    }
+}
+
+/// The request metrics of one connection's label set: records each request into the series of
+/// its outcome, keeping the handles of the outcomes seen (see the module doc for the cost).
+/// Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct RequestSeries(Arc<RequestSeriesInner>);
+
+#[derive(Debug)]
+struct RequestSeriesInner {
+    labels: Labels,
+    families: RequestFamilies,
+    outcomes: Mutex<Vec<(OutcomeKey, RequestHandles)>>,
+}
+
+impl RequestSeries {
+    /// The connection's labels.
+    pub fn labels(&self) -> &Labels {
+        &self.0.labels
+    }
+
+    /// Records one request: `istio_requests_total`, its duration, request and response sizes.
+    pub fn record(&self, outcome: &RequestOutcome<'_>) {
+        let mut outcomes = self.0.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, handles)) = outcomes.iter().find(|(key, _)| key.is(outcome)) {
+            handles.record(outcome);
+            return;
+        }
+        let handles = self.0.families.handles(&RequestLabels {
+            connection: self.0.labels.clone(),
+            code: outcome.code,
+            grpc_status: outcome.grpc_status,
+            flags: outcome.flags.into(),
+        });
+        handles.record(outcome);
+        if outcomes.len() < MAX_CACHED_OUTCOMES {
+            let key = OutcomeKey {
+                code: outcome.code,
+                grpc_status: outcome.grpc_status,
+                flags: outcome.flags.into(),
+            };
+            outcomes.push((key, handles));
+        }
+    }
+}
+
+/// The registry and its families.
+#[derive(Debug)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
-    requests: Mutex<BTreeMap<RequestKey, RequestStats>>,
+    registry: Registry,
+    /// The families of [`COUNTERS`], by name.
+    counters: Vec<(&'static str, Family<Labels, Counter>)>,
+    requests: RequestFamilies,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let counters = COUNTERS
+            .iter()
+            .map(|(name, help)| {
+                let family = Family::<Labels, Counter>::default();
+                registry.register(unsuffixed(name), *help, family.clone());
+                (*name, family)
+            })
+            .collect();
+        let histograms = || HistogramFamily::new_with_constructor(envoy_histogram);
+        let requests = RequestFamilies {
+            count: Family::default(),
+            duration: histograms(),
+            request_bytes: histograms(),
+            response_bytes: histograms(),
+        };
+        registry.register(
+            unsuffixed(REQUESTS_TOTAL),
+            "Requests answered",
+            requests.count.clone(),
+        );
+        registry.register(
+            REQUEST_DURATION,
+            "Request durations in milliseconds",
+            requests.duration.clone(),
+        );
+        registry.register(
+            REQUEST_BYTES,
+            "Request body sizes in bytes",
+            requests.request_bytes.clone(),
+        );
+        registry.register(
+            RESPONSE_BYTES,
+            "Response body sizes in bytes",
+            requests.response_bytes.clone(),
+        );
+        Self {
+            registry,
+            counters,
+            requests,
+        }
+    }
+}
+
+/// A counter's registered name: the encoder adds `_total`.
+fn unsuffixed(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
 
 impl Metrics {
     /// The process-wide registry.
@@ -240,145 +425,89 @@ impl Metrics {
         &GLOBAL
     }
 
-    /// Adds `by` to the counter `name{labels}`.
+    /// Adds `by` to the counter `name{labels}`. `name` is one of this module's counter names;
+    /// another is a bug, reported (and the count dropped) rather than a panic on the data path.
     pub fn add(&self, name: &'static str, labels: &Labels, by: u64) {
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        *counters.entry((name, labels.clone())).or_default() += by;
-    }
-
-    /// Records one request: `istio_requests_total`, its duration, request and response sizes.
-    pub fn record_request(&self, labels: &Labels, outcome: &RequestOutcome<'_>) {
-        let key = RequestKey {
-            labels: labels.clone(),
-            code: outcome.code,
-            grpc_status: outcome.grpc_status,
-            flags: outcome.flags.into(),
-        };
-        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = requests.entry(key).or_default();
-        stats.count += 1;
-        stats
-            .duration
-            .observe(outcome.duration.as_secs_f64() * 1000.0);
-        stats.request_bytes.observe(outcome.request_bytes as f64);
-        stats.response_bytes.observe(outcome.response_bytes as f64);
-    }
-
-    /// The sum of every counter `name` whose labels include all of `labels` (0 when none
-    /// does). For [`REQUESTS_TOTAL`], `response_code` and `response_flags` can be matched too.
-    pub fn get(&self, name: &'static str, labels: &[(&str, &str)]) -> u64 {
-        let matches = |text: &str| {
-            labels
-                .iter()
-                .all(|(k, v)| label_value(text, k).as_deref() == Some(*v))
-        };
-        if name == REQUESTS_TOTAL {
-            let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            return requests
-                .iter()
-                .filter(|(key, _)| matches(&key.label_text()))
-                .map(|(_, stats)| stats.count)
-                .sum();
+        match self.counters.iter().find(|(n, _)| *n == name) {
+            Some((_, family)) => {
+                family.get_or_create(labels).inc_by(by);
+            }
+            None => {
+                debug_assert!(false, "no counter {name} is registered");
+                tracing::error!(name, "no such counter is registered; not counted");
+            }
         }
-        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        counters
-            .iter()
-            .filter(|((n, l), _)| *n == name && matches(l.as_str()))
-            .map(|(_, value)| *value)
+    }
+
+    /// The request metrics of a connection with `labels`, recorded into this registry.
+    pub fn request_series(&self, labels: Labels) -> RequestSeries {
+        RequestSeries(Arc::new(RequestSeriesInner {
+            labels,
+            families: self.requests.clone(),
+            outcomes: Mutex::new(Vec::with_capacity(2)),
+        }))
+    }
+
+    /// The sum of every sample of `name` (a full sample name, as rendered: `..._total`,
+    /// `..._count`) whose labels include all of `labels` (0 when none does). Reads the rendered
+    /// exposition, as a scraper would.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let mut text = String::new();
+        self.render(&mut text);
+        text.lines()
+            .filter_map(|line| parse_sample(line, name))
+            .filter(|(pairs, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
+            })
+            .map(|(_, value)| value)
             .sum()
     }
 
-    /// Appends every series, grouped by name under one `# TYPE` line each.
+    /// Appends every family in the text format, one `# HELP` and `# TYPE` each.
     pub fn render(&self, out: &mut String) {
-        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let mut current = "";
-        for ((name, labels), value) in counters.iter() {
-            if *name != current {
-                current = name;
-                let _ = writeln!(out, "# TYPE {current} counter");
-            }
-            let _ = writeln!(out, "{name}{{{}}} {value}", labels.as_str());
-        }
-        drop(counters);
-
-        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let series: Vec<(String, &RequestStats)> = requests
-            .iter()
-            .map(|(key, stats)| (key.label_text(), stats))
-            .collect();
-        if series.is_empty() {
-            return;
-        }
-        let _ = writeln!(out, "# TYPE {REQUESTS_TOTAL} counter");
-        for (labels, stats) in &series {
-            let _ = writeln!(out, "{REQUESTS_TOTAL}{{{labels}}} {}", stats.count);
-        }
-        for name in [REQUEST_DURATION, REQUEST_BYTES, RESPONSE_BYTES] {
-            let _ = writeln!(out, "# TYPE {name} histogram");
-            for (labels, stats) in &series {
-                let histogram = match name {
-                    REQUEST_DURATION => &stats.duration,
-                    REQUEST_BYTES => &stats.request_bytes,
-                    _ => &stats.response_bytes,
-                };
-                render_histogram(out, name, labels, histogram);
-            }
-        }
+        // Writing to a String does not fail.
+        let _ = prometheus_text::encode(out, &self.registry);
     }
 }
 
-fn render_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let mut cumulative = 0;
-    for (bound, n) in BUCKETS.iter().zip(h.buckets) {
-        cumulative += n;
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+/// The labels and value of `line` if it is a sample of exactly `name`.
+fn parse_sample(line: &str, name: &str) -> Option<(Vec<(String, String)>, u64)> {
+    let rest = line.strip_prefix(name)?;
+    let (pairs, value) = match rest.strip_prefix('{') {
+        Some(rest) => parse_labels(rest)?,
+        None => (Vec::new(), rest),
+    };
+    let value: f64 = value.strip_prefix(' ')?.trim().parse().ok()?;
+    Some((pairs, value as u64))
 }
 
-/// Label values escape backslash, double quote and newline (text format 0.0.4).
-fn escape_label(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// Parses `k="v",...}` (values escaped as the text format says) and returns what follows `}`.
+fn parse_labels(mut rest: &str) -> Option<(Vec<(String, String)>, &str)> {
+    let mut pairs = Vec::new();
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some((pairs, after));
         }
-    }
-}
-
-/// The unescaped value of `key` in rendered label text, if present.
-fn label_value(text: &str, key: &str) -> Option<String> {
-    let mut rest = text;
-    while !rest.is_empty() {
-        let (name, after) = rest.split_once("=\"")?;
+        let (key, after) = rest.split_once("=\"")?;
         let mut value = String::new();
         let mut chars = after.char_indices();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, c)) => value.push(c),
-                    None => return None,
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => match chars.next()? {
+                    (_, 'n') => value.push('\n'),
+                    (_, c) => value.push(c),
                 },
-                '"' => {
-                    end = Some(i);
-                    break;
-                }
-                c => value.push(c),
+                (i, '"') => break i,
+                (_, c) => value.push(c),
             }
-        }
-        let end = end?;
-        if name == key {
-            return Some(value);
-        }
-        rest = after[end + 1..].strip_prefix(',').unwrap_or("");
+        };
+        pairs.push((key.to_owned(), value));
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
     }
-    None
 }
 
 #[cfg(test)]
@@ -393,6 +522,24 @@ mod tests {
         }
     }
 
+    fn rendered(metrics: &Metrics) -> String {
+        let mut out = String::new();
+        metrics.render(&mut out);
+        out
+    }
+
+    /// The `# HELP`/`# TYPE` lines of family `name` (as rendered), then its samples sorted
+    /// (a family's series are in no particular order).
+    fn family<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+        let help = format!("# HELP {name} ");
+        let mut lines = out.lines().skip_while(|l| !l.starts_with(&help));
+        let mut block: Vec<&str> = lines.by_ref().take(2).collect();
+        let mut samples: Vec<&str> = lines.take_while(|l| !l.starts_with('#')).collect();
+        samples.sort_unstable();
+        block.extend(samples);
+        block
+    }
+
     #[test]
     fn connection_labels_are_istios_standard_set() {
         let labels = ConnectionLabels {
@@ -402,20 +549,26 @@ mod tests {
             request_protocol: "http",
         }
         .render(&[]);
+        let metrics = Metrics::default();
+        metrics.add(TCP_OPENED_TOTAL, &labels, 1);
         assert_eq!(
-            labels.as_str(),
-            "reporter=\"waypoint\",source_workload=\"sleep\",\
-             source_canonical_service=\"sleep\",source_canonical_revision=\"latest\",\
-             source_workload_namespace=\"default\",\
-             source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\",\
-             source_app=\"unknown\",source_version=\"unknown\",source_cluster=\"unknown\",\
-             destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
-             destination_principal=\"unknown\",destination_app=\"unknown\",\
-             destination_version=\"unknown\",destination_service=\"httpbin.org\",\
-             destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\",\
-             destination_service_name=\"httpbin.org\",destination_service_namespace=\"egress\",\
-             destination_cluster=\"unknown\",request_protocol=\"http\",\
-             connection_security_policy=\"none\""
+            family(&rendered(&metrics), TCP_OPENED_TOTAL),
+            [
+                "# HELP istio_tcp_connections_opened_total TCP connections opened.",
+                "# TYPE istio_tcp_connections_opened_total counter",
+                "istio_tcp_connections_opened_total{reporter=\"waypoint\",source_workload=\"sleep\",\
+                 source_canonical_service=\"sleep\",source_canonical_revision=\"latest\",\
+                 source_workload_namespace=\"default\",\
+                 source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\",\
+                 source_app=\"unknown\",source_version=\"unknown\",source_cluster=\"unknown\",\
+                 destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
+                 destination_principal=\"unknown\",destination_app=\"unknown\",\
+                 destination_version=\"unknown\",destination_service=\"httpbin.org\",\
+                 destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\",\
+                 destination_service_name=\"httpbin.org\",destination_service_namespace=\"egress\",\
+                 destination_cluster=\"unknown\",request_protocol=\"http\",\
+                 connection_security_policy=\"none\"} 1",
+            ]
         );
     }
 
@@ -435,68 +588,132 @@ mod tests {
             "source_workload_namespace",
             "source_principal",
         ] {
-            assert_eq!(labels.get(key).as_deref(), Some(UNKNOWN), "{key}");
+            assert_eq!(labels.get(key), Some(UNKNOWN), "{key}");
         }
-        assert_eq!(labels.get("request_protocol").as_deref(), Some("tcp"));
-        assert!(
-            labels.as_str().ends_with(
-                ",request_protocol=\"tcp\",response_flags=\"-\",connection_security_policy=\"none\""
-            ),
-            "{}",
-            labels.as_str()
+        let pairs: Vec<_> = labels.pairs().collect();
+        assert_eq!(
+            pairs[pairs.len() - 3..],
+            [
+                ("request_protocol", "tcp"),
+                ("response_flags", "-"),
+                ("connection_security_policy", "none"),
+            ],
+            "{pairs:?}"
         );
+    }
+
+    fn outcome(micros: u64, code: u16, bytes: u64) -> RequestOutcome<'static> {
+        RequestOutcome {
+            code,
+            grpc_status: None,
+            flags: "-",
+            duration: Duration::from_micros(micros),
+            request_bytes: bytes,
+            response_bytes: 2 * bytes,
+        }
     }
 
     #[test]
     fn request_series_render_a_counter_and_three_histograms() {
         let metrics = Metrics::default();
-        let labels = Labels::new(&[("reporter", "waypoint")]);
-        let outcome = |ms: u64, code: u16, bytes: u64| RequestOutcome {
-            code,
-            grpc_status: None,
-            flags: "-",
-            duration: Duration::from_micros(ms),
-            request_bytes: bytes,
-            response_bytes: 2 * bytes,
-        };
-        metrics.record_request(&labels, &outcome(300, 200, 0));
-        metrics.record_request(&labels, &outcome(7_000, 200, 3));
-        metrics.record_request(&labels, &outcome(9_999_999_000, 200, 1_000));
-        metrics.record_request(
-            &labels,
-            &RequestOutcome {
-                flags: "DPE",
-                ..outcome(0, 400, 0)
-            },
-        );
-        let mut out = String::new();
-        metrics.render(&mut out);
+        let series = metrics.request_series(Labels::new(&[("reporter", "waypoint")]));
+        series.record(&outcome(300, 200, 0));
+        series.record(&outcome(7_000, 200, 3));
+        series.record(&outcome(9_999_999_000, 200, 1_000));
+        series.record(&RequestOutcome {
+            flags: "DPE",
+            ..outcome(0, 400, 0)
+        });
+        series.record(&RequestOutcome {
+            grpc_status: Some(7),
+            ..outcome(0, 200, 0)
+        });
+        let out = rendered(&metrics);
         let ok = "reporter=\"waypoint\",response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"";
+        assert_eq!(
+            family(&out, REQUESTS_TOTAL),
+            [
+                "# HELP istio_requests_total Requests answered.".to_owned(),
+                "# TYPE istio_requests_total counter".to_owned(),
+                format!("istio_requests_total{{{ok}}} 3"),
+                "istio_requests_total{reporter=\"waypoint\",response_code=\"200\",grpc_response_status=\"7\",response_flags=\"-\"} 1".to_owned(),
+                "istio_requests_total{reporter=\"waypoint\",response_code=\"400\",grpc_response_status=\"\",response_flags=\"DPE\"} 1".to_owned(),
+            ]
+        );
         for line in [
-            "# TYPE istio_requests_total counter".to_owned(),
-            format!("istio_requests_total{{{ok}}} 3"),
-            "istio_requests_total{reporter=\"waypoint\",response_code=\"400\",grpc_response_status=\"\",response_flags=\"DPE\"} 1".to_owned(),
             "# TYPE istio_request_duration_milliseconds histogram".to_owned(),
             format!("istio_request_duration_milliseconds_bucket{{{ok},le=\"0.5\"}} 1"),
             format!("istio_request_duration_milliseconds_bucket{{{ok},le=\"10\"}} 2"),
-            format!("istio_request_duration_milliseconds_bucket{{{ok},le=\"3600000\"}} 2"),
+            format!("istio_request_duration_milliseconds_bucket{{{ok},le=\"3.6e+06\"}} 2"),
             format!("istio_request_duration_milliseconds_bucket{{{ok},le=\"+Inf\"}} 3"),
             format!("istio_request_duration_milliseconds_count{{{ok}}} 3"),
             format!("istio_request_duration_milliseconds_sum{{{ok}}} 10000006.3"),
             "# TYPE istio_request_bytes histogram".to_owned(),
             format!("istio_request_bytes_bucket{{{ok},le=\"0.5\"}} 1"),
             format!("istio_request_bytes_bucket{{{ok},le=\"5\"}} 2"),
-            format!("istio_request_bytes_sum{{{ok}}} 1003"),
+            format!("istio_request_bytes_sum{{{ok}}} 1003.0"),
             "# TYPE istio_response_bytes histogram".to_owned(),
             format!("istio_response_bytes_bucket{{{ok},le=\"5\"}} 1"),
             format!("istio_response_bytes_bucket{{{ok},le=\"10\"}} 2"),
-            format!("istio_response_bytes_sum{{{ok}}} 2006"),
+            format!("istio_response_bytes_sum{{{ok}}} 2006.0"),
         ] {
             assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
         }
-        assert_eq!(metrics.get(REQUESTS_TOTAL, &[("response_code", "200")]), 3);
+        // Envoy's 19 bounds and +Inf, per series.
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with(&format!("istio_request_bytes_bucket{{{ok},")))
+                .count(),
+            BUCKETS.len() + 1
+        );
+        assert_eq!(metrics.get(REQUESTS_TOTAL, &[("response_code", "200")]), 4);
         assert_eq!(metrics.get(REQUESTS_TOTAL, &[("response_flags", "DPE")]), 1);
-        assert_eq!(metrics.get(REQUESTS_TOTAL, &[("reporter", "waypoint")]), 4);
+        assert_eq!(
+            metrics.get(REQUESTS_TOTAL, &[("grpc_response_status", "7")]),
+            1
+        );
+        assert_eq!(metrics.get(REQUESTS_TOTAL, &[("reporter", "waypoint")]), 5);
+        assert_eq!(
+            metrics.get("istio_request_duration_milliseconds_count", &[]),
+            5
+        );
+    }
+
+    #[test]
+    fn connections_with_one_label_set_share_series_and_outcomes_past_the_cache_count() {
+        let metrics = Metrics::default();
+        let labels = Labels::new(&[("reporter", "waypoint"), ("source_principal", "a")]);
+        let first = metrics.request_series(labels.clone());
+        let second = metrics.request_series(labels);
+        let codes: Vec<u16> = (0..MAX_CACHED_OUTCOMES as u16 + 3)
+            .map(|i| 200 + i)
+            .collect();
+        for _ in 0..2 {
+            for &code in &codes {
+                first.record(&outcome(1_000, code, 1));
+                second.record(&outcome(1_000, code, 1));
+            }
+        }
+        for &code in &codes {
+            let code = code.to_string();
+            assert_eq!(
+                metrics.get(REQUESTS_TOTAL, &[("response_code", &code)]),
+                4,
+                "{code}"
+            );
+        }
+        let out = rendered(&metrics);
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .count(),
+            codes.len(),
+            "one series per code:\n{out}"
+        );
+        assert_eq!(
+            metrics.get("istio_response_bytes_sum", &[]),
+            2 * 4 * codes.len() as u64
+        );
     }
 
     #[test]
@@ -508,15 +725,23 @@ mod tests {
         metrics.add(TCP_OPENED_TOTAL, &a, 2);
         metrics.add(TCP_OPENED_TOTAL, &b, 1);
         metrics.add(TCP_CLOSED_TOTAL, &b, 1);
-        let mut out = String::new();
-        metrics.render(&mut out);
+        let out = rendered(&metrics);
         assert_eq!(
-            out,
-            "# TYPE istio_tcp_connections_closed_total counter\n\
-             istio_tcp_connections_closed_total{reporter=\"waypoint\",source_principal=\"x,y=\\\"z\\\"\"} 1\n\
-             # TYPE istio_tcp_connections_opened_total counter\n\
-             istio_tcp_connections_opened_total{reporter=\"waypoint\",source_principal=\"a\\\"b\\\\c\\nd\"} 3\n\
-             istio_tcp_connections_opened_total{reporter=\"waypoint\",source_principal=\"x,y=\\\"z\\\"\"} 1\n"
+            family(&out, TCP_CLOSED_TOTAL),
+            [
+                "# HELP istio_tcp_connections_closed_total TCP connections closed.",
+                "# TYPE istio_tcp_connections_closed_total counter",
+                "istio_tcp_connections_closed_total{reporter=\"waypoint\",source_principal=\"x,y=\\\"z\\\"\"} 1",
+            ]
+        );
+        assert_eq!(
+            family(&out, TCP_OPENED_TOTAL),
+            [
+                "# HELP istio_tcp_connections_opened_total TCP connections opened.",
+                "# TYPE istio_tcp_connections_opened_total counter",
+                "istio_tcp_connections_opened_total{reporter=\"waypoint\",source_principal=\"a\\\"b\\\\c\\nd\"} 3",
+                "istio_tcp_connections_opened_total{reporter=\"waypoint\",source_principal=\"x,y=\\\"z\\\"\"} 1",
+            ]
         );
         assert_eq!(
             metrics.get(TCP_OPENED_TOTAL, &[("source_principal", "a\"b\\c\nd")]),
