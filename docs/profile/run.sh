@@ -1,4 +1,6 @@
 #!/bin/bash
+# The cgroup2 mount, from /proc/mounts (hybrid hosts have it at /sys/fs/cgroup/unified).
+CG=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
 # run.sh NAME URL HOST: E set-up already running; wrk 16 keep-alive connections through it.
 # 1) 20 s clean run: req/s, proxy and nginx CPU per request from /proc/PID/stat
 # 2) 20 s run with perf record (dwarf) on the proxy for 10 s of it
@@ -8,7 +10,7 @@ EG=${EG:?set EG to a release egress built with debug info}
 EP=$(cat $D/egress.pid); NM=$(cat $D/nginx.master.pid); NW=$(cat /proc/$NM/task/$NM/children | awk '{print $1}')
 TICK=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
-WRK() { taskset -c 1 $EG exec --cgroup /sys/fs/cgroup/unified/egress-prof-f --bpffs /sys/fs/bpf/egress-prof-f --namespace default --service-account sleep -- wrk -t1 -c16 -d$1s --timeout 5s -H "Host: $HOST" $URL; }
+WRK() { taskset -c 1 $EG exec --cgroup $CG/egress-prof-f --bpffs /sys/fs/bpf/egress-prof-f --namespace default --service-account sleep -- wrk -t1 -c16 -d$1s --timeout 5s -H "Host: $HOST" $URL; }
 steal() { awk '/^cpu /{print $9}' /proc/stat; }
 WRK 3 > $D/$NAME-warm.txt
 a=$(cpu $EP); b=$(cpu $NW); s0=$(steal); read u0 n0 y0 i0 rest < <(awk '/^cpu /{print $2,$3,$4,$5}' /proc/stat)

@@ -1,4 +1,6 @@
 #!/bin/bash
+# The cgroup2 mount, from /proc/mounts (hybrid hosts have it at /sys/fs/cgroup/unified).
+CG=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
 # Reproduces the bench's E: nginx (1 worker, CPU 0), egress run (--workers 1, CPU 0), seed policy.
 set -e
 D=/tmp/fprof
@@ -88,7 +90,7 @@ spec:
         principals: ["cluster.local/ns/default/sa/admin"]
 P
 done
-RUST_LOG=warn setsid taskset -c 0 $EG run --config $D/config --cgroup /sys/fs/cgroup/unified/egress-prof-f --bpffs /sys/fs/bpf/egress-prof-f \
+RUST_LOG=warn setsid taskset -c 0 $EG run --config $D/config --cgroup $CG/egress-prof-f --bpffs /sys/fs/bpf/egress-prof-f \
   --listen 127.0.0.1:18101 --admin 127.0.0.1:18100 --access-log $D/access.log --verdict-cache on --workers 1 --dns-listen 127.0.0.1:18153 \
   </dev/null >$D/logs/egress.log 2>&1 &
 echo $! > $D/egress.pid
