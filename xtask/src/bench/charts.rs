@@ -235,56 +235,61 @@ fn sweep(report: &Report, path: &Path, title: &str) -> Option<DrawResult> {
     })())
 }
 
+/// The percentile marks the latency charts draw, in order.
+const MARKS: [&str; 5] = ["min", "p50", "p90", "p99", "max"];
+
 /// Latency at min, p50, p90, p99 and max of each connect→deny scenario (medians over the
 /// rounds), log scale: the shape of each distribution and the gap between them.
 fn deny(report: &Report, path: &Path, title: &str) -> Option<DrawResult> {
-    let marks = ["min", "p50", "p90", "p99", "max"];
-    let series: Vec<(&str, Vec<(f64, f64)>)> = [
-        ("K: kernel verdict cache (EPERM)", "deny-K"),
-        ("W: egress waypoint (accept + close)", "deny-W"),
-        ("Envoy: iptables REDIRECT, RBAC network filter", "deny-V"),
-    ]
-    .into_iter()
-    .map(|(label, key)| {
-        let points = marks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                let v = report.stat(key, &format!("deny_{m}_us"))?.median;
-                (v > 0.0).then_some((i as f64, v))
-            })
-            .collect();
-        (label, points)
-    })
-    .filter(|(_, p): &(&str, Vec<(f64, f64)>)| !p.is_empty())
-    .collect();
-    percentile_chart(path, title, &marks, series, "µs (log scale)")
+    let series = percentile_series(
+        report,
+        &[
+            ("K: kernel verdict cache (EPERM)", "deny-K"),
+            ("W: egress waypoint (accept + close)", "deny-W"),
+            ("Envoy: iptables REDIRECT, RBAC network filter", "deny-V"),
+        ],
+        "deny_",
+    );
+    percentile_chart(path, title, &MARKS, series, "µs (log scale)")
 }
 
 /// DNS: latency at min, p50, p90, p99 and max of the four paths.
 fn dns(report: &Report, path: &Path, title: &str) -> Option<DrawResult> {
-    let marks = ["min", "p50", "p90", "p99", "max"];
-    let series: Vec<(&str, Vec<(f64, f64)>)> = [
-        ("forwarded name, direct", "dns-direct-fwd"),
-        ("forwarded name, through egress", "dns-proxy-fwd"),
-        ("ServiceEntry host, direct", "dns-direct-se"),
-        ("ServiceEntry host, answered by egress", "dns-proxy-se"),
-    ]
-    .into_iter()
-    .map(|(label, key)| {
-        let points = marks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                let v = report.stat(key, &format!("{m}_us"))?.median;
-                (v > 0.0).then_some((i as f64, v))
-            })
-            .collect();
-        (label, points)
-    })
-    .filter(|(_, p): &(&str, Vec<(f64, f64)>)| !p.is_empty())
-    .collect();
-    percentile_chart(path, title, &marks, series, "µs (log scale)")
+    let series = percentile_series(
+        report,
+        &[
+            ("forwarded name, direct", "dns-direct-fwd"),
+            ("forwarded name, through egress", "dns-proxy-fwd"),
+            ("ServiceEntry host, direct", "dns-direct-se"),
+            ("ServiceEntry host, answered by egress", "dns-proxy-se"),
+        ],
+        "",
+    );
+    percentile_chart(path, title, &MARKS, series, "µs (log scale)")
+}
+
+/// Each `(label, configuration)`'s median `{prefix}{mark}_us` at every mark that was measured
+/// (and is positive, for the log scale); configurations with none are left out.
+fn percentile_series<'a>(
+    report: &Report,
+    configurations: &[(&'a str, &str)],
+    prefix: &str,
+) -> Vec<(&'a str, Vec<(f64, f64)>)> {
+    configurations
+        .iter()
+        .map(|&(label, key)| {
+            let points = MARKS
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    let v = report.stat(key, &format!("{prefix}{m}_us"))?.median;
+                    (v > 0.0).then_some((i as f64, v))
+                })
+                .collect();
+            (label, points)
+        })
+        .filter(|(_, points): &(&str, Vec<(f64, f64)>)| !points.is_empty())
+        .collect()
 }
 
 /// Lines over the percentile marks, log-scale y.
