@@ -220,19 +220,27 @@ fn probe_args(command: &mut Command, target: &str, count: usize, mode: &str, sen
     }
 }
 
-/// Runs the probe (bounded) and parses the JSON line it prints.
-fn run_probe(env: &Env, mut command: Command, name: &str) -> anyhow::Result<Value> {
+/// Runs the connect probe (bounded) and parses the JSON line it prints.
+fn run_probe(env: &Env, command: Command, name: &str) -> anyhow::Result<Value> {
+    run_json_probe(env, command, name, "connect-probe", PROBE_MAX_SECONDS)
+}
+
+/// Runs a probe binary that prints one JSON line (`connect-probe`, `dns-probe`), bounded by
+/// its own `--max-seconds` plus a margin, its output logged as `name`; returns that line.
+pub(super) fn run_json_probe(
+    env: &Env,
+    mut command: Command,
+    name: &str,
+    probe: &str,
+    max_seconds: u64,
+) -> anyhow::Result<Value> {
     let log = load::log_path(env, name)?;
-    let output = run_logged(
-        &mut command,
-        &log,
-        Duration::from_secs(PROBE_MAX_SECONDS + 30),
-    )?;
+    let output = run_logged(&mut command, &log, Duration::from_secs(max_seconds + 30))?;
     let line = output
         .lines()
         .find(|line| line.starts_with('{'))
-        .with_context(|| format!("connect-probe printed no JSON: {output:?}"))?;
-    serde_json::from_str(line).with_context(|| format!("connect-probe printed {line:?}"))
+        .with_context(|| format!("{probe} printed no JSON: {output:?}"))?;
+    serde_json::from_str(line).with_context(|| format!("{probe} printed {line:?}"))
 }
 
 /// The ServiceEntry (an opaque TCP port on a loopback address, with an endpoint nothing listens

@@ -31,11 +31,10 @@ use super::{
     Env, SERVER_CPU, check_interrupted,
     dataplane::{Capture, Dataplane, DataplaneOptions},
     http::{HOST, VIP, WORKERS, seed_config},
-    load::{self, Client, StealMeter},
+    load::{Client, StealMeter},
     nginx::Nginx,
     remove_dir_all,
     report::Report,
-    run_logged,
 };
 use crate::cmd::{self, step};
 
@@ -201,18 +200,8 @@ fn probe(
         .args(["--expect", &path.expect.to_string()])
         .args(["--timeout-ms", &QUERY_TIMEOUT_MS.to_string()])
         .args(["--max-seconds", &PROBE_MAX_SECONDS.to_string()]);
-    let log = load::log_path(env, log_name)?;
-    let output = run_logged(
-        &mut command,
-        &log,
-        Duration::from_secs(PROBE_MAX_SECONDS + 30),
-    )?;
-    let line = output
-        .lines()
-        .find(|line| line.starts_with('{'))
-        .with_context(|| format!("dns-probe printed no JSON: {output:?}"))?;
-    let result: Value =
-        serde_json::from_str(line).with_context(|| format!("dns-probe printed {line:?}"))?;
+    let result =
+        super::deny::run_json_probe(env, command, log_name, "dns-probe", PROBE_MAX_SECONDS)?;
     let answered = result["answered"].as_u64().unwrap_or(0) as usize;
     if answered * 100 < count * 99 {
         bail!(
