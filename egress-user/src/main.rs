@@ -608,11 +608,16 @@ fn run(args: RunArgs) -> ExitCode {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
+    // The access log's group commit: what gathered is written out when the runtime runs out of
+    // work (see `telemetry::access_log`).
+    runtime.on_thread_park(egress::telemetry::flush_buffered);
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match runtime.block_on(egress::run::run(opts)) {
+    let ran = runtime.block_on(egress::run::run(opts));
+    egress::telemetry::flush_buffered();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(egress::run::RunError::Config(errors)) => {
             for error in &errors.0 {

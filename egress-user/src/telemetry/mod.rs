@@ -5,7 +5,9 @@ pub mod metrics;
 
 use std::io;
 
-pub use access_log::{AccessLog, AccessLogEntry, AccessLogFormat, MemoryLog, rfc3339_millis};
+pub use access_log::{
+    AccessLog, AccessLogEntry, AccessLogFormat, MemoryLog, flush_buffered, rfc3339_millis,
+};
 pub use admin::{AdminState, serve_admin};
 pub use metrics::Metrics;
 
