@@ -107,7 +107,7 @@ impl Exchange {
     /// The upstream's response, relayed; the line is logged when its body ends.
     pub(super) fn upstream(
         mut self,
-        response: Response<Incoming>,
+        response: Response<UpstreamBody>,
         idle: std::time::Duration,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = response.into_parts();

@@ -141,7 +141,7 @@ pub(in crate::proxy) async fn serve(
             let framing = framing.clone();
             let tunnels = tunnels.clone();
             async move {
-                let mut response = forward(&waypoint, inbound, &framing, req, &tunnels).await;
+                let mut response = forward(&waypoint, inbound, &framing, req, &tunnels, None).await;
                 // HTTP/2 has no `connection` header (hyper would drop it with a warning).
                 response.headers_mut().remove(header::CONNECTION);
                 // The stream stays in flight while hyper holds its body.

@@ -41,7 +41,7 @@ use super::{
         REQUEST_HEADER_TIMEOUT, ROUTE_NOT_FOUND, STREAM_IDLE_TIMEOUT, TLS_CREDENTIAL_UNAVAILABLE,
         UPGRADE_FAILED, UPSTREAM_RESPONSE_TIMEOUT,
     },
-    upstream::{UpstreamFailure, tls_connect::UpstreamLocal},
+    upstream::{UpstreamBody, bound::Bound, tls_connect::UpstreamLocal},
 };
 use crate::{
     drain::{DrainPhase, DrainSignal},
@@ -66,7 +66,7 @@ mod upgrade;
 
 use self::exchange::Exchange;
 
-pub(super) type ResponseBody = Either<Metered<Incoming>, Full<Bytes>>;
+pub(super) type ResponseBody = Either<Metered<UpstreamBody>, Full<Bytes>>;
 
 fn empty_body() -> ResponseBody {
     Either::Right(Full::new(Bytes::new()))
@@ -85,6 +85,8 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
     let io = SharedIo::new(framed);
     // Every WebSocket tunnel holds a sender; the connection is over when all are gone.
     let (tunnels, mut tunnels_done) = mpsc::channel::<()>(1);
+    // This connection's own upstream connection, for plain-text HTTP/1.1 upstreams.
+    let bound = waypoint.client.bound();
     let service = {
         let waypoint = waypoint.clone();
         let inbound = inbound.clone();
@@ -94,9 +96,11 @@ pub(super) async fn serve(waypoint: Arc<Waypoint>, stream: TcpStream, inbound: A
             let inbound = inbound.clone();
             let framing = framing.clone();
             let tunnels = tunnels.clone();
+            let bound = bound.clone();
             async move {
                 let asked_upgrade = phases::upgrade_request(req.version(), req.headers()).is_some();
-                let mut response = forward(&waypoint, inbound, &framing, req, &tunnels).await;
+                let mut response =
+                    forward(&waypoint, inbound, &framing, req, &tunnels, Some(&bound)).await;
                 if asked_upgrade {
                     // The framing gate holds what the client sent after the request until now.
                     let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -283,6 +287,7 @@ async fn forward(
     framing: &FramingSignal,
     req: Request<Incoming>,
     tunnels: &Tunnels,
+    bound: Option<&Arc<Bound>>,
 ) -> Response<ResponseBody> {
     let mut exchange = Exchange::start(waypoint, inbound, &req);
     let request = match request_filter(waypoint, &mut exchange, req) {
@@ -302,7 +307,7 @@ async fn forward(
     if let Some(client) = request.on_upgrade.take() {
         return upgrade::forward(waypoint, exchange, request, peer, client, tunnels).await;
     }
-    proxy(waypoint, exchange, framing, request, peer).await
+    proxy(waypoint, exchange, framing, request, peer, bound).await
 }
 
 /// A request that passed the request filter: what authorization sees is what is forwarded.
@@ -533,13 +538,15 @@ pub(super) fn upstream_parts(
     Ok(parts)
 }
 
-/// Phase 5, forward: the request over the pooled client, the response relayed as it streams.
+/// Phase 5, forward: the request over the downstream connection's bound upstream connection or
+/// a pooled client, the response relayed as it streams.
 async fn proxy(
     waypoint: &Waypoint,
     mut exchange: Exchange,
     framing: &FramingSignal,
     mut request: Filtered,
     peer: Peer,
+    bound: Option<&Arc<Bound>>,
 ) -> Response<ResponseBody> {
     let parts = match upstream_parts(&mut request, &peer) {
         Ok(parts) => parts,
@@ -561,7 +568,7 @@ async fn proxy(
     let upstream_addr = peer.addr;
     debug!(method = %parts.method, path = %parts.uri.path(), %upstream_addr, "forwarding");
     let response = tokio::select! {
-        response = waypoint.client.send(Request::from_parts(parts, body), peer.tls(), peer.h2) => Some(response),
+        response = waypoint.client.send(Request::from_parts(parts, body), peer.tls(), peer.h2, bound) => Some(response),
         () = exchange.activity.idle(idle) => None,
     };
     let request_end = *request_end.lock().unwrap_or_else(|e| e.into_inner());
@@ -584,8 +591,8 @@ async fn proxy(
             None => LocalReply::bad_request("downstream_request_body_error"),
         }),
         (Some(Err(error)), _) => {
-            let failure = UpstreamFailure::from_client(&error);
-            info!(%upstream_addr, error = ?error, flag = failure.flag, "upstream request failed");
+            let failure = error.failure();
+            info!(%upstream_addr, %error, flag = failure.flag, "upstream request failed");
             exchange.entry.upstream_transport_failure_reason = failure.transport_failure.clone();
             exchange.local(failure.reply())
         }

@@ -36,7 +36,7 @@ use tokio::{
 };
 use tracing::{debug, info};
 
-use super::{Exchange, Filtered, Peer, ResponseBody, upstream_parts};
+use super::{Exchange, Filtered, Peer, ResponseBody, UpstreamBody, upstream_parts};
 use crate::{
     drain::DrainPhase,
     proxy::{
@@ -179,7 +179,10 @@ pub(super) async fn forward(
     exchange.entry.upstream_service_time = Some(sent_at.elapsed());
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         debug!(status = %response.status(), "the upstream did not switch protocols");
-        return exchange.upstream(response, waypoint.config.idle_timeout);
+        return exchange.upstream(
+            response.map(UpstreamBody::Pooled),
+            waypoint.config.idle_timeout,
+        );
     }
 
     let upstream = hyper::upgrade::on(&mut response);

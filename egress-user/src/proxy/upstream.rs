@@ -1,9 +1,14 @@
-//! The pooled upstream HTTP clients, and how their failures map to Envoy's answers.
+//! The upstream HTTP clients, and how their failures map to Envoy's answers.
+//!
+//! A plain-text HTTP/1.1 request from a downstream HTTP/1.1 connection goes over that
+//! connection's own upstream connection ([`bound`]). Everything else uses the pools below.
 //!
 //! Plain connections share one pool keyed by endpoint. TLS-originating connections (a
 //! DestinationRule's SIMPLE or MUTUAL) get a pool per settings set and server name, each keyed
 //! by endpoint inside: a connection is never reused across SNI or settings, and a settings set
 //! retired by a reload takes its pool with it (its entry is dropped once the set is gone).
+#[path = "bound.rs"]
+pub(super) mod bound;
 #[path = "tls_connect.rs"]
 pub(super) mod tls_connect;
 
@@ -11,19 +16,23 @@ use std::{
     collections::HashMap,
     error::Error as _,
     io,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::{
     client::legacy::{Client, Error as ClientError, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
 use rustls::pki_types::ServerName;
 
-use self::tls_connect::{ConnectError, TlsAlert, TlsConnector, tls_reason};
+use self::{
+    bound::{Bound, BoundBody, BoundError, Stash},
+    tls_connect::{ConnectError, TlsAlert, TlsConnector, tls_reason},
+};
 use super::{WaypointConfig, body::Metered};
 use crate::tls::{TlsClient, WeakTlsClient};
 
@@ -45,6 +54,79 @@ pub(super) struct UpstreamClient {
     /// (settings set, server name, HTTP/2) -> its pool; the weak handle tells a retired set.
     tls: Mutex<HashMap<TlsPoolKey, (WeakTlsClient, TlsPool)>>,
     connect_timeout: Duration,
+    /// Idle bound connections whose downstream connection ended.
+    stash: Arc<Stash>,
+}
+
+/// A response body from upstream: from a pool, or from a bound connection (which it drives).
+pub(in crate::proxy) enum UpstreamBody {
+    Pooled(Incoming),
+    Bound(BoundBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Pooled(body) => std::pin::Pin::new(body).poll_frame(cx),
+            Self::Bound(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Pooled(body) => body.is_end_stream(),
+            Self::Bound(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Pooled(body) => body.size_hint(),
+            Self::Bound(body) => body.size_hint(),
+        }
+    }
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug)]
+pub(super) enum SendError {
+    Pooled(ClientError),
+    Bound(BoundError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let error: &(dyn std::error::Error + 'static) = match self {
+            Self::Pooled(error) => error,
+            Self::Bound(BoundError::Connect(error)) => error,
+            Self::Bound(BoundError::Connection(error)) => error,
+        };
+        // The whole chain: hyper's own messages say little without their causes.
+        write!(f, "{error}")?;
+        let mut source = error.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl SendError {
+    /// What the waypoint answers, in Envoy's words.
+    pub(super) fn failure(&self) -> UpstreamFailure {
+        match self {
+            Self::Pooled(error) => UpstreamFailure::from_client(error),
+            Self::Bound(BoundError::Connect(error)) => UpstreamFailure::connect(error),
+            Self::Bound(BoundError::Connection(_)) => UpstreamFailure::terminated(),
+        }
+    }
 }
 
 /// One client per waypoint: pools are keyed by scheme and authority, and the waypoint always
@@ -60,6 +142,7 @@ pub(super) fn client(config: &WaypointConfig) -> UpstreamClient {
         plain: builder().build(connector),
         tls: Mutex::new(HashMap::new()),
         connect_timeout: config.upstream_connect_timeout,
+        stash: Arc::default(),
     }
 }
 
@@ -82,19 +165,44 @@ fn h2_builder() -> hyper_util::client::legacy::Builder {
 }
 
 impl UpstreamClient {
+    /// The upstream connection of a new downstream HTTP/1.1 connection (none yet: made by its
+    /// first plain-text HTTP/1.1 request).
+    pub(super) fn bound(&self) -> Arc<Bound> {
+        Bound::new(self.stash.clone(), self.connect_timeout)
+    }
+
+    /// How many idle bound connections wait in the stash.
+    #[cfg(test)]
+    pub(super) fn stashed(&self) -> usize {
+        self.stash.len()
+    }
+
     /// Sends `req` (its URI's authority is the endpoint) in plain text, or with `tls` as
-    /// `server_name`.
+    /// `server_name`. Plain HTTP/1.1 goes over `bound` when the downstream connection has one.
     pub(super) async fn send(
         &self,
         req: Request<Metered<Incoming>>,
         tls: Option<(&TlsClient, ServerName<'static>)>,
         h2: bool,
-    ) -> Result<Response<Incoming>, ClientError> {
-        match tls {
+        bound: Option<&Arc<Bound>>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let pooled = match tls {
             None if h2 => self.plain_h2.request(req).await,
-            None => self.plain.request(req).await,
+            None => match (bound, endpoint(&req)) {
+                (Some(bound), Some(addr)) => {
+                    return bound
+                        .send(addr, req)
+                        .await
+                        .map(|response| response.map(UpstreamBody::Bound))
+                        .map_err(SendError::Bound);
+                }
+                _ => self.plain.request(req).await,
+            },
             Some((client, name)) => self.pool(client, name, h2).request(req).await,
-        }
+        };
+        pooled
+            .map(|response| response.map(UpstreamBody::Pooled))
+            .map_err(SendError::Pooled)
     }
 
     fn pool(&self, client: &TlsClient, name: ServerName<'static>, h2: bool) -> TlsPool {
@@ -120,6 +228,11 @@ impl UpstreamClient {
         pools.insert(key, (client.downgrade(), pool.clone()));
         pool
     }
+}
+
+/// The endpoint a request's URI names (the waypoint always puts the socket address there).
+fn endpoint<B>(req: &Request<B>) -> Option<std::net::SocketAddr> {
+    req.uri().authority()?.as_str().parse().ok()
 }
 
 /// Why no upstream response came back, in Envoy's words.

@@ -112,6 +112,65 @@ async fn two_requests_share_one_client_and_one_upstream_connection() {
     assert!(lines[1].contains(" 10.9.8.7:80 127.0.0.1:"), "{}", lines[1]);
 }
 
+/// Waits until the waypoint's stash of idle upstream connections holds `n`.
+async fn stashed(dataplane: &Dataplane, n: usize) {
+    for _ in 0..200 {
+        if dataplane.waypoint.client.stashed() == n {
+            return;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "expected {n} stashed upstream connections, got {}",
+        dataplane.waypoint.client.stashed()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_opens_a_connection_per_request_still_reuses_the_upstream_connection() {
+    let upstream = echo_upstream().await;
+    let dataplane = Dataplane::start(http_service("httpbin.org", upstream.addr)).await;
+
+    for round in 0..3 {
+        let mut client = dataplane.client(CGROUP_ANONYMOUS).await;
+        let (head, body) = send(&mut client, get(&format!("/r{round}"), "httpbin.org")).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert!(body.starts_with(&format!("GET /r{round} ")), "{body}");
+        drop(client);
+        // The downstream connection ended: its upstream connection waits for the next one.
+        stashed(&dataplane, 1).await;
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one upstream connection for all three"
+    );
+    assert_eq!(dataplane.log_lines(3).await.len(), 3);
+}
+
+#[tokio::test]
+async fn an_upstream_connection_the_upstream_closed_is_replaced_not_reused() {
+    // Answers keep-alive, then closes: the waypoint must not send the next request there.
+    let upstream =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
+    let dataplane = Dataplane::start(http_service("closing.example", upstream.addr)).await;
+    let mut client = dataplane.client(CGROUP_WEB).await;
+
+    for round in 1..=3 {
+        let (head, body) = send(&mut client, get("/", "closing.example")).await;
+        assert_eq!(head.status, StatusCode::OK, "round {round}");
+        assert_eq!(body, "ok");
+        assert_eq!(upstream.connections(), round);
+        // Time for the upstream's FIN to arrive.
+        sleep(Duration::from_millis(100)).await;
+    }
+    let lines = dataplane.log_lines(3).await;
+    assert!(
+        lines.iter().all(|l| l.contains(" 200 - via_upstream ")),
+        "{lines:?}"
+    );
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_do_not_cross_the_waypoint() {
     let upstream = echo_upstream().await;
