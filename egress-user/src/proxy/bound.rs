@@ -1,5 +1,6 @@
-//! Plain-text HTTP/1.1 upstreams without the pool: each downstream HTTP/1.1 connection owns at
-//! most one upstream connection ([`Bound`]), driven by the downstream connection's own task.
+//! HTTP/1.1 upstreams without the pool: each downstream HTTP/1.1 connection owns at most one
+//! upstream connection ([`Bound`]), plain or originating TLS, driven by the downstream
+//! connection's own task.
 //!
 //! The pooled client (hyper-util's legacy `Client`) hands every request to the pool (checkout,
 //! a oneshot back, return) and to a second task that owns the upstream connection, and the
@@ -12,16 +13,16 @@
 //! What stays as the pool had it:
 //! - a connection carries one request at a time, is reused only once hyper says it is ready
 //!   (the previous response read to its end, the request body sent), and only for the same
-//!   endpoint;
+//!   [`Route`]: endpoint, and for TLS the same settings set (still current: a set a reload
+//!   retired is never reused) and server name;
 //! - a request that was never written (the reused connection had closed meanwhile) is sent
 //!   again once on a new connection, as the pool's `retry_canceled_requests`;
 //! - when the downstream connection ends, its upstream connection goes to a small shared
-//!   [`Stash`] per endpoint (at most [`STASH_PER_ENDPOINT`], [`STASH_TOTAL`] in all, none older
+//!   [`Stash`] per route (at most [`STASH_PER_ENDPOINT`], [`STASH_TOTAL`] in all, none older
 //!   than [`IDLE_TIMEOUT`]), where the next downstream connection finds it: a client that opens
 //!   a connection per request still reuses upstream connections.
 //!
-//! TLS origination and HTTP/2 upstreams (and HTTP/2 downstreams, whose streams run at once)
-//! keep the pooled clients.
+//! HTTP/2 upstreams (and HTTP/2 downstreams, whose streams run at once) keep the pooled clients.
 use std::{
     collections::HashMap,
     future::{Future, poll_fn},
@@ -40,13 +41,50 @@ use hyper::{
     client::conn::http1,
 };
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::tls_connect::UpstreamLocal;
-use crate::proxy::body::Metered;
+use super::tls_connect::{ConnectError, TlsAlert, TlsConnector, UpstreamLocal};
+use crate::{
+    proxy::body::Metered,
+    tls::{TlsClient, WeakTlsClient},
+};
 
 type RequestBody = Metered<Incoming>;
-type Connection = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+/// The connection future (plain or TLS: only polled, so its type is erased).
+type Connection = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// What a connection may carry: requests to one endpoint, in plain text or under one TLS
+/// settings set and server name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(in crate::proxy) struct Route {
+    addr: SocketAddr,
+    /// The settings set's id and the server name.
+    tls: Option<(usize, ServerName<'static>)>,
+}
+
+/// How to make a connection for a route.
+pub(in crate::proxy) enum Dial<'a> {
+    Plain,
+    Tls(&'a TlsClient),
+}
+
+impl Route {
+    pub(in crate::proxy) fn plain(addr: SocketAddr) -> Self {
+        Self { addr, tls: None }
+    }
+
+    pub(in crate::proxy) fn tls(
+        addr: SocketAddr,
+        client: &TlsClient,
+        name: ServerName<'static>,
+    ) -> Self {
+        Self {
+            addr,
+            tls: Some((client.id(), name)),
+        }
+    }
+}
 
 /// An idle upstream connection older than this is closed rather than reused (the pool's idle
 /// timeout).
@@ -61,16 +99,23 @@ pub(super) const STASH_TOTAL: usize = 1024;
 pub(in crate::proxy) enum BoundError {
     /// The TCP connect failed or timed out (`ErrorKind::TimedOut`).
     Connect(io::Error),
-    /// The connection failed or closed before the response head (or the head was malformed).
-    Connection(hyper::Error),
+    /// The TCP connect or the TLS handshake failed or timed out.
+    Tls(ConnectError),
+    /// The connection failed or closed before the response head (or the head was malformed),
+    /// with the first TLS failure the connection saw, if it is a TLS connection that had one
+    /// (a TLS 1.3 server refuses a client certificate after the handshake).
+    Connection(hyper::Error, Option<String>),
 }
 
 /// One upstream connection and the means to send on it.
 struct Upstream {
-    addr: SocketAddr,
-    local: SocketAddr,
+    route: Route,
+    local: Option<SocketAddr>,
     sender: http1::SendRequest<RequestBody>,
-    connection: Pin<Box<Connection>>,
+    connection: Connection,
+    /// A TLS connection's settings set: once a reload retired it, the connection is not reused.
+    settings: Option<WeakTlsClient>,
+    alert: Option<TlsAlert>,
     /// The connection future finished: it is closed (or failed) and cannot be used again.
     done: bool,
     /// When it last became idle (for the stash).
@@ -78,31 +123,73 @@ struct Upstream {
 }
 
 impl Upstream {
-    async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, BoundError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(BoundError::Connect(error)),
-            Err(_) => {
-                return Err(BoundError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connect timeout",
-                )));
+    async fn connect(
+        route: &Route,
+        dial: &Dial<'_>,
+        timeout: Duration,
+    ) -> Result<Self, BoundError> {
+        let addr = route.addr;
+        let handshake = |error| BoundError::Connection(error, None);
+        let (local, sender, connection, settings, alert) = match (dial, &route.tls) {
+            (Dial::Tls(client), Some((_, name))) => {
+                let connector = TlsConnector::new(client.config(), name.clone(), timeout, timeout);
+                let uri = Uri::builder()
+                    .scheme("http")
+                    .authority(addr.to_string())
+                    .path_and_query("/")
+                    .build()
+                    .expect("a socket address is an authority");
+                let tls = connector.connect(uri).await.map_err(BoundError::Tls)?;
+                let (local, alert) = (tls.local(), tls.alert());
+                let (sender, connection) = http1::Builder::new()
+                    .handshake(tls)
+                    .await
+                    .map_err(handshake)?;
+                let connection: Connection = Box::pin(connection);
+                (
+                    local,
+                    sender,
+                    connection,
+                    Some(client.downgrade()),
+                    Some(alert),
+                )
+            }
+            _ => {
+                let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => return Err(BoundError::Connect(error)),
+                    Err(_) => {
+                        return Err(BoundError::Connect(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "connect timeout",
+                        )));
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().ok();
+                let (sender, connection) = http1::Builder::new()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(handshake)?;
+                let connection: Connection = Box::pin(connection);
+                (local, sender, connection, None, None)
             }
         };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().map_err(BoundError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(BoundError::Connection)?;
         Ok(Self {
-            addr,
+            route: route.clone(),
             local,
             sender,
-            connection: Box::pin(connection),
+            connection,
+            settings,
+            alert,
             done: false,
             idle_since: Instant::now(),
         })
+    }
+
+    /// The first TLS failure this connection saw.
+    fn alert(&self) -> Option<String> {
+        self.alert.as_ref()?.reason().map(str::to_owned)
     }
 
     /// Drives the connection (writes the request, reads the response into its body) as far as
@@ -120,11 +207,14 @@ impl Upstream {
             Poll::Ready(())
         })
         .await;
-        !self.done && self.sender.is_ready() && self.idle_since.elapsed() < IDLE_TIMEOUT
+        !self.done
+            && self.sender.is_ready()
+            && self.idle_since.elapsed() < IDLE_TIMEOUT
+            && self.settings.as_ref().is_none_or(WeakTlsClient::is_alive)
     }
 }
 
-/// Idle upstream connections whose downstream connection ended, per endpoint, newest last.
+/// Idle upstream connections whose downstream connection ended, per route, newest last.
 #[derive(Default)]
 pub(in crate::proxy) struct Stash {
     idle: Mutex<StashInner>,
@@ -132,7 +222,7 @@ pub(in crate::proxy) struct Stash {
 
 #[derive(Default)]
 struct StashInner {
-    by_endpoint: HashMap<SocketAddr, Vec<Upstream>>,
+    by_endpoint: HashMap<Route, Vec<Upstream>>,
     total: usize,
 }
 
@@ -141,10 +231,10 @@ impl Stash {
         if upstream.done {
             return;
         }
-        let addr = upstream.addr;
+        let route = upstream.route.clone();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let StashInner { by_endpoint, total } = &mut *idle;
-        let list = by_endpoint.entry(addr).or_default();
+        let list = by_endpoint.entry(route.clone()).or_default();
         let before = list.len();
         list.retain(|up| up.idle_since.elapsed() < IDLE_TIMEOUT);
         if list.len() >= STASH_PER_ENDPOINT {
@@ -155,7 +245,7 @@ impl Stash {
         if *total >= STASH_TOTAL {
             // Full with other endpoints' connections: this one is closed.
             if list.is_empty() {
-                by_endpoint.remove(&addr);
+                by_endpoint.remove(&route);
             }
             return;
         }
@@ -163,16 +253,16 @@ impl Stash {
         *total += 1;
     }
 
-    fn take(&self, addr: SocketAddr) -> Option<Upstream> {
+    fn take(&self, route: &Route) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let inner = &mut *idle;
-        let list = inner.by_endpoint.get_mut(&addr)?;
+        let list = inner.by_endpoint.get_mut(route)?;
         let upstream = list.pop();
         if upstream.is_some() {
             inner.total -= 1;
         }
         if list.is_empty() {
-            inner.by_endpoint.remove(&addr);
+            inner.by_endpoint.remove(route);
         }
         upstream
     }
@@ -213,37 +303,45 @@ impl Bound {
         })
     }
 
-    /// A usable connection to `addr`: this downstream connection's own, else a stashed one,
+    /// A usable connection for `route`: this downstream connection's own, else a stashed one,
     /// else a new one. `true` with it when it was used before.
-    async fn checkout(&self, addr: SocketAddr) -> Result<(Upstream, bool), BoundError> {
+    async fn checkout(
+        &self,
+        route: &Route,
+        dial: &Dial<'_>,
+    ) -> Result<(Upstream, bool), BoundError> {
         let own = self
             .slot
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        // Another endpoint's connection is closed (dropped), not kept: one per downstream.
-        if let Some(mut upstream) = own.filter(|up| up.addr == addr)
+        // Another route's connection is closed (dropped), not kept: one per downstream.
+        if let Some(mut upstream) = own.filter(|up| up.route == *route)
             && upstream.usable().await
         {
             return Ok((upstream, true));
         }
-        while let Some(mut upstream) = self.stash.take(addr) {
+        while let Some(mut upstream) = self.stash.take(route) {
             if upstream.usable().await {
                 return Ok((upstream, true));
             }
         }
-        Ok((Upstream::connect(addr, self.connect_timeout).await?, false))
+        Ok((
+            Upstream::connect(route, dial, self.connect_timeout).await?,
+            false,
+        ))
     }
 
-    /// Sends `req` to `addr` (its URI is made origin-form) and returns the response; its body
+    /// Sends `req` on `route` (its URI is made origin-form) and returns the response; its body
     /// drives the connection and gives it back when it ends.
     pub(super) async fn send(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        route: Route,
+        dial: Dial<'_>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<BoundBody>, BoundError> {
         *req.uri_mut() = origin_form(req.uri());
-        let (mut upstream, mut reused) = self.checkout(addr).await?;
+        let (mut upstream, mut reused) = self.checkout(&route, &dial).await?;
         loop {
             let sent = upstream.sender.try_send_request(req);
             tokio::pin!(sent);
@@ -254,9 +352,9 @@ impl Bound {
             .await;
             match result {
                 Ok(mut response) => {
-                    response
-                        .extensions_mut()
-                        .insert(UpstreamLocal(upstream.local));
+                    if let Some(local) = upstream.local {
+                        response.extensions_mut().insert(UpstreamLocal(local));
+                    }
                     return Ok(response.map(|body| BoundBody {
                         body,
                         upstream: Some(upstream),
@@ -270,10 +368,12 @@ impl Bound {
                     // new connection.
                     Some(unsent) if reused => {
                         req = unsent;
-                        upstream = Upstream::connect(addr, self.connect_timeout).await?;
+                        upstream = Upstream::connect(&route, &dial, self.connect_timeout).await?;
                         reused = false;
                     }
-                    _ => return Err(BoundError::Connection(error.into_error())),
+                    _ => {
+                        return Err(BoundError::Connection(error.into_error(), upstream.alert()));
+                    }
                 },
             }
         }
@@ -379,7 +479,7 @@ mod tests {
 
     /// An idle upstream connection to `addr` (nothing is sent: the handshake writes nothing).
     async fn idle(addr: SocketAddr) -> Upstream {
-        Upstream::connect(addr, Duration::from_secs(5))
+        Upstream::connect(&Route::plain(addr), &Dial::Plain, Duration::from_secs(5))
             .await
             .expect("connect")
     }
@@ -403,14 +503,18 @@ mod tests {
         let newest_local = newest.local;
         stash.put(newest);
         assert_eq!(stash.len(), STASH_PER_ENDPOINT);
-        let taken = stash.take(addr).expect("one stashed");
+        let taken = stash.take(&Route::plain(addr)).expect("one stashed");
         assert_eq!(taken.local, newest_local, "the newest goes first");
         assert_eq!(stash.len(), STASH_PER_ENDPOINT - 1);
 
         let other = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        assert!(stash.take(other.local_addr().expect("addr")).is_none());
+        assert!(
+            stash
+                .take(&Route::plain(other.local_addr().expect("addr")))
+                .is_none()
+        );
 
         let mut stale = idle(addr).await;
         stale.done = true;

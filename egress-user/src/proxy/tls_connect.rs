@@ -100,7 +100,8 @@ impl TlsConnector {
         }
     }
 
-    async fn connect(self, uri: Uri) -> Result<TlsConnection, ConnectError> {
+    /// A TCP connection to `uri`'s authority (a socket address) with the TLS handshake done.
+    pub(in crate::proxy) async fn connect(self, uri: Uri) -> Result<TlsConnection, ConnectError> {
         let authority = uri.authority().map_or("", |a| a.as_str());
         let addr: SocketAddr = authority
             .parse()
@@ -188,6 +189,18 @@ pub(in crate::proxy) struct TlsConnection {
     io: TokioIo<TlsStream<TcpStream>>,
     local: Option<SocketAddr>,
     alert: TlsAlert,
+}
+
+impl TlsConnection {
+    /// The local address of the TCP connection under it.
+    pub(in crate::proxy) fn local(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
+    /// Where this connection keeps the first TLS failure it reads or writes.
+    pub(in crate::proxy) fn alert(&self) -> TlsAlert {
+        self.alert.clone()
+    }
 }
 
 impl Connection for TlsConnection {

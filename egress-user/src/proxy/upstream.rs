@@ -1,7 +1,8 @@
 //! The upstream HTTP clients, and how their failures map to Envoy's answers.
 //!
-//! A plain-text HTTP/1.1 request from a downstream HTTP/1.1 connection goes over that
-//! connection's own upstream connection ([`bound`]). Everything else uses the pools below.
+//! An HTTP/1.1 request from a downstream HTTP/1.1 connection goes over that connection's own
+//! upstream connection ([`bound`]), plain or TLS. HTTP/2 upstreams and HTTP/2 downstreams use
+//! the pools below.
 //!
 //! Plain connections share one pool keyed by endpoint. TLS-originating connections (a
 //! DestinationRule's SIMPLE or MUTUAL) get a pool per settings set and server name, each keyed
@@ -30,7 +31,7 @@ use hyper_util::{
 use rustls::pki_types::ServerName;
 
 use self::{
-    bound::{Bound, BoundBody, BoundError, Stash},
+    bound::{Bound, BoundBody, BoundError, Dial, Route, Stash},
     tls_connect::{ConnectError, TlsAlert, TlsConnector, tls_reason},
 };
 use super::{WaypointConfig, body::Metered};
@@ -59,6 +60,10 @@ pub(super) struct UpstreamClient {
 }
 
 /// A response body from upstream: from a pool, or from a bound connection (which it drives).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved a few times per request; boxing the bound connection would allocate per request"
+)]
 pub(in crate::proxy) enum UpstreamBody {
     Pooled(Incoming),
     Bound(BoundBody),
@@ -105,7 +110,8 @@ impl std::fmt::Display for SendError {
         let error: &(dyn std::error::Error + 'static) = match self {
             Self::Pooled(error) => error,
             Self::Bound(BoundError::Connect(error)) => error,
-            Self::Bound(BoundError::Connection(error)) => error,
+            Self::Bound(BoundError::Tls(error)) => error,
+            Self::Bound(BoundError::Connection(error, _)) => error,
         };
         // The whole chain: hyper's own messages say little without their causes.
         write!(f, "{error}")?;
@@ -124,7 +130,14 @@ impl SendError {
         match self {
             Self::Pooled(error) => UpstreamFailure::from_client(error),
             Self::Bound(BoundError::Connect(error)) => UpstreamFailure::connect(error),
-            Self::Bound(BoundError::Connection(_)) => UpstreamFailure::terminated(),
+            Self::Bound(BoundError::Tls(error)) => UpstreamFailure::tls_connect(error),
+            Self::Bound(BoundError::Connection(error, alert)) => UpstreamFailure {
+                // As `from_client`: the TLS failure the error or the connection names.
+                transport_failure: io_source(error)
+                    .and_then(tls_reason)
+                    .or_else(|| alert.clone()),
+                ..UpstreamFailure::terminated()
+            },
         }
     }
 }
@@ -178,7 +191,7 @@ impl UpstreamClient {
     }
 
     /// Sends `req` (its URI's authority is the endpoint) in plain text, or with `tls` as
-    /// `server_name`. Plain HTTP/1.1 goes over `bound` when the downstream connection has one.
+    /// `server_name`. HTTP/1.1 goes over `bound` when the downstream connection has one.
     pub(super) async fn send(
         &self,
         req: Request<Metered<Incoming>>,
@@ -186,18 +199,20 @@ impl UpstreamClient {
         h2: bool,
         bound: Option<&Arc<Bound>>,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        if let (Some(bound), Some(addr), false) = (bound, endpoint(&req), h2) {
+            let (route, dial) = match tls {
+                None => (Route::plain(addr), Dial::Plain),
+                Some((client, name)) => (Route::tls(addr, client, name), Dial::Tls(client)),
+            };
+            return bound
+                .send(route, dial, req)
+                .await
+                .map(|response| response.map(UpstreamBody::Bound))
+                .map_err(SendError::Bound);
+        }
         let pooled = match tls {
             None if h2 => self.plain_h2.request(req).await,
-            None => match (bound, endpoint(&req)) {
-                (Some(bound), Some(addr)) => {
-                    return bound
-                        .send(addr, req)
-                        .await
-                        .map(|response| response.map(UpstreamBody::Bound))
-                        .map_err(SendError::Bound);
-                }
-                _ => self.plain.request(req).await,
-            },
+            None => self.plain.request(req).await,
             Some((client, name)) => self.pool(client, name, h2).request(req).await,
         };
         pooled
