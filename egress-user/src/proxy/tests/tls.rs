@@ -76,6 +76,33 @@ async fn simple_originates_tls13_with_the_host_as_sni_and_reuses_the_connection(
 }
 
 #[tokio::test]
+async fn a_reload_of_the_tls_settings_moves_an_open_connection_to_a_new_upstream_connection() {
+    let pki = Pki::new();
+    let (chain, key) = pki.leaf("httpbin.test", Leaf::Valid);
+    let upstream = TlsUpstream::start(chain, key, None).await;
+    let dataplane = originating(&upstream, &simple(&pki)).await;
+    let mut client = dataplane.client(CGROUP_WEB).await;
+    let (parts, body) = send(&mut client, get("/get", "httpbin.test")).await;
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+
+    // The same DestinationRule, reloaded: a new settings set (a renewed certificate would be
+    // one). The downstream connection stays open; its upstream connection must not carry on
+    // under the retired settings.
+    let service = http_service("httpbin.test", upstream.addr);
+    dataplane.services.store(Arc::new(table(
+        vec![service],
+        &destination_rule("httpbin.test", &simple(&pki)),
+    )));
+    let (parts, body) = send(&mut client, get("/get", "httpbin.test")).await;
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    assert_eq!(
+        upstream.handshakes().len(),
+        2,
+        "a new TLS connection for the new settings"
+    );
+}
+
+#[tokio::test]
 async fn every_verification_failure_is_a_503_that_says_why() {
     let pki = Pki::new();
     let other = Pki::new();
