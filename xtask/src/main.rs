@@ -34,7 +34,7 @@ use clap::{Parser, Subcommand};
         cargo xtask test --e2e-only -- capture --nocapture\n  \
         cargo xtask manifests               render deploy/manifests/egress.yaml from the chart\n  \
         sudo -E cargo xtask bench --quick   D/E/I/V smoke run (about 2 minutes once built)\n  \
-        sudo -E cargo xtask bench           the full run of docs/benchmarks.md (about 15 minutes)\n  \
+        sudo -E cargo xtask bench           the full run of docs/benchmarks.md (about 25 minutes)\n  \
         cargo xtask fuzz --seconds 20       every fuzz target for 20 s (cargo-fuzz, pinned nightly)"
 )]
 struct Cli {
