@@ -40,9 +40,14 @@ fn table(services: Vec<Service>, yaml: &str) -> ServiceTable {
     ServiceTable::new(services).with_tls(tls)
 }
 
-async fn originating(upstream: &TlsUpstream, tls: &str) -> Dataplane {
+/// httpbin.test served by `upstream`, with a DestinationRule whose `tls` section is `tls`.
+fn originating_table(upstream: &TlsUpstream, tls: &str) -> ServiceTable {
     let service = http_service("httpbin.test", upstream.addr);
-    let table = table(vec![service], &destination_rule("httpbin.test", tls));
+    table(vec![service], &destination_rule("httpbin.test", tls))
+}
+
+async fn originating(upstream: &TlsUpstream, tls: &str) -> Dataplane {
+    let table = originating_table(upstream, tls);
     Dataplane::with_table(table, WaypointConfig::default(), AccessLogFormat::Text).await
 }
 
@@ -88,11 +93,9 @@ async fn a_reload_of_the_tls_settings_moves_an_open_connection_to_a_new_upstream
     // The same DestinationRule, reloaded: a new settings set (a renewed certificate would be
     // one). The downstream connection stays open; its upstream connection must not carry on
     // under the retired settings.
-    let service = http_service("httpbin.test", upstream.addr);
-    dataplane.services.store(Arc::new(table(
-        vec![service],
-        &destination_rule("httpbin.test", &simple(&pki)),
-    )));
+    dataplane
+        .services
+        .store(Arc::new(originating_table(&upstream, &simple(&pki))));
     let (parts, body) = send(&mut client, get("/get", "httpbin.test")).await;
     assert_eq!(parts.status, StatusCode::OK, "{body}");
     assert_eq!(
