@@ -33,5 +33,52 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], Toolchain::Custom(BPF_TOOLCHAIN))
+    aya_build::build_ebpf([package], Toolchain::Custom(BPF_TOOLCHAIN))?;
+    let out_dir = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
+    strip_dwarf(&std::path::Path::new(&out_dir).join("egress"))
+}
+
+/// Removes the DWARF sections from the kernel object before it is embedded in the binary.
+///
+/// bpf-linker needs the debug info to emit BTF, but once `.BTF` and `.BTF.ext` exist nothing
+/// reads the DWARF: aya loads maps, programs, BTF and line info from those. The DWARF is about
+/// 2.5 MB of the 2.9 MB object, and every embedded byte is one the binary carries (and the
+/// page cache maps) for nothing. `llvm-objdump -g` on the unstripped object in
+/// `target/*/build/egress-user-*/out/aya-build` still shows it for debugging.
+fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut builder = object::build::elf::Builder::read(data.as_slice())
+        .with_context(|| format!("parsing {} as ELF", path.display()))?;
+    let mut removed = 0usize;
+    for section in builder.sections.iter_mut() {
+        let name = section.name.as_slice();
+        if [&b".debug"[..], b".rel.debug", b".rela.debug"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            section.delete = true;
+            removed += 1;
+        }
+    }
+    if removed == 0 {
+        return Ok(());
+    }
+    // bpf-linker keeps section names in `.strtab` beside the symbol names; the writer wants a
+    // section-name table of its own.
+    if !builder
+        .sections
+        .iter()
+        .any(|section| matches!(section.data, object::build::elf::SectionData::SectionString))
+    {
+        let shstrtab = builder.sections.add();
+        shstrtab.name = b".shstrtab"[..].into();
+        shstrtab.sh_type = object::elf::SHT_STRTAB;
+        shstrtab.sh_addralign = 1;
+        shstrtab.data = object::build::elf::SectionData::SectionString;
+    }
+    let mut out = Vec::with_capacity(data.len());
+    builder
+        .write(&mut out)
+        .with_context(|| format!("writing {} without DWARF", path.display()))?;
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
