@@ -326,8 +326,10 @@ impl Bound {
                 return Ok((upstream, true));
             }
         }
+        // Boxed: the connect (and a TLS handshake) happens once per upstream connection, and
+        // inline it would make every request's future, held per downstream connection, larger.
         Ok((
-            Upstream::connect(route, dial, self.connect_timeout).await?,
+            Box::pin(Upstream::connect(route, dial, self.connect_timeout)).await?,
             false,
         ))
     }
@@ -368,7 +370,8 @@ impl Bound {
                     // new connection.
                     Some(unsent) if reused => {
                         req = unsent;
-                        upstream = Upstream::connect(&route, &dial, self.connect_timeout).await?;
+                        upstream = Box::pin(Upstream::connect(&route, &dial, self.connect_timeout))
+                            .await?;
                         reused = false;
                     }
                     _ => {

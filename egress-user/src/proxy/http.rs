@@ -305,7 +305,12 @@ async fn forward(
     };
     let mut request = request;
     if let Some(client) = request.on_upgrade.take() {
-        return upgrade::forward(waypoint, exchange, request, peer, client, tunnels).await;
+        // Boxed: a WebSocket upgrade is rare, and its future is the largest of the request's;
+        // inline, every plain request's future would be as large.
+        return Box::pin(upgrade::forward(
+            waypoint, exchange, request, peer, client, tunnels,
+        ))
+        .await;
     }
     proxy(waypoint, exchange, framing, request, peer, bound).await
 }
