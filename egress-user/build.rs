@@ -2,8 +2,11 @@
 //! bpf-linker, and leaves the object in OUT_DIR for `include_bytes_aligned!`.
 //! `cargo xtask` installs the toolchain first; a bare `cargo build` without it fails here with
 //! aya-build's message.
+use std::path::Path;
+
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
+use object::build::elf::{Builder, SectionData};
 
 /// The nightly that builds the kernel programs (design §9).
 const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
@@ -35,21 +38,21 @@ fn main() -> anyhow::Result<()> {
     };
     aya_build::build_ebpf([package], Toolchain::Custom(BPF_TOOLCHAIN))?;
     let out_dir = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
-    strip_dwarf(&std::path::Path::new(&out_dir).join("egress"))
+    strip_dwarf(&Path::new(&out_dir).join("egress"))
 }
 
 /// Removes the DWARF sections from the kernel object before it is embedded in the binary.
 ///
 /// bpf-linker needs the debug info to emit BTF, but once `.BTF` and `.BTF.ext` exist nothing
 /// reads the DWARF: aya loads maps, programs, BTF and line info from those. The DWARF is about
-/// 2.5 MB of the 2.9 MB object, and every embedded byte is one the binary carries (and the
-/// page cache maps) for nothing. `llvm-objdump -g` on the unstripped object in
+/// 2.5 MB of the 2.9 MB object, which the binary would carry and `egress __install` parse for
+/// nothing. `llvm-objdump -g` on the unstripped object in
 /// `target/*/build/egress-user-*/out/aya-build` still shows it for debugging.
-fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
+fn strip_dwarf(path: &Path) -> anyhow::Result<()> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut builder = object::build::elf::Builder::read(data.as_slice())
+    let mut builder = Builder::read(data.as_slice())
         .with_context(|| format!("parsing {} as ELF", path.display()))?;
-    let mut removed = 0usize;
+    let mut removed = false;
     for section in builder.sections.iter_mut() {
         let name = section.name.as_slice();
         if [&b".debug"[..], b".rel.debug", b".rela.debug"]
@@ -57,10 +60,10 @@ fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
             .any(|prefix| name.starts_with(prefix))
         {
             section.delete = true;
-            removed += 1;
+            removed = true;
         }
     }
-    if removed == 0 {
+    if !removed {
         return Ok(());
     }
     // bpf-linker keeps section names in `.strtab` beside the symbol names; the writer wants a
@@ -68,13 +71,13 @@ fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
     if !builder
         .sections
         .iter()
-        .any(|section| matches!(section.data, object::build::elf::SectionData::SectionString))
+        .any(|section| matches!(section.data, SectionData::SectionString))
     {
         let shstrtab = builder.sections.add();
         shstrtab.name = b".shstrtab"[..].into();
         shstrtab.sh_type = object::elf::SHT_STRTAB;
         shstrtab.sh_addralign = 1;
-        shstrtab.data = object::build::elf::SectionData::SectionString;
+        shstrtab.data = SectionData::SectionString;
     }
     let mut out = Vec::with_capacity(data.len());
     builder

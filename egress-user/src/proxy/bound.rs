@@ -326,12 +326,14 @@ impl Bound {
                 return Ok((upstream, true));
             }
         }
-        // Boxed: the connect (and a TLS handshake) happens once per upstream connection, and
-        // inline it would make every request's future, held per downstream connection, larger.
-        Ok((
-            Box::pin(Upstream::connect(route, dial, self.connect_timeout)).await?,
-            false,
-        ))
+        Ok((self.connect(route, dial).await?, false))
+    }
+
+    /// A new upstream connection. Boxed: the connect (and a TLS handshake) happens once per
+    /// upstream connection, and inline it would make every request's future, which hyper holds
+    /// per downstream connection, larger.
+    async fn connect(&self, route: &Route, dial: &Dial<'_>) -> Result<Upstream, BoundError> {
+        Box::pin(Upstream::connect(route, dial, self.connect_timeout)).await
     }
 
     /// Sends `req` on `route` (its URI is made origin-form) and returns the response; its body
@@ -370,8 +372,7 @@ impl Bound {
                     // new connection.
                     Some(unsent) if reused => {
                         req = unsent;
-                        upstream = Box::pin(Upstream::connect(&route, &dial, self.connect_timeout))
-                            .await?;
+                        upstream = self.connect(&route, &dial).await?;
                         reused = false;
                     }
                     _ => {
