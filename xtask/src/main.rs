@@ -1,5 +1,5 @@
 //! Developer tasks for the egress dataplane:
-//! `cargo xtask prereqs | build | run | test | bench | fuzz | manifests`.
+//! `cargo xtask prereqs | build | run | test | bench | link-order | fuzz | manifests`.
 //!
 //! The alias lives in `.cargo/config.toml`. Every task that needs the BPF toolchain installs it
 //! first (see `prereqs`), so a fresh machine with stable Rust, rustup and a C compiler needs nothing
@@ -35,6 +35,7 @@ use clap::{Parser, Subcommand};
         cargo xtask manifests               render deploy/manifests/egress.yaml from the chart\n  \
         sudo -E cargo xtask bench --quick   D/E/I/V smoke run (about 2 minutes once built)\n  \
         sudo -E cargo xtask bench           the full run of docs/benchmarks.md (about 25 minutes)\n  \
+        sudo -E cargo xtask link-order      re-profile the order of the release binary's functions\n  \
         cargo xtask fuzz --seconds 20       every fuzz target for 20 s (cargo-fuzz, pinned nightly)"
 )]
 struct Cli {
@@ -126,6 +127,29 @@ enum Task {
         #[arg(long, value_enum, value_name = "PROFILE")]
         profile: Option<bench::Profile>,
     },
+    /// Rewrite egress-user/link-order.txt: build the release binary, run the bench's E setup
+    /// (nginx, the seed config, `egress run --workers 1`) with the waypoint under `valgrind
+    /// --tool=callgrind`, drive start-up, plain and TLS-originated requests, denies, the admin
+    /// endpoints, DNS, keep-alive and per-request load and a SIGTERM drain, and list every
+    /// function of the binary that ran, hottest first. Release builds link in that order, which
+    /// keeps the pages of the binary the waypoint touches (its file-backed RSS) to about a
+    /// third. Needs root, valgrind and binutils (installed when missing); about 3 minutes.
+    #[command(
+        after_help = "Run it after a dependency or toolchain update (`--check` shows how \
+        much of the file the current build still has; names that no longer exist are skipped, \
+        so a stale file orders fewer functions and never breaks the build). \
+        EGRESS_LINK_ORDER=off builds without it."
+    )]
+    LinkOrder {
+        /// Only build and report how many of the file's functions the release binary still
+        /// has (no root needed).
+        #[arg(long)]
+        check: bool,
+        /// Length of each load-generator run under callgrind, in seconds.
+        #[arg(long, value_name = "N", default_value_t = 3,
+              value_parser = clap::value_parser!(u64).range(1..=60))]
+        seconds: u64,
+    },
     /// Build the cargo-fuzz targets in fuzz/ (pinned nightly, libFuzzer, AddressSanitizer) and
     /// run each for a while, one after the other: framing (the request framing gate in front
     /// of hyper), normalize (path normalization), config (the YAML loader), policy (the
@@ -215,6 +239,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 only,
             },
         ),
+        Task::LinkOrder { check, seconds } => {
+            bench::link_order(&ws, &bench::LinkOrderOptions { check, seconds })
+        }
         Task::Fuzz { seconds, target } => fuzz::fuzz(
             &ws,
             &fuzz::FuzzOptions {

@@ -68,6 +68,8 @@ pub struct Dataplane {
     pub files: PathBuf,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// `--dns-listen`, when this egress has the DNS proxy.
+    pub dns: Option<SocketAddr>,
     process: Option<Child>,
     /// Whether `cgroup` is this dataplane's to remove (not a node's pod cgroup root).
     owns_cgroup: bool,
@@ -77,6 +79,16 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn start(env: &Env, opts: &DataplaneOptions) -> anyhow::Result<Self> {
+        Self::start_wrapped(env, opts, &[])
+    }
+
+    /// [`Dataplane::start`] with `egress run` run by `wrapper` (a program and its arguments,
+    /// e.g. valgrind), under the same taskset.
+    pub fn start_wrapped(
+        env: &Env,
+        opts: &DataplaneOptions,
+        wrapper: &[String],
+    ) -> anyhow::Result<Self> {
         let name = format!("egress-bench-{}-{}", std::process::id(), opts.name);
         let files = std::env::temp_dir().join(&name);
         let [listen, admin, dns] = free_ports()?;
@@ -97,6 +109,7 @@ impl Dataplane {
             files: files.clone(),
             listen,
             admin,
+            dns,
             process: None,
         };
         // Leftovers of an earlier run with the same pid would confuse the figures.
@@ -106,14 +119,14 @@ impl Dataplane {
         fs::write(files.join("config/bench.yaml"), &opts.config)
             .context("writing the bench config")?;
         let log = fs::File::create(dp.log()).context("creating the egress log")?;
-        let mut command = match opts.cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(&dp.egress);
-                c
-            }
-            None => Command::new(&dp.egress),
-        };
+        let mut program: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(cpus) = opts.cpus {
+            program.extend(["taskset".into(), "-c".into(), cpus.into()]);
+        }
+        program.extend(wrapper.iter().map(Into::into));
+        program.push(dp.egress.clone().into());
+        let mut command = Command::new(&program[0]);
+        command.args(&program[1..]);
         command
             .arg("run")
             .args(dp.run_args())
@@ -165,7 +178,7 @@ impl Dataplane {
             .process_group(0);
         let line = cmd::display(&command);
         println!("    $ {line}");
-        // taskset execs egress, so the child's pid is egress's.
+        // taskset (and valgrind) exec egress, so the child's pid is egress's.
         dp.process = Some(
             command
                 .spawn()
@@ -196,6 +209,28 @@ impl Dataplane {
 
     pub fn pid(&self) -> u32 {
         self.process.as_ref().map_or(0, Child::id)
+    }
+
+    /// Stops `egress run` with SIGTERM (a graceful drain, then exit) and waits up to `grace`
+    /// for it; Drop then cleans up. The exit status, or an error when it had to be killed.
+    pub fn terminate(&mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut process) = self.process.take() else {
+            bail!("egress run is not running");
+        };
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe { libc::kill(process.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = process.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = process.kill();
+                let _ = process.wait();
+                bail!("egress run did not exit within {grace:?} of SIGTERM (killed)");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn log(&self) -> PathBuf {

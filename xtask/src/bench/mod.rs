@@ -19,6 +19,7 @@ mod dns;
 mod envoy;
 mod http;
 mod iptables;
+mod link_order;
 mod load;
 mod nginx;
 mod pod;
@@ -47,6 +48,7 @@ use crate::{
     cmd::{self, step},
     tasks,
 };
+pub use link_order::{LinkOrderOptions, link_order};
 
 /// Where pin directories go; `egress run` mounts bpffs here when it is missing.
 const BPFFS: &str = "/sys/fs/bpf";

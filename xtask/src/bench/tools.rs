@@ -116,7 +116,7 @@ fn oha(ws: &Workspace) -> anyhow::Result<PathBuf> {
 }
 
 /// The absolute path of `name` on PATH.
-fn which(name: &str) -> anyhow::Result<PathBuf> {
+pub fn which(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
