@@ -143,7 +143,7 @@ impl PolicySet {
     /// reported but never change the verdict. When several rules match, the one reported is
     /// the one Envoy reports: the first in the order of its policy names.
     pub fn evaluate(&self, target: &Target<'_>, attrs: &Attributes<'_>) -> Decision {
-        let principal = attrs.principal.map(ToString::to_string);
+        let principal = attrs.principal.map(crate::identity::Principal::render);
         let concrete = Evaluator {
             attrs,
             principal: principal.as_deref(),

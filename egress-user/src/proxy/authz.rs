@@ -93,10 +93,10 @@ fn learn(inbound: &Inbound, service: &Service, decision: &Decision, generation: 
 /// The verdict at debug (the access log carries denies), AUDIT matches and dry-run policies
 /// that would have denied at info. Neither of the latter ever changes the verdict.
 fn report(decision: &Decision, generation: u64) {
-    let policy = decision.matched_policy();
+    // Fields are evaluated only when the event is enabled: no String per request at `warn`.
     debug!(
         allowed = decision.allowed,
-        %policy,
+        policy = %decision.matched_policy(),
         l4_decidable = decision.l4_decidable,
         generation,
         "authorization decided"

@@ -22,6 +22,7 @@
 //! text, and an allocation on every request.) Counters recorded with [`Metrics::add`] (TCP
 //! connections and bytes, DNS, rejected objects) cost one family lookup each.
 use std::{
+    hash::{Hash, Hasher},
     sync::{Arc, LazyLock, Mutex},
     time::Duration,
 };
@@ -103,23 +104,37 @@ pub const UNKNOWN: &str = "unknown";
 
 /// A label set, built once and shared: cloning is a reference-count increment. Values are
 /// escaped when rendered (by the encoder), not here.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Labels(Arc<[(Box<str>, Box<str>)]>);
+///
+/// Its hash is computed once, when it is built: a family lookup (a connection's TCP counters,
+/// the first request of each outcome) hashes one number instead of the 23 pairs' text, which
+/// was the waypoint's hottest function on short connections. Equality still compares the text
+/// (after the hash and a pointer check), so a collision costs a comparison, never a wrong series.
+#[derive(Clone, Debug)]
+pub struct Labels {
+    pairs: Arc<[(Box<str>, Box<str>)]>,
+    hash: u64,
+}
 
 impl Labels {
     /// The pairs in the order given (the order is part of how the series renders).
     pub fn new(pairs: &[(&str, &str)]) -> Self {
-        Self(
-            pairs
-                .iter()
-                .map(|(key, value)| (Box::from(*key), Box::from(*value)))
-                .collect(),
-        )
+        let pairs: Arc<[(Box<str>, Box<str>)]> = pairs
+            .iter()
+            .map(|(key, value)| (Box::from(*key), Box::from(*value)))
+            .collect();
+        // A fixed-key hasher: equal label sets hash alike in every family; the families' maps
+        // still hash this number with their own random keys.
+        let mut hasher = std::hash::DefaultHasher::new();
+        pairs.hash(&mut hasher);
+        Self {
+            hash: hasher.finish(),
+            pairs,
+        }
     }
 
     /// The pairs, in order.
     pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(key, value)| (&**key, &**value))
+        self.pairs.iter().map(|(key, value)| (&**key, &**value))
     }
 
     /// The value of `key`.
@@ -127,6 +142,21 @@ impl Labels {
         self.pairs()
             .find(|(k, _)| *k == key)
             .map(|(_, value)| value)
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && (Arc::ptr_eq(&self.pairs, &other.pairs) || self.pairs == other.pairs)
+    }
+}
+
+impl Eq for Labels {}
+
+impl Hash for Labels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
@@ -538,6 +568,26 @@ mod tests {
         samples.sort_unstable();
         block.extend(samples);
         block
+    }
+
+    #[test]
+    fn label_sets_built_apart_are_one_series_and_different_ones_are_not() {
+        let a = Labels::new(&[("reporter", "waypoint"), ("destination_service", "a.test")]);
+        let again = Labels::new(&[("reporter", "waypoint"), ("destination_service", "a.test")]);
+        let b = Labels::new(&[("reporter", "waypoint"), ("destination_service", "b.test")]);
+        // The order of the pairs is part of the set (it is how the series renders).
+        let swapped = Labels::new(&[("destination_service", "a.test"), ("reporter", "waypoint")]);
+        assert_eq!(a, again);
+        assert_ne!(a, b);
+        assert_ne!(a, swapped);
+        let metrics = Metrics::default();
+        for labels in [&a, &again, &b, &swapped] {
+            metrics.add(TCP_OPENED_TOTAL, labels, 1);
+        }
+        let get = |service| metrics.get(TCP_OPENED_TOTAL, &[("destination_service", service)]);
+        assert_eq!((get("a.test"), get("b.test")), (3, 1));
+        let out = rendered(&metrics);
+        assert_eq!(family(&out, TCP_OPENED_TOTAL).len(), 2 + 3, "{out}");
     }
 
     #[test]
