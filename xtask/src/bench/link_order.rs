@@ -40,16 +40,10 @@ use crate::{
 
 /// Where the order file lives, relative to the workspace root (build.rs reads it from there).
 pub const ORDER_FILE: &str = "egress-user/link-order.txt";
-/// The programs the profile run needs beyond the bench's nginx, wrk, curl and openssl.
-const DEBIAN: &[(&str, Option<&str>)] = &[
-    ("nginx", Some("nginx")),
-    ("wrk", Some("wrk")),
-    ("openssl", Some("openssl")),
-    ("util-linux", Some("taskset")),
-    ("curl", Some("curl")),
-    ("valgrind", Some("valgrind")),
-    ("binutils", Some("nm")),
-];
+/// `nm` reads the binary's symbols (also for `--check`).
+const BINUTILS: &[(&str, Option<&str>)] = &[("binutils", Some("nm"))];
+/// The profiler, beyond the bench's [`tools::DEBIAN_LOAD`].
+const VALGRIND: &[(&str, Option<&str>)] = &[("valgrind", Some("valgrind"))];
 /// callgrind runs the waypoint some 50 times slower: SIGTERM's drain and the profile dump get
 /// this long.
 const EXIT_GRACE: Duration = Duration::from_secs(120);
@@ -66,7 +60,7 @@ pub struct LinkOrderOptions {
 pub fn link_order(ws: &Workspace, opts: &LinkOrderOptions) -> anyhow::Result<()> {
     let file = ws.root.join(ORDER_FILE);
     let egress = tasks::build(ws, true)?;
-    prereqs::debian_packages(&DEBIAN[DEBIAN.len() - 1..])?;
+    prereqs::debian_packages(BINUTILS)?;
     let symbols = text_symbols(&egress)?;
     let previous = fs::read_to_string(&file).unwrap_or_default();
     let previous: Vec<&str> = order_names(&previous).collect();
@@ -96,7 +90,7 @@ pub fn link_order(ws: &Workspace, opts: &LinkOrderOptions) -> anyhow::Result<()>
         );
     }
     install_signal_handlers();
-    prereqs::debian_packages(DEBIAN)?;
+    prereqs::debian_packages(&[tools::DEBIAN_LOAD, VALGRIND].concat())?;
     let out = ws.target_dir().join("link-order");
     remove_dir_all(&out);
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -17,13 +17,19 @@ use crate::{
 /// oha release; 1.16 needs rustc 1.88, so it builds with the project's stable 1.95.
 pub const OHA_VERSION: &str = "1.16.0";
 
-/// Debian packages and the command that proves each is there.
-const DEBIAN: &[(&str, Option<&str>)] = &[
+/// Debian packages and the command that proves each is there: the upstream, the load
+/// generator, the certificates, CPU pinning and the one-off requests (`cargo xtask link-order`
+/// needs these too).
+pub const DEBIAN_LOAD: &[(&str, Option<&str>)] = &[
     ("nginx", Some("nginx")),
     ("wrk", Some("wrk")),
     ("openssl", Some("openssl")),
     ("util-linux", Some("taskset")),
     ("curl", Some("curl")),
+];
+
+/// What only the bench needs beyond [`DEBIAN_LOAD`].
+const DEBIAN: &[(&str, Option<&str>)] = &[
     // Syscalls per request: `strace -c -f -p PROXY` over a separate, traced load phase.
     ("strace", Some("strace")),
     // The DNS figure's upstream resolver (the daemon only; no service is started).
@@ -43,7 +49,7 @@ pub struct Tools {
 
 /// Installs what is missing; oha only when `with_oha` (only the HTTP figures use it).
 pub fn ensure(ws: &Workspace, with_oha: bool) -> anyhow::Result<Tools> {
-    prereqs::debian_packages(DEBIAN)?;
+    prereqs::debian_packages(&[DEBIAN_LOAD, DEBIAN].concat())?;
     super::iptables::ensure_installed()?;
     let oha = if with_oha {
         oha(ws)?
