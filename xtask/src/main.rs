@@ -135,10 +135,12 @@ enum Task {
     /// keeps the pages of the binary the waypoint touches (its file-backed RSS) to about a
     /// third. Needs root, valgrind and binutils (installed when missing); about 3 minutes.
     #[command(
-        after_help = "Run it after a dependency or toolchain update (`--check` shows how \
-        much of the file the current build still has; names that no longer exist are skipped, \
-        so a stale file orders fewer functions and never breaks the build). \
-        EGRESS_LINK_ORDER=off builds without it."
+        after_help = "Run it after a dependency or toolchain update, and before measuring or \
+        releasing code that changed: names carry hashes that change with dependency versions, \
+        the toolchain and (the `.llvm.*` ones) edits nearby. `--check` shows how much of the \
+        file the current build still has; names that no longer exist are skipped, so a stale \
+        file orders fewer functions and never breaks the build. EGRESS_LINK_ORDER=off builds \
+        without it (and without the packed relocations)."
     )]
     LinkOrder {
         /// Only build and report how many of the file's functions the release binary still
